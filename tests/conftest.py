@@ -1,0 +1,275 @@
+"""Real services for integration tests: an S3 API server, an MLflow server and a Ray head.
+
+Each is a subprocess on a free loopback port, started once per session on first use, waited
+for until it answers, and always torn down (its whole process group), so no process outlives
+the session. Unit tests use none of them. Recipes: ENVIRONMENT.md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+# Every process that starts Ray: keep 127.0.0.1 as is, no usage stats, no auth token that
+# would break `ray job submit`.
+RAY_ENV = {
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_AUTH_MODE": "disabled",
+}
+# The allocator settings that make FCN steps ~40% faster and steady (ENVIRONMENT.md).
+ALLOCATOR_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "68719476736"}
+os.environ.update(RAY_ENV)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float, proc: subprocess.Popen, log: Path) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{url} server exited with {proc.returncode}:\n{tail(log)}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status < 500:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.3)
+    raise TimeoutError(f"{url} did not answer within {timeout}s:\n{tail(log)}")
+
+
+def tail(path: Path, n: int = 4000) -> str:
+    try:
+        return path.read_text(errors="replace")[-n:]
+    except OSError:
+        return ""
+
+
+def start(cmd: list[str], env: dict, log: Path) -> subprocess.Popen:
+    with open(log, "wb") as out:
+        return subprocess.Popen(
+            cmd, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: teardown kills the whole tree
+        )  # fmt: skip
+
+
+def stop_group(proc: subprocess.Popen, grace: float = 10.0) -> None:
+    """SIGTERM the leader, wait, then SIGKILL whatever is left of its process group."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        pass
+
+
+def kill_naming(text: str) -> None:
+    """Kill, by PID, processes whose command line names `text` (job drivers live in their own
+    session, outside the head's process group)."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if text in cmdline:
+            try:
+                os.kill(int(entry.name), signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+
+# --- S3 ------------------------------------------------------------------------------------
+
+
+@dataclass
+class S3Server:
+    endpoint_url: str
+    bucket: str
+    env: dict = field(default_factory=dict)
+
+    def uri(self, key: str = "") -> str:
+        return f"s3://{self.bucket}/{key}".rstrip("/")
+
+    def client(self):
+        import boto3
+
+        return boto3.client("s3", endpoint_url=self.endpoint_url)
+
+    def upload_tree(self, local: Path, prefix: str) -> str:
+        """Upload a local directory under `prefix`; returns its s3:// URI."""
+        client = self.client()
+        for path in sorted(Path(local).rglob("*")):
+            if path.is_file():
+                key = f"{prefix.rstrip('/')}/{path.relative_to(local).as_posix()}"
+                client.upload_file(str(path), self.bucket, key)
+        return self.uri(prefix)
+
+    def keys(self, prefix: str = "") -> list[str]:
+        paginator = self.client().get_paginator("list_objects_v2")
+        found = []
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+            found += [obj["Key"] for obj in page.get("Contents", [])]
+        return sorted(found)
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory):
+    port = free_port()
+    log = tmp_path_factory.mktemp("s3") / "moto.log"
+    proc = start([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)], {}, log)
+    endpoint = f"http://127.0.0.1:{port}"
+    env = {
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)  # in-process fcn.storage / boto3 calls see the same server
+    try:
+        wait_http(f"{endpoint}/moto-api/", 30, proc, log)
+        server = S3Server(endpoint, "fcn-test", env)
+        server.client().create_bucket(Bucket=server.bucket)
+        yield server
+    finally:
+        stop_group(proc, grace=3)
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+# --- MLflow --------------------------------------------------------------------------------
+
+
+@dataclass
+class MlflowServer:
+    uri: str
+    env: dict = field(default_factory=dict)
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(s3, tmp_path_factory):
+    root = tmp_path_factory.mktemp("mlflow")
+    port = free_port()
+    cmd = [
+        str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+        "--workers", "1", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+        "--artifacts-destination", f"s3://{s3.bucket}/mlflow",
+    ]  # fmt: skip
+    env = {
+        **s3.env,
+        "MLFLOW_S3_ENDPOINT_URL": s3.endpoint_url,
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+    }
+    proc = start(cmd, env, root / "server.log")
+    uri = f"http://127.0.0.1:{port}"
+    saved = os.environ.get("MLFLOW_TRACKING_URI")
+    try:
+        wait_http(f"{uri}/health", 90, proc, root / "server.log")
+        os.environ["MLFLOW_TRACKING_URI"] = uri
+        yield MlflowServer(uri, {"MLFLOW_TRACKING_URI": uri, "MLFLOW_S3_ENDPOINT_URL": s3.endpoint_url})
+    finally:
+        stop_group(proc, grace=5)
+        if saved is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = saved
+
+
+# --- Ray -----------------------------------------------------------------------------------
+
+
+@dataclass
+class RayHead:
+    address: str  # the dashboard / job-submission address
+    temp_dir: str
+    logs: list = field(default_factory=list)
+
+    def submit(
+        self, args: list[str], env: dict | None = None, timeout: float = 600
+    ) -> tuple[int, str]:
+        """`ray job submit` `python ARGS` with the repository as working dir; (rc, output)."""
+        runtime_env = {"env_vars": {**ALLOCATOR_ENV, **RAY_ENV, **(env or {})}}
+        cmd = [
+            str(BIN / "ray"), "job", "submit", "--address", self.address,
+            "--working-dir", str(REPO), "--runtime-env-json", json.dumps(runtime_env),
+            "--", "python", *args,
+        ]  # fmt: skip
+        try:
+            done = subprocess.run(
+                cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout,
+                env={**os.environ, **RAY_ENV},
+            )  # fmt: skip
+        except subprocess.TimeoutExpired as err:
+            output = (err.stdout or b"").decode(errors="replace") if err.stdout else ""
+            raise AssertionError(f"job {args} ran past {timeout}s:\n{output[-6000:]}") from err
+        output = done.stdout + done.stderr
+        self.logs.append(output)
+        return done.returncode, output
+
+
+@pytest.fixture(scope="session")
+def ray_head():
+    # A short temp dir: Ray's unix socket paths must stay under ~107 characters.
+    temp_dir = tempfile.mkdtemp(prefix="fcnray", dir="/tmp")
+    dashboard_port = free_port()
+    gcs_port = free_port()
+    client_port = free_port()
+    while 10002 <= client_port <= 19999:  # must lie outside Ray's worker port range
+        client_port = free_port()
+    cmd = [
+        str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
+        "--port", str(gcs_port), "--dashboard-host", "127.0.0.1",
+        "--dashboard-port", str(dashboard_port), "--ray-client-server-port", str(client_port),
+        "--num-cpus", "4", "--object-store-memory", str(512 * 1024 * 1024),
+        "--temp-dir", temp_dir,
+    ]  # fmt: skip
+    env = {
+        **RAY_ENV,
+        "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",
+        # job entry points say `python`: make it this environment's interpreter
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
+    log = Path(temp_dir + ".log")
+    proc = start(cmd, env, log)
+    address = f"http://127.0.0.1:{dashboard_port}"
+    try:
+        wait_http(f"{address}/api/version", 90, proc, log)
+        yield RayHead(address, temp_dir)
+    finally:
+        stop_group(proc, grace=15)
+        kill_naming(temp_dir)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+        log.unlink(missing_ok=True)

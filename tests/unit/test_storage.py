@@ -1,0 +1,83 @@
+import os
+
+import pytest
+
+from fcn import storage
+
+
+def test_local_round_trip_and_listing(tmp_path):
+    base = str(tmp_path / "data")
+    storage.write_bytes(storage.join(base, "a/b/one.JPG"), b"1")
+    storage.write_bytes(storage.join(base, "two.png"), b"22")
+    storage.write_text(storage.join(base, "notes.txt"), "x")
+    assert storage.read_bytes(storage.join(base, "a/b/one.JPG")) == b"1"
+    images = storage.list_files(base, extensions=(".jpg", "png"))
+    assert [storage.relative_key(base, f.uri) for f in images] == ["a/b/one.JPG", "two.png"]
+    assert [f.size for f in images] == [1, 2]
+    assert all(f.mtime and f.mtime > 0 for f in images)
+    assert len(storage.list_files(base)) == 3
+    assert storage.list_files(str(tmp_path / "missing")) == []
+
+
+def test_file_scheme_is_a_local_path(tmp_path):
+    storage.write_bytes(f"file://{tmp_path}/x.bin", b"abc")
+    assert (tmp_path / "x.bin").read_bytes() == b"abc"
+    assert storage.exists(str(tmp_path / "x.bin"))
+
+
+def test_atomic_write_leaves_no_partial_file(tmp_path, monkeypatch):
+    target = tmp_path / "out.bin"
+    target.write_bytes(b"old")
+
+    def broken_fsync(fd):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "fsync", broken_fsync)
+    with pytest.raises(OSError, match="disk full"):
+        storage.write_bytes(str(target), b"new contents")
+    assert target.read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.bin"]
+
+
+@pytest.mark.parametrize(
+    "key", ["../x", "a/../../x", "/etc/passwd", "..", "", "s3://other/x", "a\\..\\x", "a/\x00"]
+)
+def test_keys_that_escape_their_prefix_are_refused(key):
+    with pytest.raises(ValueError, match="refusing"):
+        storage.join("s3://bucket/masks", key)
+
+
+def test_join_keeps_harmless_keys_under_the_prefix():
+    assert storage.join("s3://bucket/masks/", "a/./b.png") == "s3://bucket/masks/a/b.png"
+    assert storage.join("/data", "a/b/../c.png") == "/data/a/c.png"
+
+
+def test_relative_key_refuses_uris_outside_the_base():
+    assert storage.relative_key("s3://b/in", "s3://b/in/x/y.jpg") == "x/y.jpg"
+    with pytest.raises(ValueError):
+        storage.relative_key("s3://b/in", "s3://b/input-other/y.jpg")
+
+
+def test_s3_filesystems_honor_the_endpoint(monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    fs, path = storage.filesystem("s3://bucket/key/x")
+    assert path == "bucket/key/x"
+    assert fs.client_kwargs.get("region_name") == "us-east-1"
+    assert fs.endpoint_url == "http://127.0.0.1:9"
+    pa_fs, pa_path = storage.pyarrow_filesystem("s3://bucket/key")
+    assert pa_path == "bucket/key"
+    assert pa_fs.type_name == "s3"
+
+
+def test_unreachable_store_is_an_error_not_an_empty_listing(monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    import fsspec
+
+    fsspec.filesystem("s3").clear_instance_cache()
+    with pytest.raises(Exception) as caught:
+        storage.list_files("s3://bucket/prefix")
+    assert not isinstance(caught.value, FileNotFoundError)
