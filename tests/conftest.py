@@ -7,6 +7,7 @@ the session. Unit tests use none of them. Recipes: ENVIRONMENT.md.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -77,18 +78,12 @@ def stop_group(proc: subprocess.Popen, grace: float = 10.0) -> None:
     """SIGTERM the leader, wait, then SIGKILL whatever is left of its process group."""
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            pass
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-    try:
+    with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        pass
 
 
 def kill_naming(text: str) -> None:
@@ -102,10 +97,8 @@ def kill_naming(text: str) -> None:
         except OSError:
             continue
         if text in cmdline:
-            try:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(int(entry.name), signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
 
 
 # --- S3 ------------------------------------------------------------------------------------
@@ -199,7 +192,8 @@ def mlflow_server(s3, tmp_path_factory):
     try:
         wait_http(f"{uri}/health", 90, proc, root / "server.log")
         os.environ["MLFLOW_TRACKING_URI"] = uri
-        yield MlflowServer(uri, {"MLFLOW_TRACKING_URI": uri, "MLFLOW_S3_ENDPOINT_URL": s3.endpoint_url})
+        env = {"MLFLOW_TRACKING_URI": uri, "MLFLOW_S3_ENDPOINT_URL": s3.endpoint_url}
+        yield MlflowServer(uri, env)
     finally:
         stop_group(proc, grace=5)
         if saved is None:
@@ -240,6 +234,22 @@ class RayHead:
         return done.returncode, output
 
 
+def wait_job_agent(head: RayHead, proc: subprocess.Popen, log: Path, timeout: float = 120):
+    """The dashboard answers before the node's job agent registers ("No available agent to
+    submit job"): ready means a trivial job ran to completion."""
+    deadline = time.monotonic() + timeout
+    cmd = [str(BIN / "ray"), "job", "submit", "--address", head.address, "--", "true"]
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"ray head exited with {proc.returncode}:\n{tail(log)}")
+        done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **RAY_ENV})
+        if done.returncode == 0:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"ray head takes no jobs:\n{done.stdout}{done.stderr}")
+        time.sleep(1)
+
+
 @pytest.fixture(scope="session")
 def ray_head():
     # A short temp dir: Ray's unix socket paths must stay under ~107 characters.
@@ -255,6 +265,12 @@ def ray_head():
         "--dashboard-port", str(dashboard_port), "--ray-client-server-port", str(client_port),
         "--num-cpus", "4", "--object-store-memory", str(512 * 1024 * 1024),
         "--temp-dir", temp_dir,
+        # Fixed by default (52365, ...): a second Ray on the machine would lose its job agent
+        # ("No available agent to submit job"). Free ports keep heads independent.
+        "--dashboard-agent-listen-port", str(free_port()),
+        "--dashboard-agent-grpc-port", str(free_port()),
+        "--runtime-env-agent-port", str(free_port()),
+        "--metrics-export-port", str(free_port()),
     ]  # fmt: skip
     env = {
         **RAY_ENV,
@@ -267,7 +283,9 @@ def ray_head():
     address = f"http://127.0.0.1:{dashboard_port}"
     try:
         wait_http(f"{address}/api/version", 90, proc, log)
-        yield RayHead(address, temp_dir)
+        head = RayHead(address, temp_dir)
+        wait_job_agent(head, proc, log)
+        yield head
     finally:
         stop_group(proc, grace=15)
         kill_naming(temp_dir)
