@@ -34,16 +34,121 @@ class IngestConfig:
     voc: str | None = setting(None, "root of a VOC2011/2012 tree (holds JPEGImages/)")
     sbd: str | None = setting(None, "root of an SBD tree (holds dataset/img and dataset/cls)")
     unlabeled: str | None = setting(None, "prefix of unlabeled images (jpg/png, nested)")
+    split: tuple[str, ...] = setting(
+        (),
+        "named id lists NAME=IDS_FILE (e.g. seg11valid=s3://.../seg11valid.txt); ids are taken "
+        "from VOC when listed there, else from SBD; given lists replace the default splits",
+    )
+    classes: str | None = setting(
+        None, "class list file: one 'name [R G B | #RRGGBB]' per line, or JSON; default: VOC 21"
+    )
+    preset: str | None = setting(
+        None,
+        "'reference': train = SBD train (SBD labels), val = VOC val (or each --split list) "
+        "minus SBD train ids, i.e. seg11valid on VOC2011; no image in both",
+        choices=("reference",),
+    )
+    voc_splits: tuple[str, ...] = setting(
+        ("train", "val"), "VOC ImageSets/Segmentation lists to ingest (trainval is their union)"
+    )
+    # ~256 VOC images (~30 MB) per shard: enough files for parallel reads, few enough to list.
+    rows_per_shard: int = setting(256, "rows per Parquet file (one Ray task writes one file)")
+    # Row groups of ~32 images (~4 MB) let a streaming reader hold little in memory at once.
+    rows_per_row_group: int = setting(32, "rows per Parquet row group")
+    # VOC images are ~0.2 MP, phone photos up to ~50 MP; beyond this a file is treated as a
+    # decompression bomb and rejected before any pixel is decoded.
+    max_pixels: int = setting(64_000_000, "largest width x height accepted")
+    # Reads are latency-bound on object stores: a few threads per task hide the round trips.
+    read_threads: int = setting(8, "concurrent object reads inside each shard task")
+    concurrency: int | None = setting(None, "max shard tasks at once (default: Ray decides)")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Fine-tune an FCN with Ray Train (data-parallel) on an ingested dataset."""
+    """Fine-tune an FCN with Ray Train (data-parallel) on an ingested dataset.
+
+    Optimizer settings left unset come from `--preset` (fcn/optim.py PRESETS): `paper` (SGD,
+    lr 1e-4, momentum 0.9, batch 20, mean loss), `heavy` (the reference repo: SGD, lr
+    1e-10/1e-12/1e-14, momentum 0.99, batch 1, summed loss) or `fast` (Adam lr 1e-4, for
+    from-scratch CPU demos: the paper's recipes assume ImageNet weights and take days).
+    """
 
     data: str = required("root of the ingested Parquet dataset (holds train/ and val/)")
-    model: str = setting("fcn32s", "model name", choices=None)
+    model: str = setting(
+        "fcn32s",
+        "model name",
+        choices=("fcn32s", "fcn16s", "fcn8s", "fcn8s-atonce", "fcn-alexnet", "fcn-googlenet"),
+    )
     storage: str = setting("./runs", "where checkpoints go (s3://bucket/prefix or local path)")
     name: str = setting("fcn", "run name; the same name again resumes that run")
+    experiment: str = setting("fcn", "MLflow experiment")
+    registered_model: str | None = setting(
+        "fcn", "register the best checkpoint under this MLflow model name (empty: don't)"
+    )
+    num_classes: int = setting(21, "classes scored (VOC: 21 = background + 20)")
+    init: str | None = setting(
+        None,
+        "initial weights: 'imagenet' (torchvision backbone), a pytorch-fcn .pth file, or a "
+        "checkpoint / models:/ / runs:/ URI of a previous run (staged 32s->16s->8s by surgery)",
+    )
+    # --- schedule --------------------------------------------------------------------------
+    iterations: int = setting(100, "optimizer steps in total (a resumed run continues to it)")
+    eval_every: int = setting(50, "evaluate on val and checkpoint every this many iterations")
+    preset: str = setting("paper", "optimizer recipe", choices=("paper", "heavy", "fast"))
+    optimizer: str | None = setting(None, "override the preset", choices=("sgd", "adam"))
+    lr: float | None = setting(None, "learning rate (default: the preset's)")
+    momentum: float | None = setting(None, "SGD momentum (default: the preset's)")
+    weight_decay: float | None = setting(None, "weight decay, not on biases (default: preset)")
+    batch_size: int | None = setting(
+        None, "images per iteration over all workers (default: the preset's); whole images "
+        "are accumulated one at a time, crops go through as one minibatch",
+    )  # fmt: skip
+    loss: str | None = setting(
+        None, "per-pixel loss reduction: 'sum' (reference) or 'mean'", choices=("sum", "mean")
+    )
+    # --- data ------------------------------------------------------------------------------
+    train_split: str = setting("train", "split trained on (a folder under --data)")
+    val_split: str = setting("val", "split evaluated on")
+    crop_size: int | None = setting(
+        None, "random crops of this size (pad: void 255), or none: whole images (the paper)"
+    )
+    flip: bool = setting(False, "random horizontal flips (the paper found no gain)")
+    val_limit: int | None = setting(None, "evaluate on the first N val images only")
+    val_images_logged: int = setting(3, "val images logged to MLflow with predicted masks")
+    # --- options from the paper ------------------------------------------------------------
+    class_weights: str = setting(
+        "none", "loss weights per class: none, or 'balanced' (median frequency over train)",
+        choices=("none", "balanced"),
+    )  # fmt: skip
+    loss_sample: float = setting(
+        0.0, "spatial loss sampling: drop each final-layer cell from the loss with this p"
+    )
+    classifier_only: bool = setting(False, "train the score layers only, the rest frozen")
+    learnable_upsampling: bool = setting(False, "let the bilinear upsampling layers learn")
+    # --- scale -----------------------------------------------------------------------------
+    workers: int = setting(2, "data-parallel training workers")
+    gpu: bool = setting(False, "one GPU per worker (NCCL); CPU workers use gloo")
+    cpus_per_worker: float = setting(1.0, "logical CPUs reserved per worker")
+    threads: int | None = setting(None, "torch threads per worker (default: cpus_per_worker)")
+    amp: str = setting("none", "mixed precision on GPU", choices=("none", "bf16", "fp16"))
+    channels_last: bool = setting(False, "channels_last memory format (faster convs on CPU/GPU)")
+    max_failures: int = setting(3, "worker-group restarts from the last checkpoint")
+    seed: int = setting(0, "seed of weights init and data order")
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """Evaluate a checkpoint or registered model on a split, across Ray Train workers."""
+
+    data: str = required("root of the ingested Parquet dataset")
+    model: str = required("checkpoint directory URI, or an MLflow models:/ or runs:/ URI")
+    split: str = setting("val", "split evaluated")
+    limit: int | None = setting(None, "the first N images of the split only")
+    experiment: str = setting("fcn-eval", "MLflow experiment of the evaluation run")
+    workers: int = setting(2, "evaluation workers (the split is sharded, no image twice)")
+    gpu: bool = setting(False, "one GPU per worker")
+    cpus_per_worker: float = setting(1.0, "logical CPUs reserved per worker")
+    storage: str | None = setting(None, "Ray Train run storage (default: a temp dir)")
 
 
 @dataclass(frozen=True)
@@ -53,6 +158,51 @@ class SegmentConfig:
     input: str = required("prefix of images (or an ingested Parquet split) to segment")
     output: str = required("prefix where masks and the manifest go")
     model: str = required("checkpoint directory URI, or an MLflow models:/ or runs:/ URI")
+    input_format: str = setting(
+        "auto",
+        "'images' (a prefix of jpg/png/bmp/webp files), 'parquet' (an ingested split with "
+        "uri + image columns) or 'auto' (parquet when the prefix holds .parquet files)",
+        choices=("auto", "images", "parquet"),
+    )
+    # 4 same-size images per forward: enough to amortize per-call overhead on CPU, small
+    # enough that one batch of 500x500 VOC images stays well under 1 GB of activations.
+    batch_size: int = setting(4, "images per model call (only images of equal size are stacked)")
+    concurrency: int = setting(1, "model actors (each loads the model once)")
+    cpus_per_actor: float = setting(1.0, "Ray CPUs reserved per actor")
+    threads: int = setting(0, "torch threads per actor; 0 = as many as its reserved CPUs")
+    gpus_per_actor: float = setting(0.0, "GPUs per actor; > 0 runs the model on CUDA")
+    # ~12 MP covers phone and DSLR photos; above it one FCN-VGG16 forward needs > 10 GB of
+    # activations. Pillow's own bomb guard (89 MP warning, 179 MP error) is far above this.
+    max_pixels: int = setting(12_000_000, "larger images are refused (decompression bombs)")
+    max_error_fraction: float = setting(
+        0.05, "exit non-zero when failed / (done + failed) exceeds this"
+    )
+    scales: tuple[float, ...] = setting(
+        (1.0,), "multi-scale inference: average class probabilities over these input scales"
+    )
+    shift_and_stitch: int = setting(
+        0, "dense output by shift-and-stitch with this factor (0 = off; costs factor^2)"
+    )
+    class_counts: bool = setting(True, "record per-image class pixel counts in the manifest")
+    retry_errors: bool = setting(False, "retry images whose unchanged bytes failed before")
+    force: bool = setting(False, "segment every image again, even unchanged ones")
+    experiment: str = setting("segment", "MLflow experiment (used when MLFLOW_TRACKING_URI is set)")
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    """Compare an experiment's training runs: table by best mean IU, curves, champion alias."""
+
+    experiment: str = required("MLflow experiment whose runs are compared")
+    output: str = setting("./results/compare", "where the CSV, Markdown and PNGs go (URI)")
+    # Five curves stay readable on one plot; the table always lists every run.
+    top: int = setting(5, "how many of the best runs get curves and per-class bars")
+    promote: bool = setting(False, "move the 'champion' alias to the best finished run's model")
+    registered_model: str | None = setting(
+        None, "registered model to promote in (needed only if the run registered several)"
+    )
+    log_artifacts: bool = setting(False, "also log the outputs as a comparison run's artifacts")
+    tracking_uri: str | None = setting(None, "MLflow tracking URI (default: MLFLOW_TRACKING_URI)")
 
 
 # --- CLI generation --------------------------------------------------------------------------
@@ -94,7 +244,10 @@ def build_parser(cls, description: str | None = None) -> argparse.ArgumentParser
         elif origin is tuple:
             item = typing.get_args(tp)[0]
             kwargs["type"] = item
-            kwargs["nargs"] = "*"
+            # `--split a=x b=y` and `--split a=x --split b=y` both give (a=x, b=y); a given
+            # flag replaces the default rather than adding to it (see parse()).
+            kwargs["action"] = "extend"
+            kwargs["nargs"] = "+"
         elif origin is typing.Literal:
             kwargs["choices"] = typing.get_args(tp)
             kwargs["type"] = type(typing.get_args(tp)[0])
@@ -108,8 +261,14 @@ def build_parser(cls, description: str | None = None) -> argparse.ArgumentParser
 
 def parse(cls, argv: list[str] | None = None, description: str | None = None):
     """Parse `argv` (default: sys.argv[1:]) into a `cls` instance."""
-    namespace = build_parser(cls, description).parse_args(argv)
-    values = vars(namespace)
+    parser = build_parser(cls, description)
+    # argparse's "extend" appends to the default; start tuple flags empty, default afterwards.
+    defaults = {a.dest: a.default for a in parser._actions if isinstance(a, argparse._ExtendAction)}
+    parser.set_defaults(**dict.fromkeys(defaults))
+    values = vars(parser.parse_args(argv))
+    for name, default in defaults.items():
+        if values[name] is None:
+            values[name] = default
     hints = typing.get_type_hints(cls)
     for name, value in values.items():
         tp, _ = _unwrap_optional(hints[name])

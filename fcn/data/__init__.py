@@ -1,0 +1,1 @@
+"""Datasets: readers for the real layouts, synthetic data, ingestion to Parquet."""

@@ -1,0 +1,162 @@
+"""Class lists: the 21 PASCAL VOC classes (the default) and user label sets.
+
+A class list is what ingest records in its summary and what training, evaluation and
+segmentation take `num_classes`, names and palette from, so a model trained on a custom
+set writes masks in that set's colors.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import numpy as np
+
+VOC_CLASSES: tuple[str, ...] = (
+    "background",
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
+    "tvmonitor",
+)
+
+VOID = 255  # label ignored by the loss and the metrics (VOC object borders)
+
+
+def voc_colormap(n: int = 256) -> np.ndarray:
+    """The VOC palette: n x 3 uint8, entry i is the color of class index i (255 -> void).
+
+    Built by the devkit's bit-interleaving rule, so it matches the palette stored in the
+    official SegmentationClass PNGs byte for byte.
+    """
+    cmap = np.zeros((n, 3), dtype=np.uint8)
+    for i in range(n):
+        r = g = b = 0
+        c = i
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        cmap[i] = (r, g, b)
+    return cmap
+
+
+@dataclass(frozen=True)
+class ClassList:
+    """Ordered class names (index = label value) and one RGB color per class."""
+
+    names: tuple[str, ...]
+    colors: tuple[tuple[int, int, int], ...]
+
+    def __post_init__(self):
+        if not self.names:
+            raise ValueError("a class list needs at least one class")
+        if len(self.names) > 255:
+            raise ValueError(f"at most 255 classes (255 is void), got {len(self.names)}")
+        if len(set(self.names)) != len(self.names):
+            raise ValueError("class names must be unique")
+        if len(self.colors) != len(self.names):
+            raise ValueError("one color per class")
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.names)
+
+    def palette(self) -> np.ndarray:
+        """256 x 3 uint8 palette for mask PNGs: class colors first, VOC colors elsewhere."""
+        cmap = voc_colormap()
+        cmap[: self.num_classes] = np.asarray(self.colors, dtype=np.uint8)
+        return cmap
+
+    def to_dict(self) -> dict:
+        return {
+            "num_classes": self.num_classes,
+            "names": list(self.names),
+            "colors": [list(c) for c in self.colors],
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ClassList:
+        names = tuple(d["names"])
+        colors = d.get("colors")
+        return cls.from_names(names, colors)
+
+    @classmethod
+    def from_names(cls, names, colors=None) -> ClassList:
+        # Classes without a color get the VOC color of their index: a custom set that
+        # keeps the VOC order then looks exactly like VOC.
+        cmap = voc_colormap()
+        if colors is None:
+            colors = [None] * len(names)
+        resolved = []
+        for i, color in enumerate(colors):
+            if color is None:
+                resolved.append(tuple(int(v) for v in cmap[i]))
+            else:
+                rgb = tuple(int(v) for v in color)
+                if len(rgb) != 3 or not all(0 <= v <= 255 for v in rgb):
+                    raise ValueError(f"class {names[i]!r}: color must be 3 values 0-255")
+                resolved.append(rgb)
+        return cls(tuple(str(n) for n in names), tuple(resolved))
+
+
+def voc_classes() -> ClassList:
+    return ClassList.from_names(VOC_CLASSES)
+
+
+def parse_class_list(text: str) -> ClassList:
+    """Parse a user class file.
+
+    Accepted forms:
+      - JSON: a list of names, a list of {"name", "color"} objects, or {"names", "colors"};
+      - text: one class per line, `name` or `name R G B` or `name #RRGGBB`; blank lines and
+        lines starting with `#` are skipped. Line order = label value.
+    """
+    stripped = text.strip()
+    if stripped.startswith(("[", "{")):
+        data = json.loads(stripped)
+        if isinstance(data, dict):
+            return ClassList.from_dict(data)
+        names, colors = [], []
+        for item in data:
+            if isinstance(item, str):
+                names.append(item)
+                colors.append(None)
+            else:
+                names.append(item["name"])
+                colors.append(item.get("color"))
+        return ClassList.from_names(names, colors)
+    names, colors = [], []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        parts = line.split()
+        names.append(parts[0])
+        rest = parts[1:]
+        if not rest:
+            colors.append(None)
+        elif len(rest) == 1 and rest[0].startswith("#") and len(rest[0]) == 7:
+            colors.append(tuple(int(rest[0][k : k + 2], 16) for k in (1, 3, 5)))
+        elif len(rest) == 3:
+            colors.append(tuple(int(v) for v in rest))
+        else:
+            raise ValueError(f"class file line {lineno}: expected 'name [R G B | #RRGGBB]'")
+    return ClassList.from_names(names, colors)

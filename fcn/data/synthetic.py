@@ -1,0 +1,431 @@
+"""Deterministic synthetic datasets in the real VOC2012 / SBD / image-tree layouts.
+
+Every reader is tested on the same on-disk formats it meets in production: JPEGs, VOC
+palette PNGs with void borders, SBD MATLAB files (`GTcls.Segmentation`) and a nested tree
+of mixed-extension images. Same seed -> byte-identical files.
+
+Images are learnable on purpose: each class has a fixed color and stripe texture that does
+not depend on the seed (train on one seed, evaluate on another), objects sit on low-saturation
+textured backgrounds, so a small FCN reaches a high mean IU in few iterations.
+
+CLI:
+    python -m fcn.data.synthetic --voc DIR --sbd DIR --unlabeled DIR --num-images N --seed S
+"""
+
+from __future__ import annotations
+
+import argparse
+import colorsys
+import hashlib
+import io
+import struct
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import scipy.io
+import scipy.sparse
+from PIL import Image, ImageDraw
+
+from fcn.data.classes import VOC_CLASSES, VOID, voc_colormap
+
+OBJECT_CLASSES = tuple(range(1, len(VOC_CLASSES)))  # 1..20; 0 is background
+JPEG_QUALITY = 90  # close to the VOC JPEGs' quality; visible but mild artifacts
+# Unlabeled tree: nested folders and mixed extensions, as user buckets look.
+_UNLABELED_DIRS = ("", "street", "street/2021", "park/summer/day", "misc")
+_UNLABELED_EXTS = (".jpg", ".png", ".JPG", ".jpeg", ".PNG")
+
+
+@dataclass(frozen=True)
+class ClassLook:
+    """What makes a class recognizable: base color and a stripe texture."""
+
+    color: tuple[float, float, float]
+    stripe_angle: float  # radians
+    stripe_period: float  # pixels
+    stripe_amplitude: float
+
+
+def class_look(cls: int) -> ClassLook:
+    """Fixed per class (independent of the seed) so every synthetic set shares statistics."""
+    k = cls - 1
+    hue = (k * 7 % 20) / 20.0  # 20 hues, neighbors in index order far apart in hue
+    sat, val = (0.9, 0.95) if k % 2 == 0 else (0.75, 0.6)
+    r, g, b = colorsys.hsv_to_rgb(hue, sat, val)
+    return ClassLook(
+        color=(255 * r, 255 * g, 255 * b),
+        stripe_angle=np.pi * (k % 5) / 5,
+        stripe_period=4.0 + 2.0 * (k % 4),
+        stripe_amplitude=18.0,
+    )
+
+
+def _rng_for(seed: int, key: str) -> np.random.Generator:
+    # One generator per (seed, image id): an image does not depend on which other images
+    # are generated, so VOC and SBD render the same picture for a shared id.
+    digest = hashlib.sha256(f"{seed}:{key}".encode()).digest()
+    return np.random.default_rng(int.from_bytes(digest[:8], "little"))
+
+
+def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    gray = rng.uniform(80, 180)
+    tint = rng.uniform(-12, 12, size=3)
+    image = np.empty((height, width, 3), np.float32)
+    image[:] = gray + tint
+    for _ in range(2):  # soft low-frequency blobs, like lighting and clutter
+        fy, fx = rng.uniform(0.5, 3.0, size=2) * 2 * np.pi / np.array([height, width])
+        phase = rng.uniform(0, 2 * np.pi)
+        image += rng.uniform(8, 20) * np.sin(fy * yy + fx * xx + phase)[..., None]
+    image += rng.normal(0, 8, size=image.shape)
+    return image
+
+
+def _shape_mask(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    size = rng.uniform(0.25, 0.6) * min(height, width)
+    cx, cy = rng.uniform(0.15, 0.85) * width, rng.uniform(0.15, 0.85) * height
+    canvas = Image.new("L", (width, height), 0)
+    draw = ImageDraw.Draw(canvas)
+    kind = rng.integers(3)
+    if kind == 0:  # ellipse
+        a, b = size / 2 * rng.uniform(0.6, 1.0, size=2)
+        draw.ellipse([cx - a, cy - b, cx + a, cy + b], fill=1)
+    elif kind == 1:  # rotated rectangle
+        a, b = size / 2 * rng.uniform(0.5, 1.0, size=2)
+        t = rng.uniform(0, np.pi)
+        corners = [(-a, -b), (a, -b), (a, b), (-a, b)]
+        pts = [
+            (cx + x * np.cos(t) - y * np.sin(t), cy + x * np.sin(t) + y * np.cos(t))
+            for x, y in corners
+        ]
+        draw.polygon(pts, fill=1)
+    else:  # irregular star-like polygon
+        n = int(rng.integers(5, 10))
+        angles = np.sort(rng.uniform(0, 2 * np.pi, size=n))
+        radii = size / 2 * rng.uniform(0.5, 1.0, size=n)
+        pts = [(cx + r * np.cos(t), cy + r * np.sin(t)) for r, t in zip(radii, angles, strict=True)]
+        draw.polygon(pts, fill=1)
+    return np.asarray(canvas, dtype=bool)
+
+
+def render_scene(
+    rng: np.random.Generator,
+    height: int,
+    width: int,
+    classes: tuple[int, ...] = OBJECT_CLASSES,
+    max_objects: int = 3,
+) -> tuple[np.ndarray, np.ndarray]:
+    """One image (H x W x 3 uint8) and its labels (H x W uint8, 0 = background, no void)."""
+    image = _background(rng, height, width)
+    label = np.zeros((height, width), np.uint8)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    for _ in range(int(rng.integers(1, max_objects + 1))):
+        cls = int(rng.choice(classes))
+        mask = _shape_mask(rng, height, width)
+        look = class_look(cls)
+        u = xx * np.cos(look.stripe_angle) + yy * np.sin(look.stripe_angle)
+        stripes = look.stripe_amplitude * np.sin(2 * np.pi * u / look.stripe_period)
+        color = np.asarray(look.color, np.float32) + rng.uniform(-12, 12)  # lighting
+        texture = color + stripes[..., None] + rng.normal(0, 6, size=image.shape)
+        image[mask] = texture[mask]
+        label[mask] = cls  # later objects occlude earlier ones
+    return np.clip(image, 0, 255).round().astype(np.uint8), label
+
+
+def void_border(label: np.ndarray, radius: int) -> np.ndarray:
+    """VOC-style labels: 255 on a band of `radius` px around every outline between labels."""
+    h, w = label.shape
+    padded = np.pad(label, radius, mode="edge")
+    lo = label.copy()
+    hi = label.copy()
+    for dy in range(2 * radius + 1):
+        for dx in range(2 * radius + 1):
+            window = padded[dy : dy + h, dx : dx + w]
+            np.minimum(lo, window, out=lo)
+            np.maximum(hi, window, out=hi)
+    out = label.copy()
+    out[lo != hi] = VOID
+    return out
+
+
+def _border_radius(height: int, width: int) -> int:
+    return max(1, round(min(height, width) / 120))  # ~2-4 px at VOC sizes, like the devkit
+
+
+def encode_jpeg(image: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, "JPEG", quality=JPEG_QUALITY)
+    return buf.getvalue()
+
+
+def encode_voc_png(label: np.ndarray) -> bytes:
+    """Palette PNG (mode P) with the VOC colormap: pixel value = class index."""
+    im = Image.fromarray(label)
+    im.putpalette(voc_colormap().tobytes())
+    buf = io.BytesIO()
+    im.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def encode_sbd_mat(label: np.ndarray) -> bytes:
+    """An SBD `cls/*.mat`: struct GTcls with Segmentation, Boundaries, CategoriesPresent."""
+    boundaries = np.empty((len(OBJECT_CLASSES), 1), dtype=object)
+    edge = void_border(label, 1) == VOID
+    for k, cls in enumerate(OBJECT_CLASSES):
+        boundaries[k, 0] = scipy.sparse.csc_matrix(edge & (label == cls))
+    present = np.array([c for c in np.unique(label) if c != 0], dtype=np.uint8)
+    gt = {"Segmentation": label, "Boundaries": boundaries, "CategoriesPresent": present}
+    buf = io.BytesIO()
+    scipy.io.savemat(buf, {"GTcls": gt}, do_compression=True)
+    data = bytearray(buf.getvalue())
+    # The 116-byte MAT header text carries a creation timestamp; a fixed text keeps the
+    # files byte-identical across runs (the header text is free-form in the format).
+    data[:116] = b"MATLAB 5.0 MAT-file, synthetic SBD (fcn.data.synthetic)".ljust(116)
+    return bytes(data)
+
+
+def _ids(rng: np.random.Generator, count: int) -> list[str]:
+    """VOC-style ids `YYYY_NNNNNN`, unique and sorted like the real lists."""
+    ids: set[str] = set()
+    while len(ids) < count:
+        ids.add(f"{int(rng.integers(2007, 2013))}_{int(rng.integers(0, 10000)):06d}")
+    return sorted(ids)
+
+
+def _size(rng: np.random.Generator, min_size: int, max_size: int) -> tuple[int, int]:
+    h, w = rng.integers(min_size, max_size + 1, size=2)
+    return int(h), int(w)
+
+
+@dataclass
+class SyntheticSet:
+    """What was generated: ids per split for each source, and the unlabeled keys."""
+
+    voc: dict[str, list[str]] = field(default_factory=dict)
+    sbd: dict[str, list[str]] = field(default_factory=dict)
+    unlabeled: list[str] = field(default_factory=list)
+
+
+def _write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+
+
+def _write_list(path: Path, ids: list[str]) -> None:
+    _write(path, "".join(f"{i}\n" for i in ids).encode())
+
+
+def generate(
+    voc: str | Path | None = None,
+    sbd: str | Path | None = None,
+    unlabeled: str | Path | None = None,
+    num_images: int = 20,
+    seed: int = 0,
+    min_size: int = 200,
+    max_size: int = 500,
+    classes: tuple[int, ...] = OBJECT_CLASSES,
+) -> SyntheticSet:
+    """Write up to three datasets of `num_images` images each; return their ids per split.
+
+    VOC: train/val halves (+ trainval). SBD: ~80/20 train/val; a third of its ids are VOC
+    ids (same picture, labels without void border), as in the real sets.
+    """
+    if not 1 <= min_size <= max_size:
+        raise ValueError(f"need 1 <= min_size <= max_size, got {min_size}, {max_size}")
+    if num_images < 2:
+        raise ValueError("num_images must be at least 2 (one per split)")
+    classes = tuple(int(c) for c in classes)
+    if not classes or not all(1 <= c < len(VOC_CLASSES) for c in classes):
+        raise ValueError(f"classes must be VOC object classes 1..{len(VOC_CLASSES) - 1}")
+    rng = np.random.default_rng(seed)
+    pool = _ids(rng, 2 * num_images)
+    voc_ids = sorted(rng.choice(pool, size=num_images, replace=False).tolist())
+    shared = rng.choice(voc_ids, size=num_images // 3, replace=False).tolist()
+    others = [i for i in pool if i not in set(voc_ids)]
+    sbd_ids = sorted(shared + others[: num_images - len(shared)])
+    out = SyntheticSet()
+
+    def scene(image_id: str):
+        r = _rng_for(seed, image_id)
+        h, w = _size(r, min_size, max_size)
+        return render_scene(r, h, w, classes)
+
+    if voc is not None:
+        root = Path(voc)
+        order = rng.permutation(voc_ids).tolist()
+        half = num_images // 2
+        out.voc = {"train": sorted(order[:half]), "val": sorted(order[half:])}
+        out.voc["trainval"] = sorted(voc_ids)
+        for image_id in voc_ids:
+            image, label = scene(image_id)
+            label = void_border(label, _border_radius(*label.shape))
+            _write(root / "JPEGImages" / f"{image_id}.jpg", encode_jpeg(image))
+            _write(root / "SegmentationClass" / f"{image_id}.png", encode_voc_png(label))
+        for split, ids in out.voc.items():
+            _write_list(root / "ImageSets" / "Segmentation" / f"{split}.txt", ids)
+    if sbd is not None:
+        root = Path(sbd) / "dataset"
+        order = rng.permutation(sbd_ids).tolist()
+        n_train = max(1, min(num_images - 1, round(0.8 * num_images)))
+        out.sbd = {"train": sorted(order[:n_train]), "val": sorted(order[n_train:])}
+        for image_id in sbd_ids:
+            image, label = scene(image_id)
+            _write(root / "img" / f"{image_id}.jpg", encode_jpeg(image))
+            _write(root / "cls" / f"{image_id}.mat", encode_sbd_mat(label))
+        for split, ids in out.sbd.items():
+            _write_list(root / f"{split}.txt", ids)
+    if unlabeled is not None:
+        root = Path(unlabeled)
+        for i in range(num_images):
+            folder = _UNLABELED_DIRS[i % len(_UNLABELED_DIRS)]
+            ext = _UNLABELED_EXTS[i % len(_UNLABELED_EXTS)]
+            key = f"{folder}/img_{i:05d}{ext}".lstrip("/")
+            image, _ = scene(f"unlabeled/{i}")
+            if ext.lower() == ".png":
+                buf = io.BytesIO()
+                Image.fromarray(image).save(buf, "PNG")
+                data = buf.getvalue()
+            else:
+                data = encode_jpeg(image)
+            _write(root / key, data)
+            out.unlabeled.append(key)
+        # Non-image files sit in real buckets too; readers must skip them.
+        _write(root / "README.txt", b"synthetic unlabeled images\n")
+    return out
+
+
+# --- bad inputs, for testing what ingest must reject -----------------------------------------
+
+
+def bomb_png(width: int = 30000, height: int = 30000) -> bytes:
+    """A tiny PNG whose header claims width x height pixels (a decompression bomb).
+
+    Only the first rows carry data: a reader that trusts the header would allocate gigabytes.
+    """
+
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        body = kind + payload
+        return struct.pack(">I", len(payload)) + body + struct.pack(">I", zlib.crc32(body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit gray
+    rows = zlib.compress(b"\x00" * (width + 1) * 4)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", rows) + chunk(b"IEND", b"")
+
+
+def _bad(source: str, split: str, image_id: str, reason: str) -> dict:
+    return {"source": source, "split": split, "image_id": image_id, "reason": reason}
+
+
+def plant_bad_inputs(
+    voc: str | Path | None = None,
+    sbd: str | Path | None = None,
+    unlabeled: str | Path | None = None,
+    seed: int = 0,
+) -> list[dict]:
+    """Add one input of each kind ingest must reject, beside a generated dataset.
+
+    Bad VOC / SBD ids (year 2099, never generated) are appended to the `train` lists. Returns
+    one dict per planted input: source, split, image_id, reason (the ingest reason code).
+    """
+    rng = _rng_for(seed, "bad inputs")
+    image, label = render_scene(rng, 64, 80)
+    jpeg = encode_jpeg(image)
+    good_png = encode_voc_png(void_border(label, 1))
+    wrong_size = encode_voc_png(void_border(label[:60], 1))
+    bad_values = label.copy()
+    bad_values[:4, :4] = 42
+    planted: list[dict] = []
+    if voc is not None:
+        root = Path(voc)
+        cases = [  # (id, image bytes or None, mask bytes or None, reason)
+            ("2099_000001", b"this is not an image" * 10, good_png, "corrupt_image"),
+            ("2099_000002", jpeg[: len(jpeg) // 2], good_png, "truncated_image"),
+            ("2099_000003", b"", good_png, "empty_image"),
+            ("2099_000004", jpeg, wrong_size, "mask_size_mismatch"),
+            ("2099_000005", jpeg, encode_voc_png(bad_values), "bad_label_values"),
+            ("2099_000006", jpeg, None, "missing_mask"),
+            ("2099_000007", bomb_png(), good_png, "decompression_bomb"),
+            ("2099_000008", None, None, "missing_image"),
+            ("2099_000009", jpeg, b"", "empty_mask"),
+            ("2099_000010", jpeg, b"\x89PNG garbage", "corrupt_mask"),
+        ]
+        for image_id, image_bytes, mask_bytes, reason in cases:
+            if image_bytes is not None:
+                _write(root / "JPEGImages" / f"{image_id}.jpg", image_bytes)
+            if mask_bytes is not None:
+                _write(root / "SegmentationClass" / f"{image_id}.png", mask_bytes)
+            planted.append(
+                {"source": "voc", "split": "train", "image_id": image_id, "reason": reason}
+            )
+        lst = root / "ImageSets" / "Segmentation" / "train.txt"
+        ids = lst.read_text().split() + [c[0] for c in cases]
+        _write_list(lst, ids)
+    if sbd is not None:
+        root = Path(sbd) / "dataset"
+        cases = [
+            ("2099_000011", jpeg, b"MATLAB 5.0 MAT-file, garbage", "corrupt_mask"),
+            ("2099_000012", jpeg, encode_sbd_mat(label[:, :70]), "mask_size_mismatch"),
+        ]
+        for image_id, image_bytes, mask_bytes, reason in cases:
+            _write(root / "img" / f"{image_id}.jpg", image_bytes)
+            _write(root / "cls" / f"{image_id}.mat", mask_bytes)
+            planted.append(
+                {"source": "sbd", "split": "train", "image_id": image_id, "reason": reason}
+            )
+        lst = root / "train.txt"
+        _write_list(lst, lst.read_text().split() + [c[0] for c in cases])
+    if unlabeled is not None:
+        root = Path(unlabeled)
+        cases = [
+            ("bad/corrupt.jpg", b"\xff\xd8 not really a jpeg", "corrupt_image"),
+            ("bad/empty.png", b"", "empty_image"),
+            ("bad/deep/bomb.PNG", bomb_png(), "decompression_bomb"),
+            ("bad/truncated.JPG", jpeg[: len(jpeg) // 3], "truncated_image"),
+        ]
+        for key, data, reason in cases:
+            _write(root / key, data)
+            planted.append(_bad("unlabeled", "unlabeled", key, reason))
+    return planted
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(
+        prog="python -m fcn.data.synthetic",
+        description="Write deterministic synthetic VOC2012 / SBD / unlabeled image datasets.",
+    )
+    p.add_argument("--voc", help="VOC2012-layout root to write (JPEGImages, ...)")
+    p.add_argument("--sbd", help="SBD-layout root to write (dataset/img, dataset/cls, ...)")
+    p.add_argument("--unlabeled", help="root of a nested tree of unlabeled images")
+    p.add_argument("--num-images", type=int, default=20, help="images per dataset")
+    p.add_argument("--seed", type=int, default=0, help="same seed -> byte-identical files")
+    p.add_argument("--min-size", type=int, default=200, help="smallest image side, px")
+    p.add_argument("--max-size", type=int, default=500, help="largest image side, px")
+    p.add_argument(
+        "--classes",
+        default=",".join(map(str, OBJECT_CLASSES)),
+        help="comma-separated VOC object class indices to draw (default: all 20)",
+    )
+    args = p.parse_args(argv)
+    if not (args.voc or args.sbd or args.unlabeled):
+        p.error("give at least one of --voc, --sbd, --unlabeled")
+    classes = tuple(int(c) for c in args.classes.split(",") if c.strip())
+    result = generate(
+        args.voc,
+        args.sbd,
+        args.unlabeled,
+        args.num_images,
+        args.seed,
+        args.min_size,
+        args.max_size,
+        classes,
+    )
+    for name, splits in (("VOC", result.voc), ("SBD", result.sbd)):
+        for split, ids in splits.items():
+            print(f"{name} {split}: {len(ids)} images")
+    if result.unlabeled:
+        print(f"unlabeled: {len(result.unlabeled)} images under {args.unlabeled}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,42 @@
+from dataclasses import dataclass
+
+import pytest
+
+from fcn.config import from_dict, parse, required, setting, to_dict
+
+
+@dataclass(frozen=True)
+class Example:
+    data: str = required("where the data is")
+    iterations: int = setting(100, "steps")
+    lr: float | None = setting(None, "learning rate")
+    flip: bool = setting(False, "random flips")
+    scales: tuple[float, ...] = setting((1.0,), "scales")
+    mode: str = setting("a", "mode", choices=("a", "b"))
+
+
+def test_cli_is_generated_from_the_fields():
+    config = parse(Example, ["--data", "s3://b/x", "--iterations", "7", "--lr", "1e-4", "--flip"])
+    assert config == Example(data="s3://b/x", iterations=7, lr=1e-4, flip=True)
+
+
+def test_defaults_and_repeated_tuple_flags():
+    assert parse(Example, ["--data", "d"]).scales == (1.0,)
+    assert parse(Example, ["--data", "d", "--scales", "0.5", "1"]).scales == (0.5, 1.0)
+    assert parse(Example, ["--data", "d", "--scales", "0.5", "--scales", "2"]).scales == (0.5, 2.0)
+
+
+@pytest.mark.parametrize(
+    "argv", [[], ["--data", "d", "--mode", "c"], ["--data", "d", "--iterations", "x"]]
+)
+def test_bad_arguments_exit_with_usage(argv, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        parse(Example, argv)
+    assert exit_.value.code == 2
+    assert "usage:" in capsys.readouterr().err
+
+
+def test_dict_round_trip_ignores_unknown_keys():
+    config = Example(data="d", scales=(0.5, 1.0))
+    saved = {**to_dict(config), "from_a_newer_version": 1}
+    assert from_dict(Example, saved) == config

@@ -1,0 +1,262 @@
+"""Ingest: validation of every bad-input kind, split planning, and the Ray Data pipeline."""
+
+import io
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from fcn.config import IngestConfig
+from fcn.data import ingest, synthetic, voc
+from fcn.data.ingest import Rejected
+
+
+def _jpeg(h=40, w=50):
+    # Noise, so that half the file is pixel data (a flat JPEG is nearly all header).
+    pixels = np.random.default_rng(0).integers(0, 255, (h, w, 3), dtype=np.uint8)
+    return synthetic.encode_jpeg(pixels)
+
+
+def _png_mask(label):
+    return synthetic.encode_voc_png(label)
+
+
+def _rec(source="voc", mask=True):
+    return voc.Record("s3://b/img.jpg", "s3://b/m.png" if mask else None, "train", source, "x")
+
+
+def _reason(record, image, mask, num_classes=21):
+    with pytest.raises(Rejected) as info:
+        ingest.validate(record, image, mask, num_classes, 64_000_000)
+    return info.value.reason
+
+
+def test_valid_row_keeps_original_image_bytes_and_class_index_mask():
+    label = np.zeros((40, 50), np.uint8)
+    label[10:20, 10:20] = 7
+    label[9, 9] = 255
+    image = _jpeg()
+    row = ingest.validate(_rec(), image, _png_mask(label), 21, 10**8)
+    assert row["image"] is image and (row["height"], row["width"]) == (40, 50)
+    decoded = Image.open(io.BytesIO(row["mask"]))
+    assert decoded.mode == "L" and np.array_equal(np.asarray(decoded), label)
+    unlabeled = ingest.validate(_rec(mask=False), image, None, 21, 10**8)
+    assert unlabeled["mask"] is None
+
+
+def test_every_bad_input_kind_gets_its_reason():
+    image, label = _jpeg(), np.zeros((40, 50), np.uint8)
+    assert _reason(_rec(), b"", _png_mask(label)) == "empty_image"
+    assert _reason(_rec(), b"garbage" * 5, _png_mask(label)) == "corrupt_image"
+    assert _reason(_rec(), image[: len(image) // 2], _png_mask(label)) == "truncated_image"
+    assert _reason(_rec(), synthetic.bomb_png(), _png_mask(label)) == "decompression_bomb"
+    assert _reason(_rec(), FileNotFoundError("x"), None) == "missing_image"
+    assert _reason(_rec(), PermissionError("x"), None) == "read_error"
+    assert _reason(_rec(), image, FileNotFoundError("m")) == "missing_mask"
+    assert _reason(_rec(), image, b"") == "empty_mask"
+    assert _reason(_rec(), image, b"\x89PNG nope") == "corrupt_mask"
+    assert _reason(_rec(), image, _png_mask(label[:30])) == "mask_size_mismatch"
+    bad = label.copy()
+    bad[0, 0] = 21
+    assert _reason(_rec(), image, _png_mask(bad)) == "bad_label_values"
+    assert _reason(_rec(), image, _png_mask(label + 3), num_classes=3) == "bad_label_values"
+    rgb = io.BytesIO()
+    Image.new("RGB", (50, 40)).save(rgb, "PNG")
+    assert _reason(_rec(), image, rgb.getvalue()) == "corrupt_mask"
+    assert _reason(_rec("sbd"), image, b"MATLAB junk") == "corrupt_mask"
+    assert _reason(_rec("sbd"), image, synthetic.encode_sbd_mat(label[:, :20])) == (
+        "mask_size_mismatch"
+    )
+
+
+def test_max_pixels_is_checked_before_decoding():
+    with pytest.raises(Rejected, match="max_pixels"):
+        ingest.check_image(_jpeg(40, 50), "u", max_pixels=1999)
+    assert ingest.check_image(_jpeg(40, 50), "u", max_pixels=2000) == (40, 50)
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory):
+    root = tmp_path_factory.mktemp("src")
+    result = synthetic.generate(
+        root / "voc", root / "sbd", root / "unl", num_images=6, seed=4, min_size=48, max_size=64
+    )
+    planted = synthetic.plant_bad_inputs(root / "voc", root / "sbd", root / "unl")
+    return root, result, planted
+
+
+def _config(root, output, **kw):
+    return IngestConfig(
+        output=str(output),
+        voc=kw.pop("voc", str(root / "voc")),
+        sbd=kw.pop("sbd", str(root / "sbd")),
+        unlabeled=kw.pop("unlabeled", str(root / "unl")),
+        **kw,
+    )
+
+
+def test_plan_default_merges_lists_and_voc_label_wins(sources, tmp_path):
+    root, result, _ = sources
+    records, notes = ingest.plan_records(_config(root, tmp_path))
+    train = {r.image_id: r for r in records["train"]}
+    expected = set(result.voc["train"]) | set(result.sbd["train"])
+    assert set(train) - {p["image_id"] for p in _planted(sources)} == expected
+    for image_id in set(result.voc["train"]) & set(result.sbd["train"]):
+        assert train[image_id].source == "voc"
+    assert [r.image_id for r in records["val"]] == sorted(r.image_id for r in records["val"])
+    assert len(records["unlabeled"]) == len(result.unlabeled) + 4  # + planted, no README.txt
+    assert notes["label_precedence"] == "voc"
+
+
+def _planted(sources):
+    return sources[2]
+
+
+def test_plan_reference_preset_keeps_val_out_of_train(sources, tmp_path):
+    root, result, _ = sources
+    config = _config(root, tmp_path, preset="reference", unlabeled=None)
+    records, notes = ingest.plan_records(config)
+    assert set(records) == {"train", "val"}
+    train_ids = {r.image_id for r in records["train"]}
+    assert all(r.source == "sbd" for r in records["train"])
+    assert not train_ids & {r.image_id for r in records["val"]}
+    assert {r.image_id for r in records["val"]} == set(result.voc["val"]) - train_ids
+    assert notes["ids_in_several_splits"] == 0
+
+
+def test_plan_named_split_lists(sources, tmp_path):
+    root, result, _ = sources
+    ids = tmp_path / "mine.txt"
+    ids.write_text("\n".join([result.voc["val"][0], result.sbd["val"][0]]) + "\n")
+    config = _config(root, tmp_path, split=(f"mine={ids}",), unlabeled=None)
+    records, _ = ingest.plan_records(config)
+    assert list(records) == ["mine"]
+    by_id = {r.image_id: r for r in records["mine"]}
+    assert by_id[result.voc["val"][0]].source == "voc"
+    if result.sbd["val"][0] not in set(result.voc["trainval"]):
+        assert by_id[result.sbd["val"][0]].source == "sbd"
+    with pytest.raises(ValueError, match="NAME=IDS_FILE"):
+        ingest.plan_records(_config(root, tmp_path, split=("nofile",)))
+    with pytest.raises(ValueError, match="split name"):
+        ingest.plan_records(_config(root, tmp_path, split=(f"../x={ids}",)))
+    with pytest.raises(ValueError, match="does not exist"):
+        ingest.plan_records(_config(root, tmp_path, split=(f"x={tmp_path}/none.txt",)))
+    with pytest.raises(ValueError, match="source"):
+        ingest.plan_records(IngestConfig(output=str(tmp_path)))
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    for key, value in {
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "RAY_AUTH_MODE": "disabled",
+    }.items():
+        os.environ.setdefault(key, value)
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False)
+    yield ray
+    ray.shutdown()
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(root)): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and not p.name.startswith(".")
+    }
+
+
+def test_pipeline_writes_good_rows_rejects_bad_and_reruns_identically(ray_local, sources, tmp_path):
+    root, result, planted = sources
+    out = tmp_path / "out"
+    config = _config(root, out, rows_per_shard=4, rows_per_row_group=2)
+    summary = ingest.run(config)
+
+    planned, _ = ingest.plan_records(config)
+    bad = {(p["split"], p["image_id"]): p["reason"] for p in planted}
+    for split, records in planned.items():
+        table = pq.read_table(out / split)
+        assert table.schema.equals(ingest.SCHEMA)
+        rows = table.to_pylist()
+        ids = [r["image_id"] for r in rows]
+        assert len(ids) == len(set(ids))  # nothing duplicated
+        good = [r for r in records if (split, r.image_id) not in bad]
+        assert sorted(ids) == sorted(r.image_id for r in good)  # nothing lost
+        by_id = {r.image_id: r for r in good}
+        for row in rows:
+            record = by_id[row["image_id"]]
+            assert row["split"] == split and row["source"] == record.source
+            assert row["image"] == Path(record.image_uri).read_bytes()
+            assert row["uri"] == record.image_uri
+            if record.mask_uri is None:
+                assert row["mask"] is None
+                continue
+            source_mask = Path(record.mask_uri).read_bytes()
+            expected = (
+                voc.decode_sbd_mask(source_mask)
+                if record.source == "sbd"
+                else voc.decode_voc_mask(source_mask)
+            )
+            assert np.array_equal(voc.decode_png_mask(row["mask"]), expected)
+            assert expected.shape == (row["height"], row["width"])
+        assert summary["splits"][split]["written"] == len(rows)
+
+    errors = pq.read_table(out / "_errors").to_pylist()
+    assert {(e["split"], e["image_id"]): e["reason"] for e in errors} == bad
+    assert all(e["uri"] and e["detail"] for e in errors)
+    assert summary["rejected"] == len(bad)
+    assert sum(summary["rejected_by_reason"].values()) == len(bad)
+    success = json.loads((out / "_SUCCESS").read_text())
+    assert success == summary and success["num_classes"] == 21
+    assert success["classes"]["names"][15] == "person"
+
+    before = _files(out)
+    assert ingest.run(config) == summary
+    assert _files(out) == before  # a second run changes nothing
+
+    # Fewer, larger shards: the old part files must go, or readers would see duplicates.
+    ingest.run(_config(root, out, rows_per_shard=100))
+    for split, records in planned.items():
+        assert len(list((out / split).glob("part-*.parquet"))) == 1
+        n = pq.read_table(out / split).num_rows
+        assert n == sum(1 for r in records if (split, r.image_id) not in bad)
+    assert len(pq.read_table(out / "_errors").to_pylist()) == len(bad)
+
+
+def test_custom_class_list_validates_labels_and_lands_in_summary(ray_local, sources, tmp_path):
+    root, _, _ = sources
+    classes = tmp_path / "classes.txt"
+    classes.write_text("background\nthing 10 20 30\n")
+    out = tmp_path / "out"
+    summary = ingest.run(
+        _config(root, out, classes=str(classes), sbd=None, unlabeled=None, voc_splits=("val",))
+    )
+    assert summary["num_classes"] == 2
+    assert ingest.read_classes(str(out)).colors[1] == (10, 20, 30)
+    # Synthetic objects use classes 1..20: every mask with a class > 1 is rejected.
+    errors = pq.read_table(out / "_errors").to_pylist()
+    assert errors and {e["reason"] for e in errors} == {"bad_label_values"}
+    assert summary["splits"]["val"]["written"] + summary["rejected"] == 3
+
+
+def test_unforeseen_decoder_failure_becomes_an_error_row(monkeypatch, tmp_path):
+    image = tmp_path / "a.jpg"
+    image.write_bytes(_jpeg())
+    record = voc.Record(str(image), None, "unlabeled", "unlabeled", "a.jpg")
+
+    def boom(*args):
+        raise RuntimeError("decoder exploded")
+
+    monkeypatch.setattr(ingest, "validate", boom)
+    shard = ingest.Shard("unlabeled", 0, (record,))
+    counts = ingest.write_shard(shard, str(tmp_path / "out"), 21, 10**8, 4, 2)
+    assert counts["written"] == 0 and counts["rejected"] == 1
+    (error,) = pq.read_table(tmp_path / "out" / shard.error_key).to_pylist()
+    assert error["reason"] == "unexpected_error" and "exploded" in error["detail"]
+    assert pq.read_table(tmp_path / "out" / shard.key).num_rows == 0
