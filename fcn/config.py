@@ -106,6 +106,9 @@ class TrainConfig:
     loss: str | None = setting(
         None, "per-pixel loss reduction: 'sum' (reference) or 'mean'", choices=("sum", "mean")
     )
+    score_lr_mult: float | None = setting(
+        None, "lr multiplier of the new score layers (default: the preset's; 1 in the paper's)"
+    )
     # --- data ------------------------------------------------------------------------------
     train_split: str = setting("train", "split trained on (a folder under --data)")
     val_split: str = setting("val", "split evaluated on")

@@ -1,0 +1,192 @@
+"""Training throughput: Ray Train (1 and 2 workers) against a plain PyTorch loop, in one run.
+
+    python benchmarks/train.py [--size 224] [--steps 12] [--threads 2] [--model fcn32s]
+                               [--gpu] [--output results/train.md]
+
+Same model, data (crops of synthetic images from Parquet), batch (1 image per worker per
+step) and total threads in every case. Prints images/s of each, the ratios (goals: Ray Train
+1 worker >= 0.9x the plain loop; 2 workers vs 1 reported), and the achieved GFLOP/s of a
+training step (FLOPs counted by torch's FlopCounterMode) as a share of the float32 matmul peak
+measured here in the same run (goal >= 65%). Seconds depend on the machine; compare ratios.
+Re-execs itself with the allocator settings of ENVIRONMENT.md (glibc reads them at start).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))
+
+MALLOC_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "68719476736"}
+RAY_ENV = {
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_AUTH_MODE": "disabled",
+}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--size", type=int, default=224, help="crop size (images are this size)")
+    p.add_argument("--steps", type=int, default=12, help="timed steps (after 2 warm-up)")
+    p.add_argument("--threads", type=int, default=2, help="threads in total (CPU)")
+    p.add_argument("--model", default="fcn32s")
+    p.add_argument("--gpu", action="store_true", help="one GPU per worker (and for the loop)")
+    p.add_argument("--output", default=str(REPO / "results" / "train.md"))
+    return p.parse_args(argv)
+
+
+def matmul_peak(threads: int, device: str, n: int = 2048, repeats: int = 10) -> float:
+    import torch
+
+    torch.set_num_threads(threads)
+    a = torch.randn(n, n, device=device)
+    b = torch.randn(n, n, device=device)
+    for _ in range(2):
+        a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        tic = time.perf_counter()
+        a @ b
+        if device == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - tic)
+    return 2 * n**3 / best / 1e9
+
+
+def step_flops(model_name: str, size: int) -> float:
+    """FLOPs of one training step (forward + backward) on one size x size image."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from fcn import optim
+    from fcn.models import build_model
+
+    model = build_model(model_name, 21)
+    x = torch.randn(1, 3, size, size)
+    y = torch.randint(0, 21, (1, size, size))
+    with FlopCounterMode(display=False) as counter:
+        optim.pixel_loss(model(x), y, "mean").backward()
+    return float(counter.get_total_flops())
+
+
+def plain_loop(args, data: str, device: str) -> float:
+    """images/s of a plain PyTorch loop: same decode/crop, model, loss and optimizer."""
+    import pyarrow.parquet as pq
+    import torch
+
+    from fcn import optim
+    from fcn.data.transforms import TrainTransform
+    from fcn.models import build_model
+
+    torch.set_num_threads(args.threads)
+    model = build_model(args.model, 21).to(device)
+    transform = TrainTransform(model.preprocessing, crop_size=args.size)
+    recipe = optim.Recipe("sgd", 1e-4, 0.9, 5e-4, 1, "mean")
+    optimizer = optim.build_optimizer(model, recipe)
+    table = pq.read_table(os.path.join(data, "train"))
+    images, masks = table.column("image").to_pylist(), table.column("mask").to_pylist()
+    seconds = 0.0
+    for step in range(args.steps + 2):
+        tic = time.perf_counter()
+        i = step % len(images)
+        batch = transform({"image": [images[i]], "mask": [masks[i]]})
+        x = torch.from_numpy(batch["image"]).to(device)
+        y = torch.from_numpy(batch["mask"]).to(device).long()
+        optimizer.zero_grad(set_to_none=True)
+        optim.pixel_loss(model(x), y, "mean").backward()
+        optimizer.step()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        if step >= 2:
+            seconds += time.perf_counter() - tic
+    return args.steps / seconds
+
+
+def ray_train(args, data: str, workers: int, root: str) -> float:
+    """images/s as measured inside the Ray Train loop (fcn.train reports `images_per_s`)."""
+    from fcn import train
+    from fcn.config import TrainConfig
+
+    threads = max(1, args.threads // workers)
+    config = TrainConfig(
+        data=data, model=args.model, storage=os.path.join(root, "runs"),
+        name=f"bench-{workers}w", registered_model="", preset="paper", batch_size=workers,
+        crop_size=args.size, iterations=args.steps + 2, eval_every=args.steps + 2,
+        val_limit=1, val_images_logged=0, workers=workers, cpus_per_worker=threads,
+        threads=threads, gpu=args.gpu, max_failures=0,
+    )  # fmt: skip
+    return float(train.run(config).metrics["images_per_s"])
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if any(os.environ.get(k) != v for k, v in {**MALLOC_ENV, **RAY_ENV}.items()):
+        os.execve(
+            sys.executable, [sys.executable, *sys.argv], {**os.environ, **MALLOC_ENV, **RAY_ENV}
+        )
+    import ray
+    from helpers_data import write_split
+
+    device = "cuda" if args.gpu else "cpu"
+    root = tempfile.mkdtemp(prefix="fcn-bench-train-")
+    os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{root}/mlflow.db")
+    data = os.path.join(root, "data")
+    write_split(data, "train", 8, size=(args.size, args.size), classes=(1, 2, 3))
+    write_split(data, "val", 1, size=(args.size, args.size), classes=(1, 2, 3), seed=1)
+
+    peak = matmul_peak(args.threads, device)
+    flops = step_flops(args.model, args.size)
+    loop = plain_loop(args, data, device)
+    ray.init(num_cpus=args.threads + 2, include_dashboard=False)
+    one = ray_train(args, data, 1, root)
+    two = ray_train(args, data, 2, root) if args.gpu is False or _gpus() >= 2 else float("nan")
+    ray.shutdown()
+
+    def share(images_per_s):
+        return flops * images_per_s / 1e9 / peak
+
+    rows = [
+        ("plain PyTorch loop", loop, 1.0, share(loop)),
+        ("Ray Train, 1 worker", one, one / loop, share(one)),
+        ("Ray Train, 2 workers", two, two / loop, share(two)),
+    ]
+    lines = [
+        f"# Training throughput ({args.model}, {args.size}x{args.size} crops, batch 1/worker, "
+        f"{args.threads} threads in total, {device})",
+        "",
+        f"matmul peak measured in this run: {peak:.0f} GFLOP/s; one training step: "
+        f"{flops / 1e9:.0f} GFLOP per image (forward + backward, FlopCounterMode).",
+        "",
+        "| setup | images/s | vs plain loop | GFLOP/s share of matmul peak |",
+        "|---|---|---|---|",
+        *[f"| {n} | {s:.3f} | {r:.2f}x | {p:.0%} |" for n, s, r, p in rows],
+        "",
+        f"Ray Train 1 worker / plain loop: {one / loop:.2f} (goal >= 0.9); "
+        f"2 workers / 1 worker: {two / one:.2f}.",
+    ]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text(text)
+    print(f"written to {args.output}")
+    return 0
+
+
+def _gpus() -> int:
+    import torch
+
+    return torch.cuda.device_count()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

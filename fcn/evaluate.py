@@ -1,0 +1,210 @@
+"""Distributed evaluation: every image of a split scored exactly once across the workers.
+
+The split's Parquet files are listed in sorted order and rows are numbered globally; worker
+`rank` of `world` takes rows `i % world == rank`. No sampler padding (which would count an
+image twice when the split size does not divide), no dropping; the confusion matrices are
+summed across workers (`fcn.metrics.all_reduce_confusion`), so the scores equal a single
+process evaluating the whole split.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+from PIL import Image
+
+from fcn import metrics, storage
+from fcn.data import transforms
+from fcn.data.classes import voc_colormap
+
+
+@dataclass
+class Row:
+    index: int
+    image_id: str
+    image: bytes
+    mask: bytes
+
+
+def split_files(data: str, split: str) -> list[str]:
+    uri = storage.join(data, split)
+    files = [f.uri for f in storage.list_files(uri, extensions=(".parquet",))]
+    if not files:
+        raise FileNotFoundError(f"no Parquet files under {uri!r}: was the dataset ingested?")
+    return files
+
+
+def shard_rows(
+    data: str, split: str, rank: int = 0, world: int = 1, limit: int | None = None
+) -> Iterator[Row]:
+    """Rows of `split` owned by `rank` (global row index % world == rank), in order."""
+    index = 0
+    for uri in split_files(data, split):
+        fs, path = storage.pyarrow_filesystem(uri)
+        parquet = pq.ParquetFile(fs.open_input_file(path))
+        for batch in parquet.iter_batches(batch_size=16, columns=["image_id", "image", "mask"]):
+            columns = batch.to_pydict()
+            for image_id, image, mask in zip(
+                columns["image_id"], columns["image"], columns["mask"], strict=True
+            ):
+                if limit is not None and index >= limit:
+                    return
+                if mask is not None and index % world == rank:
+                    yield Row(index, image_id, image, mask)
+                if mask is not None:
+                    index += 1  # unlabeled rows are not part of an evaluation
+
+
+@torch.no_grad()
+def predict(model, image: np.ndarray, device, channels_last: bool = False) -> torch.Tensor:
+    """Class index per pixel (H x W, on `device`) of one normalized 3 x H x W image."""
+    x = torch.from_numpy(image).unsqueeze(0).to(device)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return model(x).argmax(1)[0]
+
+
+def evaluate_shard(model, rows, spec, num_classes, device, channels_last=False, keep=0):
+    """Confusion matrix of this worker's rows, and up to `keep` (id, image, mask, pred) samples."""
+    was_training = model.training
+    model.eval()
+    hist = np.zeros((num_classes, num_classes), dtype=np.int64)
+    samples = []
+    try:
+        for row in rows:
+            image, mask = transforms.eval_pair(row.image, row.mask, spec)
+            pred = predict(model, image, device, channels_last)
+            hist += metrics.confusion_matrix(torch.from_numpy(mask).to(device), pred, num_classes)
+            if len(samples) < keep:
+                raw = transforms.decode_image(row.image)
+                samples.append((row.image_id, raw, mask, pred.cpu().numpy().astype(np.uint8)))
+    finally:
+        model.train(was_training)
+    return hist, samples
+
+
+def evaluate(model, data, split, spec, num_classes, device, rank=0, world=1, **options):
+    """Scores of the whole split: this rank's shard, confusion summed over all processes.
+
+    Every process must call this (the all-reduce is collective). Returns (scores, hist, samples).
+    """
+    limit = options.pop("limit", None)
+    hist, samples = evaluate_shard(
+        model, shard_rows(data, split, rank, world, limit), spec, num_classes, device, **options
+    )
+    hist = metrics.all_reduce_confusion(hist)
+    return metrics.scores(hist), hist, samples
+
+
+def sample_panel(image: np.ndarray, mask: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    """image | truth | prediction, side by side, masks in the VOC colors (void white)."""
+    cmap = voc_colormap()
+    cmap[255] = (255, 255, 255)
+    return np.concatenate([image, cmap[mask], cmap[pred]], axis=1)
+
+
+def png_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def score_metrics(scores: dict, class_names=None) -> dict:
+    """MLflow metric names (ARCHITECTURE.md): the four scores and `iu_<class>` per class."""
+    out = {k: scores[k] for k in ("pixel_acc", "mean_acc", "mean_iu", "fw_iu")}
+    for c, value in enumerate(scores["iu"]):
+        if not np.isnan(value):
+            name = class_names[c] if class_names and c < len(class_names) else str(c)
+            out[f"iu_{name}"] = float(value)
+    return out
+
+
+# --- the evaluation job ----------------------------------------------------------------------
+
+
+def worker_resources(cpus: float, gpu: bool) -> dict:
+    return {"CPU": cpus, "GPU": 1} if gpu else {"CPU": cpus}
+
+
+def load_model(uri: str):
+    """(model, checkpoint config) of a checkpoint dir or an MLflow models:/ / runs:/ URI."""
+    from fcn import checkpoint, tracking
+    from fcn.models import build_model
+
+    state, config = checkpoint.load(tracking.resolve_checkpoint(uri))
+    model = build_model(config["model"], config["num_classes"])
+    model.load_state_dict(state, strict=True)
+    model.preprocessing = config.get("preprocessing") or model.preprocessing
+    return model, config
+
+
+def eval_loop_per_worker(loop: dict) -> None:
+    """One evaluation worker: its shard of the split, confusion summed over all workers."""
+    import ray.train
+    import ray.train.torch
+
+    context = ray.train.get_context()
+    device = ray.train.torch.get_device()
+    torch.set_num_threads(max(1, int(loop["cpus_per_worker"])))
+    model, config = load_model(loop["model"])
+    model.to(device)
+    scores, hist, _ = evaluate(
+        model, loop["data"], loop["split"], model.preprocessing, config["num_classes"], device,
+        rank=context.get_world_rank(), world=context.get_world_size(), limit=loop["limit"],
+    )  # fmt: skip
+    metrics_out = score_metrics(scores, config.get("class_names"))
+    ray.train.report({**metrics_out, "hist": hist.tolist()})
+
+
+def run(config) -> dict:
+    """Evaluate `config.model` on `config.split` over `config.workers` Ray Train workers and log
+    an MLflow evaluation run. Returns the scores (and `hist`, `run_id`)."""
+    import tempfile
+
+    import ray
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from fcn import tracking
+    from fcn.config import to_dict
+
+    if not ray.is_initialized():
+        ray.init()
+    split_files(config.data, config.split)  # a clear error before any worker starts
+    uri = tracking.tracking_uri()
+    storage_path = config.storage or tempfile.mkdtemp(prefix="fcn-eval-")
+    filesystem = None
+    if storage.is_remote(storage_path):
+        filesystem, storage_path = storage.pyarrow_filesystem(storage_path)
+    run_id = tracking.start_run(config.experiment, f"evaluate-{config.split}", uri=uri)
+    status = "FAILED"
+    try:
+        tracking.log_params(run_id, to_dict(config), uri)
+        env = {"MLFLOW_TRACKING_URI": uri}
+        env.update({k: v for k, v in os.environ.items() if k.startswith(("AWS_", "MLFLOW_S3"))})
+        trainer = TorchTrainer(
+            eval_loop_per_worker,
+            train_loop_config={"model": config.model, "data": config.data, "split": config.split,
+                               "limit": config.limit, "cpus_per_worker": config.cpus_per_worker},
+            scaling_config=ScalingConfig(
+                num_workers=config.workers, use_gpu=config.gpu,
+                resources_per_worker=worker_resources(config.cpus_per_worker, config.gpu),
+            ),
+            run_config=RunConfig(
+                name=f"evaluate-{run_id}", storage_path=storage_path,
+                storage_filesystem=filesystem, worker_runtime_env={"env_vars": env},
+            ),
+        )  # fmt: skip
+        result = trainer.fit().metrics
+        values = {k: v for k, v in result.items() if k != "hist" and isinstance(v, int | float)}
+        tracking.log_metrics(run_id, values, 0, uri)
+        status = "FINISHED"
+        return {**values, "hist": np.asarray(result["hist"]), "run_id": run_id}
+    finally:
+        tracking.end_run(run_id, status, uri)

@@ -1,0 +1,49 @@
+"""FCN models (PAPER.md): `build_model(name, num_classes, pretrained)`.
+
+Contract (ARCHITECTURE.md): input `N x 3 x H x W` floats normalized as `model.preprocessing`
+says, output logits `N x num_classes x H x W` (same H, W, any H, W >= 1); `state_dict()` keys are
+the Caffe layer names. Plain PyTorch: no Ray, MLflow or storage imports here.
+"""
+
+from fcn.models import alexnet, googlenet, preprocess, vgg
+from fcn.models.preprocess import normalize, preprocessing_for
+
+_BUILDERS = {
+    "fcn32s": (vgg.fcn32s, "vgg16"),
+    "fcn16s": (vgg.fcn16s, "vgg16"),
+    "fcn8s": (vgg.fcn8s, "vgg16"),
+    "fcn8s-atonce": (vgg.fcn8s_atonce, "vgg16"),
+    "fcn-alexnet": (alexnet.fcn_alexnet, "alexnet"),
+    "fcn-googlenet": (googlenet.fcn_googlenet, "googlenet"),
+}
+MODEL_NAMES = tuple(_BUILDERS)
+
+
+def build_model(name: str, num_classes: int = 21, pretrained=False, **options):
+    """Build FCN `name` (one of MODEL_NAMES) scoring `num_classes` classes.
+
+    pretrained: False (random backbone), True (torchvision ImageNet weights from the local
+    torch hub cache; a clear FileNotFoundError if absent) or a path to such a state_dict file
+    (pytorch-fcn's `vgg16_from_caffe.pth` included). options: `learnable_upsampling=False`.
+    The returned model carries `model.preprocessing`, the input spec its weights expect (a
+    dict to record in the checkpoint's config.json).
+    """
+    if name not in _BUILDERS:
+        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
+    if not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+    builder, arch = _BUILDERS[name]
+    weights = None
+    if pretrained:
+        from fcn.models import surgery  # torchvision weight enums: loaded only when needed
+
+        # Find the file before building: a missing file fails in milliseconds, not after init.
+        weights = surgery.find_backbone_weights(arch, None if pretrained is True else pretrained)
+    model = builder(num_classes, **options)
+    if weights is not None:
+        surgery.load_pretrained_backbone(model, arch, weights)
+    model.preprocessing = preprocess.preprocessing_for(name, pretrained or None)
+    return model
+
+
+__all__ = ["MODEL_NAMES", "build_model", "normalize", "preprocessing_for"]

@@ -1,0 +1,46 @@
+"""Compare an experiment's training runs: a table sorted by best mean IU, plots, champion.
+
+    python jobs/compare.py --experiment fcn-voc --output s3://bucket/reports/fcn-voc
+    python jobs/compare.py --experiment fcn-voc --promote   # champion -> best finished run
+
+Reads MLFLOW_TRACKING_URI (or --tracking-uri); with neither, MLflow's local store.
+"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, unpackaged
+
+from fcn.compare import compare, to_markdown  # noqa: E402
+from fcn.config import CompareConfig, parse  # noqa: E402
+
+
+def main(argv=None) -> int:
+    config = parse(CompareConfig, argv, description=__doc__)
+    from mlflow.exceptions import MlflowException
+
+    try:
+        result = compare(config)
+    except (LookupError, ValueError) as err:  # no such experiment, no runs, nothing to promote
+        print(f"compare: {err}", file=sys.stderr)
+        return 2
+    except MlflowException as err:  # an unreachable or refusing tracking server
+        print(f"compare: the tracking server failed: {err.message}", file=sys.stderr)
+        return 1
+    print(f"{len(result.rows)} run(s) in experiment {config.experiment!r}, best first:\n")
+    print(to_markdown(result.rows, result.settings))
+    for name, uri in result.outputs.items():
+        print(f"{name:>20}: {uri}")
+    if result.comparison_run_id:
+        print(f"comparison run: {result.comparison_run_id} (artifacts under comparison/)")
+    if result.promotion:
+        p = result.promotion
+        print(
+            f"champion: {p.registered_model} version {p.version} (run {p.run_id}); "
+            f"was {p.previous_version or 'unset'}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,54 @@
+"""Small Parquet datasets in the ingest contract (ARCHITECTURE.md), written directly with pyarrow.
+
+Unit tests of the training side use these instead of running the ingest job: same columns and
+layout (`<root>/<split>/*.parquet`), images rendered by the synthetic generator.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
+
+from fcn import storage
+from fcn.data import synthetic
+
+SCHEMA = pa.schema([
+    ("image_id", pa.string()), ("split", pa.string()), ("source", pa.string()),
+    ("image", pa.binary()), ("mask", pa.binary()), ("height", pa.int32()),
+    ("width", pa.int32()), ("uri", pa.string()),
+])  # fmt: skip
+
+
+def png(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def write_split(root: str, split: str, count: int, size=(40, 56), classes=(1, 2), seed=0,
+                files: int = 2) -> list[str]:  # fmt: skip
+    """Write `count` labeled images of `size` (h, w, or a (min, max) range if a list) to
+    `<root>/<split>/part-*.parquet`; returns their ids in row order."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(count):
+        h, w = (int(rng.integers(size[0], size[1] + 1)),) * 2 if isinstance(size, list) else size
+        image, label = synthetic.render_scene(rng, h, w, tuple(classes))
+        label = synthetic.void_border(label, 1)
+        image_id = f"{split}_{seed}_{i:04d}"
+        rows.append({
+            "image_id": image_id, "split": split, "source": "synthetic",
+            "image": synthetic.encode_jpeg(image), "mask": png(label), "height": h, "width": w,
+            "uri": f"memory://{image_id}.jpg",
+        })  # fmt: skip
+    chunks = np.array_split(np.arange(count), files)
+    for n, chunk in enumerate(chunks):
+        table = pa.Table.from_pylist([rows[i] for i in chunk], schema=SCHEMA)
+        buffer = io.BytesIO()
+        pq.write_table(table, buffer)
+        storage.write_bytes(storage.join(root, f"{split}/part-{n:05d}.parquet"), buffer.getvalue())
+    return [r["image_id"] for r in rows]

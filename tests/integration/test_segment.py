@@ -1,0 +1,283 @@
+"""Acceptance of the nightly segment job (issue 7) on real services: `ray job submit` to the
+test Ray head, images and masks on the S3 test server, the model from a checkpoint on S3 and
+from an MLflow registry alias on the test MLflow server."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+from PIL import Image
+
+from fcn import checkpoint, masks, storage
+from fcn.data.classes import voc_colormap
+from fcn.models import build_model
+from fcn.models.preprocess import normalize
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+NUM_CLASSES = 4
+MODEL_NAME = "fcn-segment-test"
+RAY_ENV = {
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_AUTH_MODE": "disabled",
+}
+
+
+def make_model():
+    """Small FCN with varied argmax (score layers start at zero in a fresh model)."""
+    torch.manual_seed(0)
+    model = build_model("fcn-alexnet", num_classes=NUM_CLASSES)
+    for module in model.modules():
+        if isinstance(module, torch.nn.Conv2d):
+            torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+    return model.eval()
+
+
+def encode(image, fmt="PNG", **kwargs) -> bytes:
+    buffer = io.BytesIO()
+    image = image if isinstance(image, Image.Image) else Image.fromarray(image)
+    image.save(buffer, fmt, **kwargs)
+    return buffer.getvalue()
+
+
+def picture(h: int, w: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    image[: h // 2, : w // 3] = (200, 30, 30)
+    return image
+
+
+def good_images(seed: int, count: int) -> dict[str, bytes]:
+    return {
+        f"new/img_{seed}_{i}.png": encode(picture(64 + 8 * i, 80, seed * 100 + i))
+        for i in range(count)
+    }
+
+
+def first_night_images() -> tuple[dict[str, bytes], set[str]]:
+    """Keys -> bytes, and the keys that must fail."""
+    jpeg = encode(picture(72, 72, 9), "JPEG")
+    frames = [Image.fromarray(picture(16, 16, i)) for i in range(2)]
+    animated = io.BytesIO()
+    frames[0].save(animated, "GIF", save_all=True, append_images=frames[1:])
+    bad = {
+        "bad/empty.jpg": b"",
+        "bad/not-an-image.jpg": b"<html>404</html>",
+        "bad/truncated.jpg": jpeg[: len(jpeg) // 2],
+        "bad/corrupt.png": b"\x89PNG\r\n\x1a\n" + b"\x00" * 40,
+        "bad/animated.png": animated.getvalue(),  # a GIF under a .png name
+        "bad/huge.png": encode(np.zeros((200, 200, 3), np.uint8)),  # > --max-pixels 20000
+    }
+    good = {
+        "a.jpg": jpeg,
+        "nested/deep/b.PNG": encode(picture(64, 96, 1)),
+        "nested/c.png": encode(picture(64, 96, 2)),  # same size as b: stacked in one forward
+        "odd/gray.png": encode(Image.fromarray(picture(64, 64, 3)).convert("L")),
+        "odd/cmyk.jpg": encode(Image.fromarray(picture(64, 64, 4)).convert("CMYK"), "JPEG"),
+        "odd/rgba.png": encode(Image.fromarray(picture(64, 64, 5)).convert("RGBA")),
+        "odd/16bit.png": encode(
+            Image.fromarray(np.arange(4096, dtype=np.uint16).reshape(64, 64) * 16)
+        ),
+        "odd/one-pixel.png": encode(picture(1, 1, 6)),
+    }
+    return {**good, **bad}, set(bad)
+
+
+def upload(s3, prefix: str, files: dict[str, bytes]) -> None:
+    client = s3.client()
+    for key, data in files.items():
+        client.put_object(Bucket=s3.bucket, Key=f"{prefix}/{key}", Body=data)
+
+
+def mask_objects(s3, prefix: str) -> dict[str, tuple]:
+    """mask key -> (LastModified, ETag) of every mask PNG under `prefix`."""
+    client = s3.client()
+    found = {}
+    for key in s3.keys(prefix):
+        if key.endswith(".png") and "/_manifest/" not in key:
+            head = client.head_object(Bucket=s3.bucket, Key=key)
+            found[key[len(prefix) + 1 :]] = (head["LastModified"], head["ETag"])
+    return found
+
+
+def row_mask(s3, prefix: str, key: str) -> str:
+    return s3.uri(f"{prefix}/masks/{masks.mask_key(key)}")
+
+
+def run_manifest(logs: str) -> list[dict]:
+    uri = next(line.split()[-1] for line in logs.splitlines() if line.startswith("manifest:"))
+    return pq.read_table(io.BytesIO(storage.read_bytes(uri))).to_pylist()
+
+
+@pytest.fixture(scope="module")
+def model(s3, tmp_path_factory):
+    """The checkpoint on S3 and registered in MLflow under alias `champion`."""
+    net = make_model()
+    config = {"model": "fcn-alexnet", "num_classes": NUM_CLASSES}
+    config["preprocessing"] = net.preprocessing
+    local = str(tmp_path_factory.mktemp("segment") / "checkpoint")
+    checkpoint.save(net.state_dict(), config, local)
+    remote = s3.uri("segment/checkpoint")
+    checkpoint.save(net.state_dict(), config, remote)
+    return {"net": net, "config": config, "local": local, "s3": remote}
+
+
+def expected_mask(model, data: bytes) -> np.ndarray:
+    image = masks.decode_image(data, max_pixels=10**8)
+    with torch.inference_mode():
+        logits = model["net"](normalize(image, model["config"]["preprocessing"])[None])
+    return logits.argmax(1)[0].numpy()
+
+
+def register(model, mlflow_server) -> str:
+    import mlflow
+    from mlflow import MlflowClient
+
+    mlflow.set_tracking_uri(mlflow_server.uri)
+    mlflow.set_experiment("segment-test-registry")
+    with mlflow.start_run() as run:
+        mlflow.log_artifacts(model["local"], "checkpoint")
+    client = MlflowClient()
+    client.create_registered_model(MODEL_NAME)
+    version = client.create_model_version(
+        MODEL_NAME, source=f"runs:/{run.info.run_id}/checkpoint", run_id=run.info.run_id
+    )
+    client.set_registered_model_alias(MODEL_NAME, "champion", version.version)
+    return version.version
+
+
+def test_nightly_runs_on_s3_are_incremental_and_load_the_registry_alias(
+    s3, mlflow_server, ray_head, model
+):
+    files, bad = first_night_images()
+    upload(s3, "night/images", files)
+    env = {**s3.env, **mlflow_server.env}
+    args = [
+        "jobs/segment.py", "--input", s3.uri("night/images"), "--output", s3.uri("night/masks"),
+        "--model", model["s3"], "--max-pixels", "20000", "--batch-size", "4",
+    ]  # fmt: skip
+
+    # Night 1: good and bad images. 6 of 14 failed > default --max-error-fraction: exit 1.
+    rc, logs = ray_head.submit(args, env=env)
+    assert "6 failed of 14 images" in logs, logs[-4000:]
+    assert rc != 0 and "exceeds --max-error-fraction" in logs
+    rows = {r["uri"]: r for r in run_manifest(logs)}
+    assert len(rows) == len(files)
+    for key, data in files.items():
+        row = rows[s3.uri(f"night/images/{key}")]
+        if key in bad:
+            assert row["status"] == "error" and row["error"], row
+            continue
+        assert row["status"] == "ok", row
+        assert row["mask_uri"] == s3.uri(f"night/masks/{masks.mask_key(key)}")
+        png = Image.open(io.BytesIO(storage.read_bytes(row["mask_uri"])))
+        assert png.mode == "P"
+        assert np.array_equal(np.asarray(png.getpalette()).reshape(-1, 3), voc_colormap())
+        expected = expected_mask(model, data)
+        assert np.array_equal(np.asarray(png), expected), key
+        assert row["class_counts"] == np.bincount(expected.ravel(), minlength=4).tolist()
+    assert "empty file" in rows[s3.uri("night/images/bad/empty.jpg")]["error"]
+    assert "animated" in rows[s3.uri("night/images/bad/animated.png")]["error"]
+    assert "max-pixels" in rows[s3.uri("night/images/bad/huge.png")]["error"]
+    written = mask_objects(s3, "night/masks")
+    assert set(written) == {masks.mask_key(k) for k in files if k not in bad}
+
+    # Night 2: nothing changed -> nothing written, every row skipped, exit 0.
+    rc, logs = ray_head.submit(args, env=env)
+    assert rc == 0, logs[-4000:]
+    assert {r["status"] for r in run_manifest(logs)} == {"skipped"}
+    assert mask_objects(s3, "night/masks") == written
+
+    # Night 3: two new images; the model now comes from the registry alias.
+    version = register(model, mlflow_server)
+    new = good_images(3, 2)
+    upload(s3, "night/images", new)
+    args[args.index("--model") + 1] = f"models:/{MODEL_NAME}@champion"
+    rc, logs = ray_head.submit(args, env=env)
+    assert "2 done, 14 skipped, 0 failed" in logs, logs[-4000:]
+    assert rc == 0
+    done = [r for r in run_manifest(logs) if r["status"] == "ok"]
+    assert sorted(r["uri"] for r in done) == sorted(s3.uri(f"night/images/{k}") for k in new)
+    assert {r["model"] for r in done} == {f"models:/{MODEL_NAME}/{version}"}
+    for key, data in new.items():
+        png = Image.open(io.BytesIO(storage.read_bytes(row_mask(s3, "night", key))))
+        assert np.array_equal(np.asarray(png), expected_mask(model, data))
+    after = mask_objects(s3, "night/masks")
+    assert {k: v for k, v in after.items() if k in written} == written
+
+    # Each run left an MLflow run with its counts.
+    import mlflow
+
+    runs = mlflow.search_runs(experiment_names=["segment"], output_format="list")
+    counts = sorted((r.data.metrics["done"], r.data.metrics["skipped"]) for r in runs)
+    assert counts == [(0.0, 14.0), (2.0, 14.0), (8.0, 0.0)]
+
+
+def _submit_no_wait(ray_head, args, env) -> None:
+    runtime_env = {"env_vars": {**RAY_ENV, **env}}
+    cmd = [
+        str(BIN / "ray"), "job", "submit", "--no-wait", "--address", ray_head.address,
+        "--working-dir", str(REPO), "--runtime-env-json", json.dumps(runtime_env),
+        "--", "python", *args,
+    ]  # fmt: skip
+    subprocess.run(cmd, cwd=REPO, check=True, capture_output=True, env={**os.environ, **RAY_ENV})
+
+
+def _kill_driver(marker: str) -> int:
+    """SIGKILL, by PID, the job driver whose command line names `marker`."""
+    killed = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if "jobs/segment.py" in cmdline and marker in cmdline:
+            try:
+                os.kill(int(entry.name), signal.SIGKILL)
+                killed += 1
+            except (ProcessLookupError, PermissionError):
+                pass
+    return killed
+
+
+def test_killed_run_rerun_gives_exactly_one_whole_mask_per_image(s3, ray_head, model):
+    files = {f"k/img_{i:02d}.png": encode(picture(128, 128 + i, 50 + i)) for i in range(10)}
+    upload(s3, "killed/images", files)
+    args = [
+        "jobs/segment.py", "--input", s3.uri("killed/images"), "--output",
+        s3.uri("killed/masks"), "--model", model["s3"], "--batch-size", "1",
+    ]  # fmt: skip
+    _submit_no_wait(ray_head, args, s3.env)
+    deadline = time.monotonic() + 180
+    while not mask_objects(s3, "killed/masks") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _kill_driver(s3.uri("killed/masks")) >= 1
+    at_kill = len(mask_objects(s3, "killed/masks"))
+    assert 0 < at_kill < len(files), "the run must be killed mid-way"
+
+    rc, logs = ray_head.submit(args, env=s3.env)
+    assert rc == 0, logs[-4000:]
+    rows = run_manifest(logs)
+    assert len(rows) == len(files) and {r["status"] for r in rows} <= {"ok", "skipped"}
+    final = mask_objects(s3, "killed/masks")
+    assert set(final) == {masks.mask_key(k) for k in files}  # one per image, nothing else
+    for key, data in files.items():
+        png = Image.open(io.BytesIO(storage.read_bytes(row_mask(s3, "killed", key))))
+        png.load()  # a truncated PNG fails here
+        assert png.size == Image.open(io.BytesIO(data)).size

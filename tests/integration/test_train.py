@@ -1,0 +1,158 @@
+"""The training job through `ray job submit` on the test Ray head, S3 server and MLflow server.
+
+1. 2 CPU workers train FCN-32s from Parquet on S3; one worker is killed (injected fault) right
+   after the first checkpoint: the group restarts from it, no iteration runs twice, one MLflow
+   run holds the whole history, mean IU rises above the all-background baseline, and the best
+   checkpoint is registered as the champion.
+2. Staged: FCN-16s from that run's best checkpoint; the job is stopped (`ray job stop`) after
+   its first checkpoint and submitted again with the same --name: it resumes, same MLflow run.
+3. jobs/evaluate.py on the champion over 2 workers reproduces the registered mean IU.
+
+Sizes are chosen for 2 CPU cores: 64 px images, FCN-32s from scratch with the `fast` preset.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+
+import pytest
+from conftest import BIN, RAY_ENV
+from helpers_data import write_split
+
+pytestmark = pytest.mark.integration
+
+ITERATIONS, EVAL_EVERY = 40, 20
+CLASSES = (1, 2)  # background + 2 object classes
+MODEL_NAME = "fcn-it"
+
+
+@pytest.fixture(scope="module")
+def data(s3):
+    root = s3.uri("train-it/data")
+    write_split(root, "train", 24, size=(64, 64), classes=CLASSES, seed=0)
+    write_split(root, "val", 7, size=(64, 64), classes=CLASSES, seed=1)  # odd on purpose
+    return root
+
+
+@pytest.fixture(scope="module")
+def env(s3, mlflow_server):
+    return {**s3.env, **mlflow_server.env}
+
+
+def train_args(data, s3, name, *extra):
+    return [
+        "jobs/train.py", "--data", data, "--storage", s3.uri("train-it/runs"),
+        "--name", name, "--experiment", "train-it", "--registered-model", MODEL_NAME,
+        "--workers", "2", "--cpus-per-worker", "1", "--preset", "fast", "--num-classes", "3",
+        "--iterations", str(ITERATIONS), "--eval-every", str(EVAL_EVERY), *extra,
+    ]  # fmt: skip
+
+
+def mlflow_run(name):
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name("train-it")
+    runs = client.search_runs([experiment.experiment_id], f"attributes.run_name = '{name}'")
+    assert len(runs) == 1, f"expected one MLflow run named {name}, got {len(runs)}"
+    return client, runs[0]
+
+
+def steps(client, run_id, metric):
+    return [m.step for m in client.get_metric_history(run_id, metric)]
+
+
+def test_train_with_worker_failure(ray_head, s3, data, env):
+    rc, logs = ray_head.submit(
+        train_args(data, s3, "accept", "--model", "fcn32s"),
+        env={**env, "FCN_FAULT_AT_ITERATION": str(EVAL_EVERY)},
+        timeout=420,
+    )
+    assert rc == 0, logs[-6000:]
+    assert "[fault injection]" in logs
+    assert f"restored from checkpoint at iteration {EVAL_EVERY}" in logs, logs[-6000:]
+
+    client, run = mlflow_run("accept")
+    run_id = run.info.run_id
+    assert run.info.status == "FINISHED"
+    params = run.data.params
+    assert params["model"] == "fcn32s" and params["workers"] == "2"
+    assert params["recipe.optimizer"] == "adam" and "AWS_SECRET_ACCESS_KEY" not in str(params)
+    # Every iteration logged exactly once: the restart continued, it did not start over.
+    assert sorted(steps(client, run_id, "train_loss")) == list(range(1, ITERATIONS + 1))
+    assert steps(client, run_id, "mean_iu") == [EVAL_EVERY, ITERATIONS]
+    history = [m.value for m in client.get_metric_history(run_id, "mean_iu")]
+    # Predicting background everywhere scores ~0.27 here (background IU ~0.8 over 3 classes).
+    assert max(history) > 0.45, history
+    assert run.data.metrics["best_mean_iu"] == pytest.approx(max(history))
+    for name in ("pixel_acc", "mean_acc", "fw_iu", "iu_background"):
+        assert name in run.data.metrics
+    artifacts = [a.path for a in client.list_artifacts(run_id, "val_images")]
+    assert artifacts and all(p.endswith(".png") for p in artifacts)
+    assert {a.path for a in client.list_artifacts(run_id, "checkpoint")} == {
+        "checkpoint/config.json", "checkpoint/model.pt",
+    }  # fmt: skip
+    version = client.get_model_version_by_alias(MODEL_NAME, "champion")
+    assert version.run_id == run_id and version.source == f"runs:/{run_id}/checkpoint"
+    keys = s3.keys("train-it/runs/accept/")
+    assert "train-it/runs/accept/best/config.json" in keys
+    assert any(k.endswith(f"checkpoint_{ITERATIONS:06d}/training_state.pt") for k in keys)
+
+
+def _submit_no_wait(ray_head, args, env) -> str:
+    runtime_env = {"env_vars": {**RAY_ENV, **env}}
+    cmd = [
+        str(BIN / "ray"), "job", "submit", "--no-wait", "--address", ray_head.address,
+        "--working-dir", ".", "--runtime-env-json", json.dumps(runtime_env), "--", "python", *args,
+    ]  # fmt: skip
+    from conftest import REPO
+
+    out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120, check=True)
+    for word in out.stdout.split():
+        if word.startswith("raysubmit_"):
+            return word.strip("'\".")
+    raise AssertionError(f"no job id in:\n{out.stdout}\n{out.stderr}")
+
+
+def test_staged_16s_stopped_and_resubmitted_resumes(ray_head, s3, data, env):
+    init = s3.uri("train-it/runs/accept/best")
+    args = train_args(data, s3, "staged", "--model", "fcn16s", "--init", init,
+                      "--registered-model", "", "--val-limit", "3")  # fmt: skip
+    args[args.index("--iterations") + 1] = "4"
+    args[args.index("--eval-every") + 1] = "2"
+    job = _submit_no_wait(ray_head, args, env)
+    marker = "train-it/runs/staged/checkpoint_000002/config.json"
+    deadline = time.monotonic() + 300
+    while marker not in s3.keys("train-it/runs/staged/"):
+        assert time.monotonic() < deadline, "no first checkpoint within 300 s"
+        time.sleep(2)
+    stop = [str(BIN / "ray"), "job", "stop", "--address", ray_head.address, job]
+    subprocess.run(stop, capture_output=True, text=True, timeout=120, env={**RAY_ENV})
+
+    rc, logs = ray_head.submit(args, env=env, timeout=300)
+    assert rc == 0, logs[-6000:]
+    assert "continuing MLflow run" in logs
+    assert "restored from checkpoint at iteration" in logs
+    client, run = mlflow_run("staged")
+    assert run.info.status == "FINISHED" and run.data.params["init"] == init
+    logged = steps(client, run.info.run_id, "train_loss")
+    assert logged[0] == 1 and max(logged) == 4
+
+
+def test_evaluate_job_reproduces_the_registered_score(ray_head, s3, data, env):
+    rc, logs = ray_head.submit(
+        ["jobs/evaluate.py", "--data", data, "--split", "val", "--workers", "2",
+         "--model", f"models:/{MODEL_NAME}@champion", "--experiment", "train-it-eval"],
+        env=env, timeout=300,
+    )  # fmt: skip
+    assert rc == 0, logs[-6000:]
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    version = client.get_model_version_by_alias(MODEL_NAME, "champion")
+    experiment = client.get_experiment_by_name("train-it-eval")
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.info.status == "FINISHED"
+    assert run.data.metrics["mean_iu"] == pytest.approx(float(version.tags["mean_iu"]), abs=1e-5)

@@ -1,0 +1,182 @@
+"""fcn.compare against a real MLflow store (a SQLite file: no server), runs logged for real."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import shutil
+
+import pytest
+
+pytest.importorskip("mlflow")
+
+from mlflow.entities import Metric, Param  # noqa: E402
+from mlflow.tracking import MlflowClient  # noqa: E402
+
+from fcn import compare as cmp  # noqa: E402
+from fcn.config import CompareConfig, parse  # noqa: E402
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def log_run(client, experiment_id, name, model, lr, curve, status="FINISHED", classes=None):
+    """A run following the metric contract: mean_iu per evaluation, best_mean_iu, iu_<class>."""
+    run = client.create_run(experiment_id, run_name=name)
+    run_id = run.info.run_id
+    # name differs per run but is no setting; batch_size is the same everywhere: not "key"
+    params = {"model": model, "lr": lr, "name": name, "batch_size": 1}
+    metrics, best = [], -1.0
+    for step, value in curve:
+        best = max(best, value)
+        values = {"train_loss": 1.0 - value, "mean_iu": value, "best_mean_iu": best,
+                  "pixel_acc": 0.5 + value / 2, "fw_iu": value + 0.05}  # fmt: skip
+        for i, cls in enumerate(classes or ("background", "aeroplane", "cat")):
+            values[f"iu_{cls}"] = value * (1 + i) / 3
+        metrics += [Metric(k, v, 0, step) for k, v in values.items()]
+    client.log_batch(run_id, metrics=metrics, params=[Param(k, str(v)) for k, v in params.items()])
+    if status != "RUNNING":
+        client.set_terminated(run_id, status)
+    return run_id
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory):
+    """One store with five runs, built once (SQLite setup is the slow part); each test gets
+    its own copy, so what one test registers or logs no other test sees."""
+    root = tmp_path_factory.mktemp("store")
+    client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    experiment_id = client.create_experiment("cmp", artifact_location=str(root / "art"))
+    ids = {
+        "mid": log_run(client, experiment_id, "mid", "fcn16s", 1e-4, [(10, 0.2), (20, 0.4)]),
+        "best": log_run(client, experiment_id, "best", "fcn8s", 1e-5, [(10, 0.3), (20, 0.6)]),
+        "low": log_run(client, experiment_id, "low", "fcn32s", 1e-3, [(10, 0.1), (20, 0.05)]),
+        "crashed": log_run(client, experiment_id, "crashed", "fcn8s", 1e-2, [], status="FAILED"),
+        # Higher best so far, but not finished: listed first, never promoted.
+        "running": log_run(client, experiment_id, "running", "fcn8s", 1e-5, [(10, 0.9)], "RUNNING"),
+    }
+    return root / "mlflow.db", ids
+
+
+@pytest.fixture
+def store(template, tmp_path):
+    database, ids = template
+    shutil.copy(database, tmp_path / "mlflow.db")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    return uri, MlflowClient(tracking_uri=uri), ids, tmp_path
+
+
+def test_table_order_settings_and_files(store):
+    uri, client, ids, tmp_path = store
+    out = tmp_path / "out"
+    result = cmp.compare(CompareConfig(experiment="cmp", output=str(out), tracking_uri=uri, top=3))
+
+    assert [r.name for r in result.rows] == ["running", "best", "mid", "low", "crashed"]
+    assert result.rows[-1].best_mean_iu is None and result.rows[-1].status == "FAILED"
+    best = result.rows[1]
+    assert best.best_mean_iu == pytest.approx(0.6) and best.mean_iu == pytest.approx(0.6)
+    low = result.rows[3]
+    assert low.best_mean_iu == pytest.approx(0.1) and low.mean_iu == pytest.approx(0.05)
+    assert result.settings == ["lr"]  # name differs but names the run; batch_size is constant
+
+    with open(out / cmp.CSV_FILE, newline="") as f:
+        table = list(csv.DictReader(f))
+    assert [r["run"] for r in table] == ["running", "best", "mid", "low", "crashed"]
+    assert [r["rank"] for r in table] == ["1", "2", "3", "4", "5"]
+    assert table[1]["model"] == "fcn8s" and float(table[1]["best_mean_iu"]) == pytest.approx(0.6)
+    assert table[4]["best_mean_iu"] == "" and table[4]["status"] == "FAILED"
+    markdown = (out / cmp.MARKDOWN_FILE).read_text()
+    assert "best mean IU" in markdown and "0.6000" in markdown and markdown.count("\n") == 7
+    for name in (cmp.CURVES_FILE, cmp.PER_CLASS_FILE):
+        data = (out / name).read_bytes()
+        assert data.startswith(PNG) and len(data) > 5000
+    assert result.promotion is None and result.comparison_run_id is None
+
+
+def test_per_class_is_taken_at_the_best_evaluation(store):
+    uri, client, ids, _ = store
+    row = cmp.to_row(client.get_run(ids["low"]))
+    curve = cmp._history(client, row.run_id, "mean_iu")
+    values = cmp.per_class_at_best(client, row, curve)
+    assert values["background"] == pytest.approx(0.1 / 3)  # step 10, not the later 0.05
+    assert cmp.class_order(row.class_metrics) == ["background", "aeroplane", "cat"]
+    assert cmp.class_order(["iu_zebra", "iu_cat", "iu_background"]) == [
+        "background",
+        "cat",
+        "zebra",
+    ]
+    assert cmp.class_order([f"iu_{i}" for i in (10, 2, 0, 1)]) == ["0", "1", "2", "10"]
+
+
+def test_champion_is_the_alias_training_moves():
+    tracking = pytest.importorskip("fcn.tracking")
+    assert cmp.CHAMPION == tracking.CHAMPION
+
+
+def test_promote_moves_champion_to_best_finished_run(store, tmp_path):
+    uri, client, ids, _ = store
+    client.create_registered_model("fcn-voc")
+    versions = {}
+    for key in ("mid", "best", "running"):
+        version = client.create_model_version(
+            "fcn-voc", source=str(tmp_path / key), run_id=ids[key]
+        )
+        versions[key] = version.version
+    client.set_registered_model_alias("fcn-voc", cmp.CHAMPION, versions["mid"])
+
+    result = cmp.compare(
+        CompareConfig(experiment="cmp", output=str(tmp_path / "o"), tracking_uri=uri, promote=True)
+    )
+    promotion = result.promotion
+    assert promotion.run_id == ids["best"] and promotion.version == str(versions["best"])
+    assert promotion.previous_version == str(versions["mid"])
+    assert client.get_model_version_by_alias("fcn-voc", cmp.CHAMPION).run_id == ids["best"]
+
+
+def test_promote_without_registered_version_is_a_clear_error(store):
+    uri, client, ids, tmp_path = store
+    with pytest.raises(LookupError, match="no registered model version"):
+        cmp.compare(
+            CompareConfig(
+                experiment="cmp", output=str(tmp_path / "o"), tracking_uri=uri, promote=True
+            )
+        )
+
+
+def test_log_artifacts_makes_a_comparison_run_that_is_never_compared(store):
+    uri, client, ids, tmp_path = store
+    config = CompareConfig(
+        experiment="cmp", output=str(tmp_path / "o"), tracking_uri=uri, log_artifacts=True
+    )
+    result = cmp.compare(config)
+    logged = {a.path for a in client.list_artifacts(result.comparison_run_id, "comparison")}
+    assert logged == {f"comparison/{n}" for n in result.outputs}
+    again = cmp.compare(config)
+    assert len(again.rows) == 5  # the comparison runs are left out
+
+
+def test_unknown_experiment_names_the_ones_there(store):
+    uri, *_ = store
+    with pytest.raises(LookupError, match="experiments there: .*cmp"):
+        cmp.compare(CompareConfig(experiment="nope", tracking_uri=uri))
+
+
+def test_table_helpers_without_a_store():
+    rows = [
+        cmp.RunRow("a" * 32, "x", "fcn8s", "FINISHED", float("nan"), None, None, None, 3725.0),
+        cmp.RunRow("b" * 32, "y|z", "fcn8s", "FINISHED", 0.5, 0.5, 0.9, 0.6, 59.6),
+    ]
+    ordered = cmp.sort_rows(rows)
+    assert [r.name for r in ordered] == ["y|z", "x"]  # NaN sorts as missing
+    markdown = cmp.to_markdown(ordered, [])
+    assert "y\\|z" in markdown and "1h02m" in markdown and "0m60s" not in markdown
+    assert "1m00s" in markdown
+    table = list(csv.DictReader(io.StringIO(cmp.to_csv(ordered, []))))
+    assert math.isnan(float(table[1]["best_mean_iu"]))
+
+
+def test_cli_flags():
+    config = parse(CompareConfig, ["--experiment", "e", "--promote", "--top", "3"])
+    assert config.promote and config.top == 3 and not config.log_artifacts
+    with pytest.raises(SystemExit):
+        parse(CompareConfig, [])

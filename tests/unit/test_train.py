@@ -1,0 +1,167 @@
+"""Training pieces without Ray: recipes, parameter groups, loss, initialization (staged
+32s -> 16s -> 8s), and distributed evaluation equal to single-process evaluation."""
+
+import dataclasses
+import os
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from helpers_data import write_split
+from torch import nn
+
+from fcn import checkpoint, optim
+from fcn.config import TrainConfig
+from fcn.evaluate import evaluate, shard_rows
+from fcn.models import build_model, preprocess
+from fcn.train import build_initial_model, initial_preprocessing
+
+
+def config(**kw):
+    return TrainConfig(data="unused", **kw)
+
+
+def test_presets_keep_the_published_recipes():
+    paper = optim.recipe(config(preset="paper"))
+    assert (paper.optimizer, paper.lr, paper.momentum, paper.batch_size) == ("sgd", 1e-4, 0.9, 20)
+    assert paper.weight_decay == 5e-4
+    heavy = [optim.recipe(config(preset="heavy", model=m)) for m in ("fcn32s", "fcn16s", "fcn8s")]
+    assert [r.lr for r in heavy] == [1e-10, 1e-12, 1e-14]
+    assert {(r.momentum, r.batch_size, r.loss) for r in heavy} == {(0.99, 1, "sum")}
+    fast = optim.recipe(config(preset="fast", lr=3e-4, batch_size=4))
+    assert (fast.optimizer, fast.lr, fast.batch_size) == ("adam", 3e-4, 4)
+    assert paper.score_lr_mult == 1.0 and fast.score_lr_mult == 10.0
+
+
+def test_biases_get_twice_the_lr_and_no_decay():
+    net = nn.Sequential(nn.Conv2d(3, 4, 1), nn.Conv2d(4, 2, 1))
+    net[0].weight.requires_grad = False
+    groups = optim.parameter_groups(net, 0.1, 5e-4)
+    assert groups[0] == {"params": [net[0].bias, net[1].bias], "lr": 0.2, "weight_decay": 0.0}
+    assert groups[1] == {"params": [net[1].weight], "lr": 0.1, "weight_decay": 5e-4}
+    model = build_model("fcn32s", 3)
+    groups = optim.parameter_groups(model, 1e-4, 0.0, score_lr_mult=10)
+    score = [g for g in groups if any(p is model.score_fr.weight for p in g["params"])]
+    assert score[0]["lr"] == pytest.approx(1e-3) and len(score[0]["params"]) == 1
+
+
+def test_loss_ignores_void_and_sums_or_averages():
+    logits = torch.zeros(1, 3, 2, 2)
+    mask = torch.tensor([[[0, 1], [255, 2]]])
+    total = optim.pixel_loss(logits, mask, "sum")
+    assert total.item() == pytest.approx(3 * np.log(3), rel=1e-5)
+    assert optim.pixel_loss(logits, mask, "mean").item() == pytest.approx(np.log(3), rel=1e-5)
+    everything_void = torch.full((1, 2, 2), 255)
+    assert optim.pixel_loss(logits, everything_void, "mean").item() == 0.0
+
+
+def test_loss_sampling_drops_whole_cells():
+    mask = torch.zeros(2, 64, 70, dtype=torch.long)
+    sampled = optim.sample_loss_cells(mask, 0.5, 32, torch.Generator().manual_seed(0))
+    dropped = sampled == 255
+    assert 0 < dropped.float().mean() < 1
+    for n in range(2):
+        for i in range(0, 64, 32):
+            for j in range(0, 70, 32):
+                cell = dropped[n, i : i + 32, j : j + 32]
+                assert cell.all() or not cell.any()
+    assert optim.sample_loss_cells(mask, 0.0, 32) is mask
+
+
+def test_median_frequency_weights():
+    weights = optim.median_frequency_weights(np.array([60, 30, 10, 0]))
+    assert weights[1] == pytest.approx(1.0) and weights[3] == 0.0
+    assert weights[2] > weights[1] > weights[0]
+
+
+def test_classifier_only_freezes_the_backbone():
+    model = build_model("fcn32s", 3)
+    optim.freeze_all_but_classifier(model)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {"score_fr.weight", "score_fr.bias"}
+
+
+def test_staged_training_32s_16s_8s_from_checkpoints(tmp_path):
+    torch.manual_seed(0)
+    fcn32s = build_model("fcn32s", 3)
+    with torch.no_grad():
+        fcn32s.score_fr.weight.normal_(0, 0.01)  # as if trained
+    spec = preprocess.CAFFE
+    saved = {"model": "fcn32s", "num_classes": 3, "preprocessing": spec}
+    checkpoint.save(fcn32s.state_dict(), saved, str(tmp_path / "s32"))
+    cfg16 = config(model="fcn16s", num_classes=3, init=str(tmp_path / "s32"))
+    assert initial_preprocessing(cfg16) == spec
+    fcn16s = build_initial_model(cfg16)
+    assert fcn16s.preprocessing == spec
+    assert torch.equal(fcn16s.score_fr.weight, fcn32s.score_fr.weight)
+    assert torch.equal(fcn16s.conv5_3.weight, fcn32s.conv5_3.weight)
+    assert not fcn16s.score_pool4.weight.any()  # the new skip starts at zero
+    checkpoint.save(fcn16s.state_dict(), {**saved, "model": "fcn16s"}, str(tmp_path / "s16"))
+    fcn8s = build_initial_model(config(model="fcn8s", num_classes=3, init=str(tmp_path / "s16")))
+    assert torch.equal(fcn8s.score_fr.weight, fcn32s.score_fr.weight)
+    assert hasattr(fcn8s, "score_pool3") and not fcn8s.score_pool3.weight.any()
+    with pytest.raises(ValueError, match="num_classes"):
+        build_initial_model(config(model="fcn16s", num_classes=5, init=str(tmp_path / "s32")))
+
+
+def test_from_scratch_uses_torchvision_normalization():
+    assert initial_preprocessing(config())["name"] == "torchvision"
+
+
+# --- distributed evaluation ----------------------------------------------------------------
+
+
+class PixelNet(nn.Module):
+    """A tiny fixed per-pixel classifier: evaluation is what is under test, not the model."""
+
+    def __init__(self, num_classes):
+        super().__init__()
+        torch.manual_seed(1)
+        self.conv = nn.Conv2d(3, num_classes, 1)
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+def test_shards_cover_every_image_once(tmp_path):
+    ids = write_split(str(tmp_path), "val", 7, size=(8, 8), files=3)
+    shards = [[r.image_id for r in shard_rows(str(tmp_path), "val", rank, 2)] for rank in (0, 1)]
+    assert sorted(shards[0] + shards[1]) == sorted(ids)
+    assert (len(shards[0]), len(shards[1])) == (4, 3)
+    assert [r.image_id for r in shard_rows(str(tmp_path), "val", 0, 1, limit=3)] == ids[:3]
+
+
+def _eval_worker(rank, world, port, root, out):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        for split in ("odd", "one"):
+            _, hist, _ = evaluate(PixelNet(4), root, split, preprocess.TORCHVISION, 4,
+                                  torch.device("cpu"), rank=rank, world=world)  # fmt: skip
+            np.save(os.path.join(out, f"{split}{rank}.npy"), hist)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_worker_evaluation_equals_single_process(tmp_path):
+    """7 images (odd: 4 + 3) and 1 image (one worker has none): the reduced confusion matrix
+    of 2 gloo processes equals one process evaluating everything."""
+    root = str(tmp_path / "data")
+    write_split(root, "odd", 7, size=[9, 17], classes=(1, 2, 3), files=2)
+    write_split(root, "one", 1, size=[9, 17], classes=(1, 2, 3), files=1)
+    from conftest import free_port
+
+    mp.spawn(_eval_worker, args=(2, free_port(), root, str(tmp_path)), nprocs=2)
+    for split in ("odd", "one"):
+        _, single, _ = evaluate(PixelNet(4), root, split, preprocess.TORCHVISION, 4, "cpu")
+        assert single.sum() > 0
+        for rank in (0, 1):
+            assert np.array_equal(np.load(tmp_path / f"{split}{rank}.npy"), single)
+
+
+def test_recipe_rejects_nonsense():
+    with pytest.raises(ValueError):
+        optim.recipe(dataclasses.replace(config(), lr=-1.0))
