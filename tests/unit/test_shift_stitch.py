@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fcn.models.shift_stitch import shift_and_stitch
+from fcn.models.shift_stitch import dense_logits, shift_and_stitch
 
 torch.set_num_threads(1)
 
@@ -81,3 +81,45 @@ def test_stride_one_is_the_plain_output_and_bad_stride_is_an_error():
         shift_and_stitch(net, image, 0)
     with pytest.raises(ValueError, match="too small"):
         shift_and_stitch(nn.MaxPool2d(8), image, 2)  # really stride 8, not 2
+
+
+def _probe(name):
+    """The model's own geometry on 1 channel (see tests/unit/test_models.py)."""
+    from test_models import _geometry_probe
+
+    return _geometry_probe(name).double()
+
+
+@torch.no_grad()
+def test_dense_logits_put_each_coarse_cell_at_its_pixel():
+    probe = _probe("fcn-alexnet")  # 1024 shifted runs of a 1-channel net
+    image = torch.rand(1, 1, 40, 47, dtype=torch.float64)
+    dense = dense_logits(probe, image)
+    assert dense.shape == (1, 1, 40, 47)
+    # Cell a sits at exactly 32 a + 13 (AlexNet's geometry is integer): the unshifted run
+    # gives pixels 13 and 45; pixel 0 is cell 0 of the run shifted right and down by 13.
+    coarse = probe.coarse_score(F.pad(image, (0, 63, 0, 63)))
+    torch.testing.assert_close(dense[..., 13::32, 13::32], coarse[..., 0:1, 0:2])
+    shifted = probe.coarse_score(F.pad(image, (13, 50, 13, 50)))
+    torch.testing.assert_close(dense[..., 0, 0], shifted[..., 0, 0])
+
+
+@torch.no_grad()
+def test_dense_logits_are_translation_equivariant_at_stride_one():
+    # What shift-and-stitch buys: shifting the image by one pixel shifts the output by one
+    # pixel (the coarse net alone commutes only with shifts by its stride, 32).
+    probe = _probe("fcn-alexnet")
+    image = torch.zeros(1, 1, 20, 20, dtype=torch.float64)
+    image[..., 6:12, 5:13] = torch.rand(6, 8, dtype=torch.float64)
+    moved = torch.roll(image, shifts=(1, 2), dims=(-2, -1))  # only zeros wrap: a true shift
+    dense, dense_moved = dense_logits(probe, image), dense_logits(probe, moved)
+    torch.testing.assert_close(dense_moved[..., 1:, 2:], dense[..., :-1, :-2])
+
+
+def test_dense_logits_refuse_skip_nets():
+    with torch.device("meta"):
+        from fcn.models import build_model
+
+        model = build_model("fcn8s", num_classes=2)
+    with pytest.raises(ValueError, match="single-stride"):
+        dense_logits(model, torch.zeros(1, 3, 8, 8))
