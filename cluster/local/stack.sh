@@ -89,6 +89,8 @@ busy = []
 for item in sys.argv[1:]:
     name, port = item.split("=")
     with socket.socket() as s:
+        # Lets ports in TIME_WAIT (a stack just stopped) pass; a listening socket still fails.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", int(port)))
         except OSError:
@@ -189,7 +191,7 @@ stop_job_drivers() {
   for f in /proc/[0-9]*/cmdline; do
     pid="${f#/proc/}"; pid="${pid%/cmdline}"
     [[ "$pid" == "$$" ]] && continue
-    if [[ "$(tr '\0' ' ' <"$f" 2>/dev/null)" == *"$marker"* ]]; then pids+=("$pid"); fi
+    if [[ "$(tr '\0' ' ' 2>/dev/null <"$f")" == *"$marker"* ]]; then pids+=("$pid"); fi
   done
   for pid in "${pids[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
 }
