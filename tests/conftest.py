@@ -23,25 +23,27 @@ from pathlib import Path
 
 import pytest
 
+from fcn.runtime import ALLOCATOR_ENV
+from fcn.runtime import LOCAL_RAY_ENV as RAY_ENV
+
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
-# Every process that starts Ray: keep 127.0.0.1 as is, no usage stats, no auth token that
-# would break `ray job submit`.
-RAY_ENV = {
-    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-    "RAY_USAGE_STATS_ENABLED": "0",
-    "RAY_AUTH_MODE": "disabled",
-}
-# The allocator settings that make FCN steps ~40% faster and steady (ENVIRONMENT.md).
-ALLOCATOR_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "68719476736"}
-os.environ.update(RAY_ENV)
+os.environ.update(RAY_ENV)  # every Ray this session starts, in process or not
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def client_port() -> int:
+    """A free port for Ray's client server: it must lie outside the worker port range."""
+    port = free_port()
+    while 10002 <= port <= 19999:
+        port = free_port()
+    return port
 
 
 def wait_http(url: str, timeout: float, proc: subprocess.Popen, log: Path) -> None:
@@ -86,9 +88,9 @@ def stop_group(proc: subprocess.Popen, grace: float = 10.0) -> None:
         proc.wait(timeout=5)
 
 
-def kill_naming(text: str) -> None:
-    """Kill, by PID, processes whose command line names `text` (job drivers live in their own
-    session, outside the head's process group)."""
+def pids_naming(text: str) -> list[int]:
+    """PIDs of the processes (other than this one) whose command line names `text`."""
+    found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
@@ -97,8 +99,26 @@ def kill_naming(text: str) -> None:
         except OSError:
             continue
         if text in cmdline:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(int(entry.name), signal.SIGKILL)
+            found.append(int(entry.name))
+    return found
+
+
+def kill_naming(text: str) -> None:
+    """Kill, by PID, processes whose command line names `text` (job drivers live in their own
+    session, outside the head's process group)."""
+    for pid in pids_naming(text):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """An in-process local Ray for unit tests (no head, no dashboard)."""
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False)
+    yield ray
+    ray.shutdown()
 
 
 # --- S3 ------------------------------------------------------------------------------------
@@ -256,13 +276,10 @@ def ray_head():
     temp_dir = tempfile.mkdtemp(prefix="fcnray", dir="/tmp")
     dashboard_port = free_port()
     gcs_port = free_port()
-    client_port = free_port()
-    while 10002 <= client_port <= 19999:  # must lie outside Ray's worker port range
-        client_port = free_port()
     cmd = [
         str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
         "--port", str(gcs_port), "--dashboard-host", "127.0.0.1",
-        "--dashboard-port", str(dashboard_port), "--ray-client-server-port", str(client_port),
+        "--dashboard-port", str(dashboard_port), "--ray-client-server-port", str(client_port()),
         "--num-cpus", "4", "--object-store-memory", str(512 * 1024 * 1024),
         "--temp-dir", temp_dir,
         # Fixed by default (52365, ...): a second Ray on the machine would lose its job agent

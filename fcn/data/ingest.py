@@ -45,6 +45,7 @@ from fcn import storage
 from fcn.config import IngestConfig, to_dict
 from fcn.data import voc
 from fcn.data.classes import VOID, ClassList, parse_class_list, voc_classes
+from fcn.runtime import init_ray
 
 log = logging.getLogger(__name__)
 
@@ -508,6 +509,7 @@ def run(config: IngestConfig) -> dict:
         if getattr(config, name) < 1:
             raise ValueError(f"{name} must be >= 1, got {getattr(config, name)}")
     started = time.perf_counter()
+    init_ray()
     classes = load_classes(config)
     records, notes = plan_records(config)
     shards = plan_shards(records, config.rows_per_shard)

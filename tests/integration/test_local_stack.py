@@ -8,25 +8,17 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
-import sys
 import tempfile
 import textwrap
 from pathlib import Path
 
 import pytest
+from conftest import BIN, RAY_ENV, REPO, client_port, free_port, pids_naming
 
 pytestmark = pytest.mark.integration
 
-REPO = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
 STACK = REPO / "cluster" / "local" / "stack.sh"
-RAY_ENV = {
-    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-    "RAY_USAGE_STATS_ENABLED": "0",
-    "RAY_AUTH_MODE": "disabled",
-}
 
 # The job a user would submit first: write and read an object, log a run with an artifact.
 # It gets S3 and MLflow settings from the stack's environment alone (no runtime env).
@@ -43,33 +35,6 @@ PROBE = textwrap.dedent(
     print("PROBE-OK", run.info.run_id)
     """
 )
-
-
-def pids_naming(text: str) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        if text in cmdline:
-            found.append(int(entry.name))
-    return found
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def client_port() -> int:
-    port = free_port()
-    while 10002 <= port <= 19999:  # must lie outside Ray's worker port range
-        port = free_port()
-    return port
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 import io
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -149,21 +148,6 @@ def test_plan_named_split_lists(sources, tmp_path):
         ingest.plan_records(IngestConfig(output=str(tmp_path)))
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    for key, value in {
-        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-        "RAY_USAGE_STATS_ENABLED": "0",
-        "RAY_AUTH_MODE": "disabled",
-    }.items():
-        os.environ.setdefault(key, value)
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False)
-    yield ray
-    ray.shutdown()
-
-
 def _files(root: Path) -> dict[str, bytes]:
     return {
         str(p.relative_to(root)): p.read_bytes()
@@ -172,7 +156,7 @@ def _files(root: Path) -> dict[str, bytes]:
     }
 
 
-def test_pipeline_writes_good_rows_rejects_bad_and_reruns_identically(ray_local, sources, tmp_path):
+def test_pipeline_writes_good_rows_rejects_bad_and_reruns_identically(local_ray, sources, tmp_path):
     root, result, planted = sources
     out = tmp_path / "out"
     config = _config(root, out, rows_per_shard=4, rows_per_row_group=2)
@@ -229,7 +213,7 @@ def test_pipeline_writes_good_rows_rejects_bad_and_reruns_identically(ray_local,
     assert len(pq.read_table(out / "_errors").to_pylist()) == len(bad)
 
 
-def test_custom_class_list_validates_labels_and_lands_in_summary(ray_local, sources, tmp_path):
+def test_custom_class_list_validates_labels_and_lands_in_summary(local_ray, sources, tmp_path):
     root, _, _ = sources
     classes = tmp_path / "classes.txt"
     classes.write_text("background\nthing 10 20 30\n")
