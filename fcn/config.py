@@ -183,8 +183,10 @@ class SegmentConfig:
     scales: tuple[float, ...] = setting(
         (1.0,), "multi-scale inference: average class probabilities over these input scales"
     )
-    shift_and_stitch: int = setting(
-        0, "dense output by shift-and-stitch with this factor (0 = off; costs factor^2)"
+    shift_and_stitch: bool = setting(
+        False,
+        "dense logits by shift-and-stitch over the model's stride instead of its upsampling "
+        "(fcn32s, fcn-alexnet, fcn-googlenet; costs stride^2 = 1024 forwards per image)",
     )
     class_counts: bool = setting(True, "record per-image class pixel counts in the manifest")
     retry_errors: bool = setting(False, "retry images whose unchanged bytes failed before")
@@ -220,6 +222,16 @@ def _unwrap_optional(tp):
     return tp, False
 
 
+class _ExtendReplacingDefault(argparse.Action):
+    """`--split a=x b=y` and `--split a=x --split b=y` both give (a=x, b=y); a given flag
+    replaces the default instead of adding to it (argparse's "extend" would add)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        current = getattr(namespace, self.dest)
+        kept = [] if current is self.default or current is None else list(current)
+        setattr(namespace, self.dest, kept + list(values))
+
+
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
@@ -247,9 +259,7 @@ def build_parser(cls, description: str | None = None) -> argparse.ArgumentParser
         elif origin is tuple:
             item = typing.get_args(tp)[0]
             kwargs["type"] = item
-            # `--split a=x b=y` and `--split a=x --split b=y` both give (a=x, b=y); a given
-            # flag replaces the default rather than adding to it (see parse()).
-            kwargs["action"] = "extend"
+            kwargs["action"] = _ExtendReplacingDefault
             kwargs["nargs"] = "+"
         elif origin is typing.Literal:
             kwargs["choices"] = typing.get_args(tp)
@@ -264,14 +274,7 @@ def build_parser(cls, description: str | None = None) -> argparse.ArgumentParser
 
 def parse(cls, argv: list[str] | None = None, description: str | None = None):
     """Parse `argv` (default: sys.argv[1:]) into a `cls` instance."""
-    parser = build_parser(cls, description)
-    # argparse's "extend" appends to the default; start tuple flags empty, default afterwards.
-    defaults = {a.dest: a.default for a in parser._actions if isinstance(a, argparse._ExtendAction)}
-    parser.set_defaults(**dict.fromkeys(defaults))
-    values = vars(parser.parse_args(argv))
-    for name, default in defaults.items():
-        if values[name] is None:
-            values[name] = default
+    values = vars(build_parser(cls, description).parse_args(argv))
     hints = typing.get_type_hints(cls)
     for name, value in values.items():
         tp, _ = _unwrap_optional(hints[name])

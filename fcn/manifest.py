@@ -13,7 +13,9 @@ manifest, so work finished before the kill is not redone.
 
 from __future__ import annotations
 
+import contextlib
 import io
+import os
 import sys
 from collections.abc import Iterable
 
@@ -68,6 +70,15 @@ def run_uri(output: str, run_id: str) -> str:
 
 def parts_uri(output: str, run_id: str) -> str:
     return storage.join(output, f"{DIR}/{PARTS}/{run_id}")
+
+
+def remove_empty_parts_dir(output: str) -> None:
+    """Local outputs keep directories: drop `_manifest/_parts/` once no killed run left parts."""
+    if storage.is_remote(output):
+        return
+    # OSError: not empty (a killed run's parts, kept on purpose) or already gone.
+    with contextlib.suppress(OSError):
+        os.rmdir(storage.strip_scheme(storage.join(output, f"{DIR}/{PARTS}")))
 
 
 def read_all(output: str) -> pa.Table:

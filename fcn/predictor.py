@@ -23,11 +23,6 @@ import pyarrow as pa
 from fcn import checkpoint, manifest, masks, storage, tracking
 
 READ_THREADS = 8  # object-store reads are latency-bound: overlap them within a batch
-SHIFT_AND_STITCH_MISSING = (
-    "--shift-and-stitch needs the model's stride-f coarse scorer (the FCN without its final "
-    "upsampling, its pad-100 offset known) for fcn.models.shift_stitch; fcn.models does not "
-    "expose one yet"
-)
 
 
 def uri_key(uri: str) -> str:
@@ -63,12 +58,17 @@ def load_model(uri: str, device: str = "cpu"):
     return model, config["preprocessing"], palette, int(config["num_classes"])
 
 
-def predict(model, images: np.ndarray, spec, scales=(1.0,), shift_and_stitch: int = 0):
-    """uint8 `N x H x W x 3` -> class maps `N x H x W` (uint8 numpy), argmax of the logits."""
+def predict(model, images: np.ndarray, spec, scales=(1.0,), shift_and_stitch: bool = False):
+    """uint8 `N x H x W x 3` -> class maps `N x H x W` (uint8 numpy), argmax of the logits.
+
+    `shift_and_stitch`: dense logits from the model's coarse scores by shift-and-stitch
+    (PAPER.md) instead of its upsampling layers; stride^2 forwards.
+    """
     import torch
     import torch.nn.functional as F
 
     from fcn.models.preprocess import normalize
+    from fcn.models.shift_stitch import dense_logits
 
     device = next(model.parameters()).device
     x = normalize(images, spec).to(device)
@@ -77,9 +77,7 @@ def predict(model, images: np.ndarray, spec, scales=(1.0,), shift_and_stitch: in
     height, width = x.shape[-2:]
 
     def logits_at(inp):
-        if shift_and_stitch:  # refused up front by validate() until fcn.models has the piece
-            raise NotImplementedError(SHIFT_AND_STITCH_MISSING)
-        return model(inp)
+        return dense_logits(model, inp) if shift_and_stitch else model(inp)
 
     with torch.inference_mode():
         if tuple(scales) == (1.0,):
@@ -108,6 +106,12 @@ class Predictor:
         threads = settings["threads"] or max(1, int(settings["cpus_per_actor"]))
         torch.set_num_threads(threads)
         self.model, self.spec, self.palette, self.num_classes = load_model(model_uri, self.device)
+        if settings["shift_and_stitch"] and getattr(self.model, "skips", ()):
+            # Fail the job once, not every image: 16s/8s fuse upsampled coarser scores.
+            raise ValueError(
+                "--shift-and-stitch needs a single-stride model (fcn32s, fcn-alexnet, "
+                "fcn-googlenet); this checkpoint's model has skips"
+            )
         self.done = {}
         if done_ref is not None:  # Parquet input: done-ness is only known once bytes are read
             import ray

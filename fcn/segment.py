@@ -28,7 +28,7 @@ import pyarrow as pa
 
 from fcn import checkpoint, manifest, masks, storage, tracking
 from fcn.config import SegmentConfig, to_dict
-from fcn.predictor import SHIFT_AND_STITCH_MISSING, Predictor
+from fcn.predictor import Predictor
 
 # Workers do not inherit the driver's allocator settings; these make FCN forwards ~25%
 # faster and steady on glibc (ENVIRONMENT.md). Harmless elsewhere.
@@ -180,8 +180,6 @@ def validate(config: SegmentConfig) -> None:
         raise ValueError(f"--scales must be positive, got {config.scales}")
     if not 0 <= config.max_error_fraction <= 1:
         raise ValueError("--max-error-fraction must lie in [0, 1]")
-    if config.shift_and_stitch:
-        raise NotImplementedError(SHIFT_AND_STITCH_MISSING)
 
 
 def run(config: SegmentConfig) -> dict:
@@ -211,6 +209,7 @@ def run(config: SegmentConfig) -> dict:
     manifest_uri = manifest.run_uri(config.output, run_id)
     manifest.write(manifest_uri, table)
     storage.delete(manifest.parts_uri(config.output, run_id), recursive=True)
+    manifest.remove_empty_parts_dir(config.output)
     summary = summarize(table, config, model, run_id, manifest_uri)
     summary["seconds"] = round(time.time() - started, 3)
     summary["images_per_s"] = (

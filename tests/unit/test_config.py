@@ -40,3 +40,10 @@ def test_dict_round_trip_ignores_unknown_keys():
     config = Example(data="d", scales=(0.5, 1.0))
     saved = {**to_dict(config), "from_a_newer_version": 1}
     assert from_dict(Example, saved) == config
+
+
+def test_help_shows_every_default(capsys):
+    with pytest.raises(SystemExit):
+        parse(Example, ["--help"])
+    shown = capsys.readouterr().out
+    assert "(default: (1.0,))" in shown and "(default: 100)" in shown

@@ -328,3 +328,36 @@ def test_run_local_on_a_parquet_split(tmp_path, model_dir, local_ray):
     assert np.array_equal(mask, direct(model_dir, images[1]))
     second = run(config)
     assert (second["done"], second["skipped"]) == (0, 2)
+
+
+class _StrideTwoNet(torch.nn.Module):
+    """A tiny single-stride net with the FCN geometry attributes dense_logits reads."""
+
+    coarse_stride, coarse_offset, skips = 2, 0.5, ()
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.score = torch.nn.Conv2d(3, 3, 2, stride=2)
+
+    def coarse_score(self, x):
+        return self.score(x)
+
+    def forward(self, x):
+        return torch.nn.functional.interpolate(self.coarse_score(x), size=x.shape[-2:])
+
+
+def test_predict_with_shift_and_stitch_takes_the_dense_logits():
+    from fcn.models.preprocess import CAFFE, normalize
+    from fcn.models.shift_stitch import dense_logits
+    from fcn.predictor import predict
+
+    model = _StrideTwoNet().eval()
+    images = np.random.default_rng(0).integers(0, 256, (2, 9, 11, 3), dtype=np.uint8)
+    got = predict(model, images, CAFFE, shift_and_stitch=True)
+    with torch.no_grad():
+        want = dense_logits(model, normalize(images, CAFFE)).argmax(1).numpy()
+    assert got.shape == (2, 9, 11)
+    np.testing.assert_array_equal(got, want)
+    plain = predict(model, images, CAFFE)
+    assert (plain != got).any()  # nearest upsampling of coarse cells is not the dense output
