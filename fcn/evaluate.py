@@ -10,7 +10,9 @@ process evaluating the whole split.
 from __future__ import annotations
 
 import io
+import json
 import os
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -158,15 +160,20 @@ def eval_loop_per_worker(loop: dict) -> None:
         model, loop["data"], loop["split"], model.preprocessing, config["num_classes"], device,
         rank=context.get_world_rank(), world=context.get_world_size(), limit=loop["limit"],
     )  # fmt: skip
-    metrics_out = score_metrics(scores, config.get("class_names"))
-    ray.train.report({**metrics_out, "hist": hist.tolist()})
+    metrics_out = {**score_metrics(scores, config.get("class_names")), "hist": hist.tolist()}
+    # Ray Train keeps only metrics that come with a checkpoint: rank 0 attaches a tiny one.
+    if context.get_world_rank() != 0:
+        ray.train.report(metrics_out)
+        return
+    directory = tempfile.mkdtemp(prefix="fcn-eval-")
+    with open(os.path.join(directory, "scores.json"), "w") as f:
+        json.dump(metrics_out, f)
+    ray.train.report(metrics_out, checkpoint=ray.train.Checkpoint.from_directory(directory))
 
 
 def run(config) -> dict:
     """Evaluate `config.model` on `config.split` over `config.workers` Ray Train workers and log
     an MLflow evaluation run. Returns the scores (and `hist`, `run_id`)."""
-    import tempfile
-
     import ray
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer

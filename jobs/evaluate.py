@@ -24,7 +24,9 @@ def main(argv=None) -> int:
 
     if not os.environ.get("RAY_ADDRESS"):
         needed = int(config.workers * config.cpus_per_worker + 1)
-        ray.init(num_cpus=max(os.cpu_count() or 1, needed))
+        for key in ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "RAY_USAGE_STATS_ENABLED"):
+            os.environ.setdefault(key, "0")
+        ray.init(address="local", num_cpus=max(os.cpu_count() or 1, needed))
     scores = evaluate.run(config)
     images = int(scores["hist"].sum())
     print(f"{config.model} on {config.split}: {images} labeled pixels")
