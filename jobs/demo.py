@@ -3,7 +3,7 @@
     make demo            # or: python jobs/demo.py [--root demo] [--iterations N]
 
 Each step runs the real job script as a user would (`python jobs/X.py ...`), each on a local
-Ray instance, logging to a local MLflow store under the demo root. About 5-8 minutes on 2 CPU
+Ray instance, logging to a local MLflow store under the demo root. A few minutes on 2 CPU
 cores; everything lands under --root.
 """
 
@@ -34,7 +34,7 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--root", default="demo", help="where everything the demo writes goes")
     parser.add_argument("--images", type=int, default=40, help="images per generated dataset")
-    parser.add_argument("--iterations", type=int, default=120, help="training iterations")
+    parser.add_argument("--iterations", type=int, default=40, help="training iterations")
     parser.add_argument("--model", default="fcn32s", help="FCN model to train")
     args = parser.parse_args(argv)
 
@@ -64,7 +64,8 @@ def main(argv=None) -> int:
         str(REPO / "jobs/train.py"), "--data", str(parquet), "--model", args.model,
         "--storage", str(runs),
         "--name", "demo", "--experiment", "fcn-demo", "--preset", "fast",
-        "--iterations", str(args.iterations), "--eval-every", str(max(args.iterations // 3, 1)),
+        "--iterations", str(args.iterations), "--eval-every", str(max(args.iterations // 2, 1)),
+        "--val-limit", "8",
         "--workers", "2", "--cpus-per-worker", "1", "--registered-model", "fcn-demo",
     ], env, root)  # fmt: skip
     checkpoint = runs / "demo" / "best"
