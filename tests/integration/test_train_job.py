@@ -14,6 +14,7 @@ Sizes are chosen for 2 CPU cores: 64 px images, FCN-32s from scratch with the `f
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import time
 
@@ -131,9 +132,10 @@ def _submit_no_wait(ray_head, args, env) -> str:
     from conftest import REPO
 
     out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120, check=True)
-    for word in out.stdout.split():
-        if word.startswith("raysubmit_"):
-            return word.strip("'\".")
+    # The CLI colors its output: take the id alone, not the ANSI codes around it.
+    found = re.search(r"raysubmit_[A-Za-z0-9]+", out.stdout)
+    if found:
+        return found.group(0)
     raise AssertionError(f"no job id in:\n{out.stdout}\n{out.stderr}")
 
 
@@ -150,7 +152,8 @@ def test_staged_16s_stopped_and_resubmitted_resumes(ray_head, s3, data, env):
         assert time.monotonic() < deadline, "no first checkpoint within 300 s"
         time.sleep(2)
     stop = [str(BIN / "ray"), "job", "stop", "--address", ray_head.address, job]
-    subprocess.run(stop, capture_output=True, text=True, timeout=120, env={**RAY_ENV})
+    stopped = subprocess.run(stop, capture_output=True, text=True, timeout=120)
+    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
 
     rc, logs = ray_head.submit(args, env=env, timeout=600)
     assert rc == 0, why(logs)

@@ -19,9 +19,16 @@ def _status(run_id):
 
 
 def test_tracking_uri_is_absolute(tmp_path, monkeypatch):
+    import mlflow
+
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///rel.db")
-    assert tracking.tracking_uri() == f"sqlite:///{tmp_path}/rel.db"
+    # set_tracking_uri outranks the environment, and earlier tests in the session set it
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri("sqlite:///rel.db")
+    try:
+        assert tracking.tracking_uri() == f"sqlite:///{tmp_path}/rel.db"
+    finally:
+        mlflow.set_tracking_uri(previous)
 
 
 def test_run_lifecycle_failed_then_resumed(store):
