@@ -146,10 +146,19 @@ def test_staged_16s_stopped_and_resubmitted_resumes(ray_head, s3, data, env):
     args[args.index("--iterations") + 1] = "4"
     args[args.index("--eval-every") + 1] = "2"
     job = _submit_no_wait(ray_head, args, env)
-    marker = "train-it/runs/staged/checkpoint_000002/config.json"
+    # Stop only once Ray Train has registered the checkpoint (its snapshot names it): a
+    # checkpoint folder alone is not yet one a restarted run would restore from.
+    snapshot = "train-it/runs/staged/checkpoint_manager_snapshot.json"
     deadline = time.monotonic() + 600
-    while marker not in s3.keys("train-it/runs/staged/"):
-        assert time.monotonic() < deadline, "no first checkpoint within 300 s"
+
+    def registered() -> bool:
+        if snapshot not in s3.keys("train-it/runs/staged/"):
+            return False
+        body = s3.client().get_object(Bucket=s3.bucket, Key=snapshot)["Body"].read()
+        return b"checkpoint_000002" in body
+
+    while not registered():
+        assert time.monotonic() < deadline, "no registered checkpoint within 600 s"
         time.sleep(2)
     stop = [str(BIN / "ray"), "job", "stop", "--address", ray_head.address, job]
     stopped = subprocess.run(stop, capture_output=True, text=True, timeout=120)
