@@ -174,15 +174,14 @@ def eval_loop_per_worker(loop: dict) -> None:
 def run(config) -> dict:
     """Evaluate `config.model` on `config.split` over `config.workers` Ray Train workers and log
     an MLflow evaluation run. Returns the scores (and `hist`, `run_id`)."""
-    import ray
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from fcn import tracking
     from fcn.config import to_dict
+    from fcn.runtime import init_ray
 
-    if not ray.is_initialized():
-        ray.init()
+    init_ray()
     split_files(config.data, config.split)  # a clear error before any worker starts
     uri = tracking.tracking_uri()
     storage_path = config.storage or tempfile.mkdtemp(prefix="fcn-eval-")

@@ -29,10 +29,10 @@ import pyarrow as pa
 from fcn import checkpoint, manifest, masks, storage, tracking
 from fcn.config import SegmentConfig, to_dict
 from fcn.predictor import Predictor
+from fcn.runtime import ALLOCATOR_ENV, init_ray
 
 # Workers do not inherit the driver's allocator settings; these make FCN forwards ~25%
 # faster and steady on glibc (ENVIRONMENT.md). Harmless elsewhere.
-ALLOCATOR_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "68719476736"}
 MAX_BLOCKS = 2000
 
 
@@ -109,20 +109,7 @@ def pin_model_uri(uri: str) -> str:
 
 
 def _ensure_ray():
-    import ray
-
-    if ray.is_initialized():
-        return
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init()
-    else:  # a local run (make demo): start Ray here, workers with the fast allocator
-        for key, value in (
-            ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0"),
-            ("RAY_USAGE_STATS_ENABLED", "0"),
-        ):
-            os.environ.setdefault(key, value)
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-        ray.init(include_dashboard=False, runtime_env={"env_vars": ALLOCATOR_ENV})
+    init_ray()
 
 
 def _segment(config: SegmentConfig, fmt: str, todo, done, model: str, run_id: str) -> pa.Table:

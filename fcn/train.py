@@ -34,6 +34,7 @@ from fcn.evaluate import (
     worker_resources,
 )
 from fcn.models import build_model, preprocess
+from fcn.runtime import ALLOCATOR_ENV, init_ray
 
 WARMUP_STEPS = 2
 RUN_FILE = "fcn_run.json"
@@ -45,7 +46,6 @@ FAULT_ENV = "FCN_FAULT_AT_ITERATION"
 FAULT_MARKER = "_fault_injected"
 # glibc settings that make FCN steps 25-40% faster (ENVIRONMENT.md); workers get them
 # through their runtime environment because they do not inherit the driver's.
-ALLOCATOR_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "68719476736"}
 
 
 @dataclass
@@ -438,14 +438,12 @@ def run(config: TrainConfig) -> TrainResult:
 
     Needs a Ray connection (`ray.init()` is called when none is open: RAY_ADDRESS or local).
     """
-    import ray
     from ray.train import DataConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     if config.iterations < 1 or config.eval_every < 1 or config.workers < 1:
         raise ValueError("iterations, eval_every and workers must be >= 1")
-    if not ray.is_initialized():
-        ray.init()
+    init_ray()
     recipe = optim.recipe(config)
     spec = initial_preprocessing(config)
     run_dir = storage.join(config.storage, config.name)

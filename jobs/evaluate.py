@@ -18,15 +18,11 @@ from fcn.config import EvaluateConfig, parse  # noqa: E402
 
 def main(argv=None) -> int:
     config = parse(EvaluateConfig, argv, description=__doc__)
-    import ray
-
     from fcn import evaluate, tracking
+    from fcn.runtime import init_ray
 
-    if not os.environ.get("RAY_ADDRESS"):
-        needed = int(config.workers * config.cpus_per_worker + 1)
-        for key in ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "RAY_USAGE_STATS_ENABLED"):
-            os.environ.setdefault(key, "0")
-        ray.init(address="local", num_cpus=max(os.cpu_count() or 1, needed))
+    needed = int(config.workers * config.cpus_per_worker + 1)
+    init_ray(num_cpus=max(os.cpu_count() or 1, needed))
     scores = evaluate.run(config)
     images = int(scores["hist"].sum())
     print(f"{config.model} on {config.split}: {images} labeled pixels")

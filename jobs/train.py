@@ -19,18 +19,13 @@ from fcn.config import TrainConfig, parse  # noqa: E402
 
 def main(argv=None) -> int:
     config = parse(TrainConfig, argv, description=__doc__)
-    import ray
-
     from fcn import tracking, train
+    from fcn.runtime import init_ray
 
-    if not os.environ.get("RAY_ADDRESS"):
-        # A local instance: enough logical CPUs for the workers plus Ray Data's decode tasks,
-        # whatever the core count (the workers' torch threads are set separately).
-        needed = config.workers * config.cpus_per_worker + 2
-        for key in ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "RAY_USAGE_STATS_ENABLED"):
-            os.environ.setdefault(key, "0")  # keep 127.0.0.1; no usage stats (ENVIRONMENT.md)
-        # "local": always a fresh instance of our own, never someone else's running cluster.
-        ray.init(address="local", num_cpus=max(os.cpu_count() or 1, int(needed + 0.999)))
+    # A local instance needs enough logical CPUs for the workers plus Ray Data's decode tasks,
+    # whatever the core count (the workers' torch threads are set separately).
+    needed = config.workers * config.cpus_per_worker + 2
+    init_ray(num_cpus=max(os.cpu_count() or 1, int(needed + 0.999)))
     result = train.run(config)
     print(f"best mean IU {result.best_mean_iu:.4f}")
     print(f"best checkpoint: {result.best_checkpoint}")

@@ -253,21 +253,6 @@ def test_multi_scale_averages_to_full_size_masks(model_dir):
 # --- run() end to end on local Ray ---------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    import ray
-
-    for key, value in {
-        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-        "RAY_USAGE_STATS_ENABLED": "0",
-        "RAY_AUTH_MODE": "disabled",
-    }.items():
-        os.environ.setdefault(key, value)
-    ray.init(num_cpus=2, include_dashboard=False)
-    yield
-    ray.shutdown()
-
-
 @pytest.mark.slow
 def test_run_local_incremental_and_exit_status(tmp_path, model_dir, local_ray):
     from fcn.segment import run
