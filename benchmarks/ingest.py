@@ -27,11 +27,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-for key, value in {
-    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-    "RAY_USAGE_STATS_ENABLED": "0",
-    "RAY_AUTH_MODE": "disabled",
-}.items():
+from fcn.runtime import LOCAL_RAY_ENV  # noqa: E402
+
+for key, value in LOCAL_RAY_ENV.items():
     os.environ.setdefault(key, value)
 
 from fcn import storage  # noqa: E402

@@ -24,12 +24,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
-MALLOC_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "68719476736"}
-RAY_ENV = {
-    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-    "RAY_USAGE_STATS_ENABLED": "0",
-    "RAY_AUTH_MODE": "disabled",
-}
+from fcn.runtime import ALLOCATOR_ENV as MALLOC_ENV  # noqa: E402
+from fcn.runtime import LOCAL_RAY_ENV as RAY_ENV  # noqa: E402
 
 
 def parse_args(argv=None):

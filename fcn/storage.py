@@ -11,7 +11,9 @@ import os
 import posixpath
 import tempfile
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import BinaryIO
 from urllib.parse import urlparse
 
 import fsspec
@@ -193,13 +195,28 @@ def write_bytes(uri: str, data: bytes) -> None:
         fs, path = filesystem(uri)
         fs.pipe_file(path, data)
         return
+    write_with(uri, lambda f: f.write(data))
+
+
+def write_with(uri: str, write: Callable[[BinaryIO], object]) -> None:
+    """`write_bytes` for content too big to hold twice in memory: `write(f)` streams it into a
+    local file, which then replaces the target (local) or is uploaded (S3: a multipart upload
+    appears only once complete). Either way readers see the whole object or nothing.
+    """
+    if is_remote(uri):
+        fs, path = filesystem(uri)
+        with tempfile.NamedTemporaryFile(prefix="fcn-upload-") as tmp:
+            write(tmp)
+            tmp.flush()
+            fs.put_file(tmp.name, path)
+        return
     path = strip_scheme(uri)
     directory = os.path.dirname(path) or "."
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

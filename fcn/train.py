@@ -168,13 +168,7 @@ def _checkpoint_dir(model, optimizer, scaler, loop: dict, progress: dict) -> str
     if scaler is not None:
         state["scaler"] = scaler.state_dict()
     directory = tempfile.mkdtemp(prefix="fcn-ckpt-")
-    # The checkpoint contract (fcn/checkpoint.py), written straight to local files instead of
-    # through checkpoint.save's in-memory buffers: with the workers' allocator settings a
-    # transient copy of VGG16 (0.5 GB, Adam state 1 GB) stays resident for good.
-    torch.save(state, os.path.join(directory, STATE_FILE))
-    torch.save(model.state_dict(), os.path.join(directory, checkpoint.MODEL_FILE))
-    with open(os.path.join(directory, checkpoint.CONFIG_FILE), "w") as f:
-        json.dump(saved, f, indent=2, default=str)  # last: marks the checkpoint complete
+    checkpoint.save(model.state_dict(), saved, directory, extra={STATE_FILE: state})
     return directory
 
 

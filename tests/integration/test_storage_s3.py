@@ -1,3 +1,5 @@
+import io
+
 import pytest
 
 from fcn import storage
@@ -27,3 +29,25 @@ def test_s3_round_trip_listing_and_pyarrow(s3):
     assert storage.exists(f"{base}/t.parquet")
     storage.delete(base, recursive=True)
     assert s3.keys("storage-test/") == []
+
+
+def test_streamed_checkpoint_round_trip_on_s3(s3):
+    """checkpoint.save streams each file through a local temp file and one upload."""
+    import torch
+
+    from fcn import checkpoint
+
+    uri = s3.uri("storage-test/ckpt")
+    state = {"w": torch.arange(6.0).reshape(2, 3)}
+    extra = {"training_state.pt": {"progress": {"iteration": 7}, "m": torch.ones(2)}}
+    checkpoint.save(state, {"model": "fcn32s", "num_classes": 2}, uri, extra=extra)
+    assert s3.keys("storage-test/ckpt/") == [
+        "storage-test/ckpt/config.json", "storage-test/ckpt/model.pt",
+        "storage-test/ckpt/training_state.pt",
+    ]  # fmt: skip
+    loaded, config = checkpoint.load(uri)
+    assert torch.equal(loaded["w"], state["w"]) and config["num_classes"] == 2
+    data = io.BytesIO(storage.read_bytes(f"{uri}/training_state.pt"))
+    saved = torch.load(data, weights_only=True)
+    assert saved["progress"]["iteration"] == 7
+    storage.delete(uri, recursive=True)

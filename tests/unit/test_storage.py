@@ -39,6 +39,22 @@ def test_atomic_write_leaves_no_partial_file(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.bin"]
 
 
+def test_streamed_write_that_fails_midway_leaves_the_old_file(tmp_path):
+    target = tmp_path / "model.pt"
+    target.write_bytes(b"old")
+
+    def write(f):
+        f.write(b"half of the new")
+        raise RuntimeError("worker lost")
+
+    with pytest.raises(RuntimeError, match="worker lost"):
+        storage.write_with(str(target), write)
+    assert target.read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]
+    storage.write_with(str(target), lambda f: f.write(b"new"))
+    assert target.read_bytes() == b"new"
+
+
 @pytest.mark.parametrize(
     "key", ["../x", "a/../../x", "/etc/passwd", "..", "", "s3://other/x", "a\\..\\x", "a/\x00"]
 )
