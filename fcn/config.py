@@ -116,18 +116,28 @@ class TrainConfig:
         None, "random crops of this size (pad: void 255), or none: whole images (the paper)"
     )
     flip: bool = setting(False, "random horizontal flips (the paper found no gain)")
+    cache_reads: bool = setting(
+        True, "read the training split once and keep its encoded rows in Ray's object store "
+        "(later epochs skip the reads)",
+    )  # fmt: skip
     val_limit: int | None = setting(None, "evaluate on the first N val images only")
     val_images_logged: int = setting(3, "val images logged to MLflow with predicted masks")
     # --- options from the paper ------------------------------------------------------------
     class_weights: str = setting(
-        "none", "loss weights per class: none, or 'balanced' (median frequency over train)",
-        choices=("none", "balanced"),
+        "none", "loss weights per class: none, 'balanced' (median frequency over train) or "
+        "'balanced-sqrt' (its square root: milder, for a dominant background)",
+        choices=("none", "balanced", "balanced-sqrt"),
     )  # fmt: skip
     loss_sample: float = setting(
         0.0, "spatial loss sampling: drop each final-layer cell from the loss with this p"
     )
     classifier_only: bool = setting(False, "train the score layers only, the rest frozen")
     learnable_upsampling: bool = setting(False, "let the bilinear upsampling layers learn")
+    # --- not from the paper ----------------------------------------------------------------
+    width: float | None = setting(
+        None, "VGG16 channel multiplier: 1 = the paper's network (default; with --init a "
+        "checkpoint: its width); 0.25 = 1/16 of the FLOPs, trains from scratch on a CPU",
+    )  # fmt: skip
     # --- scale -----------------------------------------------------------------------------
     workers: int = setting(2, "data-parallel training workers")
     gpu: bool = setting(False, "one GPU per worker (NCCL); CPU workers use gloo")

@@ -137,10 +137,10 @@ def worker_resources(cpus: float, gpu: bool) -> dict:
 def load_model(uri: str):
     """(model, checkpoint config) of a checkpoint dir or an MLflow models:/ / runs:/ URI."""
     from fcn import checkpoint, tracking
-    from fcn.models import build_model
+    from fcn.models import build_from_config
 
     state, config = checkpoint.load(tracking.resolve_checkpoint(uri))
-    model = build_model(config["model"], config["num_classes"])
+    model = build_from_config(config)
     model.load_state_dict(state, strict=True)
     model.preprocessing = config.get("preprocessing") or model.preprocessing
     return model, config

@@ -35,7 +35,7 @@ def load_model(uri: str, device: str = "cpu"):
     import torch
 
     from fcn.data.classes import ClassList, voc_colormap
-    from fcn.models import build_model
+    from fcn.models import build_from_config
 
     with tempfile.TemporaryDirectory(prefix="fcn-segment-") as tmp:
         state_dict, config = checkpoint.load(tracking.resolve_checkpoint(uri, tmp))
@@ -43,7 +43,7 @@ def load_model(uri: str, device: str = "cpu"):
         raise ValueError(f"checkpoint {uri!r}: num_classes must be 1..255 for palette masks")
     if "preprocessing" not in config:
         raise ValueError(f"checkpoint {uri!r} config.json lacks 'preprocessing' (the contract)")
-    model = build_model(config["model"], num_classes=int(config["num_classes"]))
+    model = build_from_config(config)
     model.load_state_dict(state_dict, strict=True)
     model.eval().to(device)
     if device == "cpu":

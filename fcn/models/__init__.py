@@ -24,7 +24,8 @@ def build_model(name: str, num_classes: int = 21, pretrained=False, **options):
 
     pretrained: False (random backbone), True (torchvision ImageNet weights from the local
     torch hub cache; a clear FileNotFoundError if absent) or a path to such a state_dict file
-    (pytorch-fcn's `vgg16_from_caffe.pth` included). options: `learnable_upsampling=False`.
+    (pytorch-fcn's `vgg16_from_caffe.pth` included). options: `learnable_upsampling=False`,
+    `width=1.0` (VGG16 models only: channel multiplier, 1 = the paper's network).
     The returned model carries `model.preprocessing`, the input spec its weights expect (a
     dict to record in the checkpoint's config.json).
     """
@@ -33,6 +34,13 @@ def build_model(name: str, num_classes: int = 21, pretrained=False, **options):
     if not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
     builder, arch = _BUILDERS[name]
+    width = options.pop("width", None) or 1.0
+    if width != 1.0:
+        if arch != "vgg16" or width <= 0:
+            raise ValueError(f"width must be > 0 and applies to the VGG16 models only, not {name}")
+        if pretrained:
+            raise ValueError("pretrained weights exist for width 1 only; drop the width option")
+        options["width"] = width
     weights = None
     if pretrained:
         from fcn.models import surgery  # torchvision weight enums: loaded only when needed
@@ -46,4 +54,11 @@ def build_model(name: str, num_classes: int = 21, pretrained=False, **options):
     return model
 
 
-__all__ = ["MODEL_NAMES", "build_model", "normalize", "preprocessing_for"]
+def build_from_config(config: dict, **options):
+    """The untrained model a checkpoint's config.json describes (load its model.pt into it)."""
+    if config.get("width", 1.0) != 1.0:
+        options["width"] = float(config["width"])
+    return build_model(config["model"], int(config["num_classes"]), **options)
+
+
+__all__ = ["MODEL_NAMES", "build_from_config", "build_model", "normalize", "preprocessing_for"]

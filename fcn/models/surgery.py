@@ -157,7 +157,7 @@ def transplant(source: nn.Module, target: nn.Module) -> list[str]:
             if source_state[name].shape != tensor.shape:
                 raise ValueError(
                     f"{name}: source {tuple(source_state[name].shape)} vs target "
-                    f"{tuple(tensor.shape)} (different num_classes?)"
+                    f"{tuple(tensor.shape)} (different num_classes or width?)"
                 )
             tensor.copy_(source_state[name])
             copied.append(name)
@@ -166,14 +166,14 @@ def transplant(source: nn.Module, target: nn.Module) -> list[str]:
 
 def fcn16s_from_fcn32s(fcn32s: vgg.FCNVGG16, learnable_upsampling: bool = False):
     """A new FCN-16s starting from a trained FCN-32s (PAPER.md: staged training)."""
-    target = vgg.fcn16s(fcn32s.num_classes, learnable_upsampling=learnable_upsampling)
+    target = vgg.fcn16s(fcn32s.num_classes, learnable_upsampling, fcn32s.width)
     transplant(fcn32s, target)
     return target
 
 
 def fcn8s_from_fcn16s(fcn16s: vgg.FCNVGG16, learnable_upsampling: bool = False):
     """A new FCN-8s starting from a trained FCN-16s."""
-    target = vgg.fcn8s(fcn16s.num_classes, learnable_upsampling=learnable_upsampling)
+    target = vgg.fcn8s(fcn16s.num_classes, learnable_upsampling, fcn16s.width)
     transplant(fcn16s, target)
     return target
 

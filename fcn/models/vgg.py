@@ -53,8 +53,17 @@ FINAL_UPSCORE = (
 )
 
 
+def _scaled(channels: int, width: float) -> int:
+    return max(1, round(channels * width))
+
+
 class FCNVGG16(nn.Module):
     """FCN on VGG16 with `num_skips` skips: 0 = FCN-32s, 1 = FCN-16s, 2 = FCN-8s.
+
+    `width` scales every layer's channels (fc6/fc7: 4096 x width). 1 is the paper's network,
+    the only width ImageNet weights exist for; 0.25 (1/16 of the FLOPs) is not from the paper:
+    it trains from scratch in minutes on a CPU (tests, demo). Layer names and geometry (pad
+    100, crops) are the same at every width.
 
     Input `N x 3 x H x W` (preprocessed for the loaded weights), output logits `N x C x H x W`.
     """
@@ -65,6 +74,7 @@ class FCNVGG16(nn.Module):
         num_skips: int = 0,
         at_once: bool = False,
         learnable_upsampling: bool = False,
+        width: float = 1.0,
     ):
         super().__init__()
         if not 0 <= num_skips <= len(SKIPS):
@@ -74,8 +84,10 @@ class FCNVGG16(nn.Module):
         self.final = FINAL_UPSCORE[num_skips]
         self.at_once = at_once
 
+        self.width = width
         in_channels = 3
         for block, convs, channels in VGG16_BLOCKS:
+            channels = _scaled(channels, width)
             for i in range(1, convs + 1):
                 # pad 100 on the first conv only: the net sees the image with a 100 px margin.
                 padding = 100 if (block, i) == (1, 1) else 1
@@ -87,16 +99,18 @@ class FCNVGG16(nn.Module):
             setattr(self, f"pool{block}", nn.MaxPool2d(2, stride=2, ceil_mode=True))
 
         # The convolutionalized classifier: fc6 sees the 7x7 pool5 window fc6 saw in VGG16.
-        self.fc6 = nn.Conv2d(512, 4096, 7)
+        fc = _scaled(4096, width)
+        self.fc6 = nn.Conv2d(in_channels, fc, 7)
         self.relu6 = nn.ReLU(inplace=True)
         self.drop6 = nn.Dropout(0.5)  # Caffe Dropout is elementwise (pytorch-fcn: Dropout2d)
-        self.fc7 = nn.Conv2d(4096, 4096, 1)
+        self.fc7 = nn.Conv2d(fc, fc, 1)
         self.relu7 = nn.ReLU(inplace=True)
         self.drop7 = nn.Dropout(0.5)
 
-        self.score_fr = nn.Conv2d(4096, num_classes, 1)
+        self.score_fr = nn.Conv2d(fc, num_classes, 1)
         for skip in self.skips:
-            setattr(self, f"score_{skip.pool}", nn.Conv2d(skip.channels, num_classes, 1))
+            channels = _scaled(skip.channels, width)
+            setattr(self, f"score_{skip.pool}", nn.Conv2d(channels, num_classes, 1))
             setattr(self, skip.upscore, upsample(num_classes, 4, 2, learnable_upsampling))
         setattr(
             self,
@@ -158,19 +172,19 @@ class FCNVGG16(nn.Module):
         return crop(score, self.final.crop, x.shape[-2], x.shape[-1]).contiguous()
 
 
-def fcn32s(num_classes: int = 21, learnable_upsampling: bool = False) -> FCNVGG16:
-    return FCNVGG16(num_classes, num_skips=0, learnable_upsampling=learnable_upsampling)
+def fcn32s(num_classes: int = 21, learnable_upsampling: bool = False, width: float = 1.0):
+    return FCNVGG16(num_classes, 0, learnable_upsampling=learnable_upsampling, width=width)
 
 
-def fcn16s(num_classes: int = 21, learnable_upsampling: bool = False) -> FCNVGG16:
-    return FCNVGG16(num_classes, num_skips=1, learnable_upsampling=learnable_upsampling)
+def fcn16s(num_classes: int = 21, learnable_upsampling: bool = False, width: float = 1.0):
+    return FCNVGG16(num_classes, 1, learnable_upsampling=learnable_upsampling, width=width)
 
 
-def fcn8s(num_classes: int = 21, learnable_upsampling: bool = False) -> FCNVGG16:
-    return FCNVGG16(num_classes, num_skips=2, learnable_upsampling=learnable_upsampling)
+def fcn8s(num_classes: int = 21, learnable_upsampling: bool = False, width: float = 1.0):
+    return FCNVGG16(num_classes, 2, learnable_upsampling=learnable_upsampling, width=width)
 
 
-def fcn8s_atonce(num_classes: int = 21, learnable_upsampling: bool = False) -> FCNVGG16:
+def fcn8s_atonce(num_classes: int = 21, learnable_upsampling: bool = False, width: float = 1.0):
     return FCNVGG16(
-        num_classes, num_skips=2, at_once=True, learnable_upsampling=learnable_upsampling
+        num_classes, 2, at_once=True, learnable_upsampling=learnable_upsampling, width=width
     )

@@ -1,10 +1,10 @@
-"""jobs/compare.py against a real MLflow server (artifacts in a real S3 API) holding three
-training runs, each with a registered model version made from a real checkpoint.
+"""jobs/compare.py against a real MLflow server (artifacts in a real S3 API) holding three real
+training runs: `jobs/train.py` submitted with `ray job submit`, each registering its best
+checkpoint.
 
-The runs are logged through fcn.tracking, the calls the train job itself makes, following
-the metric contract (train_loss, pixel_acc, mean_acc, mean_iu, fw_iu, best_mean_iu,
-iu_<class>; step = iteration; every setting a param). Three real jobs/train.py runs take
-minutes each on 2 shared cores; these take seconds and exercise the same store and names.
+The runs are short (quarter-width VGG16 FCNs from scratch, a few steps, 1 worker) and differ in
+model and validation subset, so their best mean IUs differ; the expected order is the one the
+MLflow server holds, and compare must reproduce it.
 """
 
 from __future__ import annotations
@@ -17,56 +17,49 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
+from helpers_data import write_split
 
 from fcn import checkpoint, tracking
 
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
-CLASSES = ("background", "aeroplane", "bicycle")
 EXPERIMENT = "compare-it"
 MODEL = "fcn-compare-it"
+# (run name, model, val images): different subsets give different scores, even this early.
+RUNS = (("r32", "fcn32s", 3), ("r16", "fcn16s", 5), ("r8", "fcn8s", 7))
 
 
-def train_like(tmp_path, name: str, model: str, lr: float, curve: list[float]) -> str:
-    """One run as jobs/train.py leaves it: params, per-evaluation metrics, best checkpoint
-    registered (fcn.tracking.register_checkpoint), run FINISHED."""
-    run_id = tracking.start_run(EXPERIMENT, name, tags={tracking.TAG_STORAGE: str(tmp_path)})
-    tracking.log_params(run_id, {"model": model, "lr": lr, "name": name, "iterations": 6})
-    best, best_step = -1.0, 0
-    for i, mean_iu in enumerate(curve, 1):
-        step = 2 * i
-        ius = {f"iu_{c}": mean_iu * (0.5 + k / 2) for k, c in enumerate(CLASSES)}
-        tracking.log_metrics(run_id, {"train_loss": 2.0 - mean_iu}, step)
-        tracking.log_metrics(
-            run_id,
-            {"mean_iu": mean_iu, "pixel_acc": 0.6 + mean_iu / 3, "mean_acc": mean_iu + 0.02,
-             "fw_iu": mean_iu + 0.1, **ius},
-            step,
-        )  # fmt: skip
-        if mean_iu > best:
-            best, best_step = mean_iu, step
-        tracking.log_metrics(run_id, {"best_mean_iu": best}, step)
-    # A real (tiny) model's checkpoint, written through the checkpoint contract.
-    layer = torch.nn.Conv2d(3, len(CLASSES), 1)
-    local = tmp_path / name / "best"
-    config = {"model": model, "num_classes": len(CLASSES), "iteration": best_step, "lr": lr}
-    checkpoint.save(layer.state_dict(), config, str(local))
-    tracking.register_checkpoint(run_id, str(local), MODEL, best)
-    tracking.end_run(run_id, "FINISHED")
-    return run_id
+def train(ray_head, s3, env, data, name, model, val_limit) -> None:
+    rc, logs = ray_head.submit(
+        ["jobs/train.py", "--data", data, "--storage", s3.uri("compare-it/runs"), "--name", name,
+         "--experiment", EXPERIMENT, "--registered-model", MODEL, "--model", model,
+         "--width", "0.25", "--preset", "fast", "--num-classes", "3", "--workers", "1",
+         "--iterations", "4", "--eval-every", "2", "--val-limit", str(val_limit)],
+        env=env, timeout=600,
+    )  # fmt: skip
+    assert rc == 0, logs[-4000:]
 
 
-def test_compare_orders_runs_writes_outputs_and_promotes(s3, mlflow_server, tmp_path):
-    ids = {
-        "mid": train_like(tmp_path, "mid", "fcn16s", 1e-4, [0.20, 0.35, 0.30]),
-        "best": train_like(tmp_path, "best", "fcn8s", 1e-5, [0.30, 0.50, 0.55]),
-        "low": train_like(tmp_path, "low", "fcn32s", 1e-3, [0.10, 0.15, 0.12]),
-    }
+def test_compare_orders_runs_writes_outputs_and_promotes(ray_head, s3, mlflow_server):
+    data = s3.uri("compare-it/data")
+    write_split(data, "train", 6, size=(64, 64), classes=(1, 2), seed=0)
+    write_split(data, "val", 7, size=(64, 64), classes=(1, 2), seed=1)
+    env = {**s3.env, **mlflow_server.env}
+    for name, model, val_limit in RUNS:
+        train(ray_head, s3, env, data, name, model, val_limit)
+
     client = tracking.client()
-    low_version = client.search_model_versions(f"run_id = '{ids['low']}'")[0].version
-    client.set_registered_model_alias(MODEL, tracking.CHAMPION, low_version)  # the wrong one
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    runs = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
+    assert set(runs) == {name for name, _, _ in RUNS}
+    best = {name: run.data.metrics["best_mean_iu"] for name, run in runs.items()}
+    assert len(set(best.values())) == 3, best  # distinct, so the order is well defined
+    expected = sorted(best, key=best.get, reverse=True)
+    worst = expected[-1]
+    worst_version = client.search_model_versions(f"run_id = '{runs[worst].info.run_id}'")[0]
+    # Point the champion at the worst run, as if someone had promoted it by hand.
+    client.set_registered_model_alias(MODEL, tracking.CHAMPION, worst_version.version)
 
     output = s3.uri("reports/compare-it")
     env = {**s3.env, **mlflow_server.env}
@@ -80,7 +73,7 @@ def test_compare_orders_runs_writes_outputs_and_promotes(s3, mlflow_server, tmp_
         line for line in done.stdout.splitlines() if line.startswith("| ") and "|---" not in line
     ]
     names = [line.split("|")[2].strip() for line in table[1:]]
-    assert names == ["best", "mid", "low"], done.stdout
+    assert names == expected, done.stdout
 
     keys = s3.keys("reports/compare-it/")
     assert {k.rsplit("/", 1)[-1] for k in keys} == {
@@ -88,19 +81,23 @@ def test_compare_orders_runs_writes_outputs_and_promotes(s3, mlflow_server, tmp_
     }  # fmt: skip
     body = s3.client().get_object(Bucket=s3.bucket, Key="reports/compare-it/comparison.csv")
     rows = list(csv.DictReader(io.StringIO(body["Body"].read().decode())))
-    assert [r["run"] for r in rows] == ["best", "mid", "low"]
-    assert [float(r["best_mean_iu"]) for r in rows] == pytest.approx([0.55, 0.35, 0.15])
-    assert float(rows[1]["mean_iu"]) == pytest.approx(0.30)  # final, below its best
+    assert [r["run"] for r in rows] == expected
+    assert [float(r["best_mean_iu"]) for r in rows] == pytest.approx([best[n] for n in expected])
+    for row in rows:  # the final mean IU is the last evaluation's, at iteration 4
+        final = client.get_metric_history(runs[row["run"]].info.run_id, "mean_iu")[-1]
+        assert final.step == 4 and float(row["mean_iu"]) == pytest.approx(final.value)
+        assert row["model"] == dict(((n, m) for n, m, _ in RUNS))[row["run"]]
     for png in ("mean_iu_curves.png", "per_class_iu.png"):
         data = s3.client().get_object(Bucket=s3.bucket, Key=f"reports/compare-it/{png}")
         assert data["Body"].read().startswith(b"\x89PNG\r\n\x1a\n")
 
     champion = client.get_model_version_by_alias(MODEL, tracking.CHAMPION)
-    assert champion.run_id == ids["best"]
-    assert f"was {low_version}" in done.stdout
+    assert champion.run_id == runs[expected[0]].info.run_id
+    assert f"was {worst_version.version}" in done.stdout
     # The champion is a loadable checkpoint of the best run, fetched through the registry.
     state, config = checkpoint.load(tracking.resolve_checkpoint(f"models:/{MODEL}@champion"))
-    assert config["model"] == "fcn8s" and set(state) == {"weight", "bias"}
+    assert config["model"] == runs[expected[0]].data.params["model"] and config["width"] == 0.25
+    assert "score_fr.weight" in state
 
     comparison_runs = client.search_runs(
         [client.get_experiment_by_name(EXPERIMENT).experiment_id],

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from fcn.models import MODEL_NAMES, build_model, preprocess
+from fcn.models import MODEL_NAMES, build_from_config, build_model, preprocess
 from fcn.models.layers import bilinear_kernel, crop, upsample
 from fcn.models.surgery import convolutionalize, copy_alexnet, copy_vgg16
 
@@ -302,6 +302,25 @@ def test_caffe_layer_names_in_state_dict():
     for key in ("conv1_1.weight", "conv5_3.bias", "fc6.weight", "fc7.bias", "score_fr.weight"):
         assert key in keys
     assert {"score_pool4.weight", "score_pool3.bias", "upscore2.weight", "upscore8.weight"} <= keys
+
+
+def test_width_scales_channels_but_keeps_names_and_geometry():
+    with torch.device("meta"):
+        full = build_model("fcn8s", num_classes=21)
+        slim = build_model("fcn8s", num_classes=21, width=0.25)
+    assert set(slim.state_dict()) == set(full.state_dict())
+    assert slim.conv1_1.weight.shape == (16, 3, 3, 3) and slim.fc6.weight.shape == (1024, 128, 7, 7)
+    assert slim.score_pool4.in_channels == 128 and slim.score_pool3.in_channels == 64
+    x = torch.randn(1, 3, 63, 97)
+    with torch.no_grad():
+        assert build_model("fcn8s", 3, width=0.25).eval()(x).shape == (1, 3, 63, 97)
+    rebuilt = build_from_config({"model": "fcn16s", "num_classes": 3, "width": 0.25})
+    assert rebuilt.width == 0.25 and rebuilt.fc7.out_channels == 1024
+    assert build_from_config({"model": "fcn16s", "num_classes": 3}).fc7.out_channels == 4096
+    with pytest.raises(ValueError, match="VGG16 models only"):
+        build_model("fcn-alexnet", width=0.5)
+    with pytest.raises(ValueError, match="width 1 only"):
+        build_model("fcn32s", pretrained=True, width=0.5)
 
 
 def test_unknown_model_name_is_a_clear_error():

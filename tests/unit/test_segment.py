@@ -17,7 +17,7 @@ from PIL import Image
 from fcn import checkpoint, manifest, masks, storage
 from fcn.config import SegmentConfig
 from fcn.data.classes import voc_colormap
-from fcn.models import build_model
+from fcn.models import build_from_config, build_model
 from fcn.models.preprocess import normalize
 
 NUM_CLASSES = 4
@@ -64,7 +64,7 @@ def encode(image, fmt="PNG", **kwargs) -> bytes:
 
 def direct(model_dir: str, image: np.ndarray) -> np.ndarray:
     state, config = checkpoint.load(model_dir)
-    model = build_model(config["model"], num_classes=config["num_classes"])
+    model = build_from_config(config)
     model.load_state_dict(state)
     with torch.inference_mode():
         logits = model.eval()(normalize(image, config["preprocessing"])[None])

@@ -30,7 +30,7 @@ def test_presets_keep_the_published_recipes():
     heavy = [optim.recipe(config(preset="heavy", model=m)) for m in ("fcn32s", "fcn16s", "fcn8s")]
     assert [r.lr for r in heavy] == [1e-10, 1e-12, 1e-14]
     assert {(r.momentum, r.batch_size, r.loss) for r in heavy} == {(0.99, 1, "sum")}
-    fast = optim.recipe(config(preset="fast", lr=3e-4, batch_size=4))
+    fast = optim.recipe(config(preset="fast", lr=3e-4, batch_size=4, score_lr_mult=10.0))
     assert (fast.optimizer, fast.lr, fast.batch_size) == ("adam", 3e-4, 4)
     assert paper.score_lr_mult == 1.0 and fast.score_lr_mult == 10.0
 
@@ -74,6 +74,8 @@ def test_median_frequency_weights():
     weights = optim.median_frequency_weights(np.array([60, 30, 10, 0]))
     assert weights[1] == pytest.approx(1.0) and weights[3] == 0.0
     assert weights[2] > weights[1] > weights[0]
+    softened = optim.median_frequency_weights(np.array([60, 30, 10, 0]), power=0.5)
+    assert softened == pytest.approx([w**0.5 for w in weights])
 
 
 def test_classifier_only_freezes_the_backbone():
@@ -104,6 +106,18 @@ def test_staged_training_32s_16s_8s_from_checkpoints(tmp_path):
     assert hasattr(fcn8s, "score_pool3") and not fcn8s.score_pool3.weight.any()
     with pytest.raises(ValueError, match="num_classes"):
         build_initial_model(config(model="fcn16s", num_classes=5, init=str(tmp_path / "s32")))
+
+
+def test_staged_training_keeps_the_width_of_the_previous_stage(tmp_path):
+    slim = build_model("fcn32s", 3, width=0.25)
+    saved = {"model": "fcn32s", "num_classes": 3, "width": 0.25, "preprocessing": preprocess.CAFFE}
+    checkpoint.save(slim.state_dict(), saved, str(tmp_path / "s32"))
+    fcn16s = build_initial_model(config(model="fcn16s", num_classes=3, init=str(tmp_path / "s32")))
+    assert fcn16s.width == 0.25 and torch.equal(fcn16s.conv5_3.weight, slim.conv5_3.weight)
+    with pytest.raises(ValueError, match="width"):  # an explicit other width cannot transplant
+        build_initial_model(
+            config(model="fcn16s", num_classes=3, init=str(tmp_path / "s32"), width=0.5)
+        )
 
 
 def test_from_scratch_uses_torchvision_normalization():
