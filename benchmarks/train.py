@@ -133,6 +133,8 @@ def main(argv=None) -> int:
     import ray
     from helpers_data import write_split
 
+    from fcn.runtime import init_ray
+
     device = "cuda" if args.gpu else "cpu"
     root = tempfile.mkdtemp(prefix="fcn-bench-train-")
     os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{root}/mlflow.db")
@@ -143,7 +145,7 @@ def main(argv=None) -> int:
     peak = matmul_peak(args.threads, device)
     flops = step_flops(args.model, args.size)
     loop = plain_loop(args, data, device)
-    ray.init(num_cpus=args.threads + 2, include_dashboard=False)
+    init_ray(num_cpus=args.threads + 2)  # the jobs' own start-up: workers get ALLOCATOR_ENV
     one = ray_train(args, data, 1, root)
     two = ray_train(args, data, 2, root) if args.gpu is False or _gpus() >= 2 else float("nan")
     ray.shutdown()
