@@ -40,6 +40,8 @@ def init_ray(num_cpus: int | None = None) -> None:
     ray.init(
         address="local",
         num_cpus=num_cpus,
-        include_dashboard=False,
+        # Ray Train's placement-group cleaner polls the state API, which the dashboard serves:
+        # without it, it warns every second of the run.
+        include_dashboard=True,
         runtime_env={"env_vars": ALLOCATOR_ENV},
     )

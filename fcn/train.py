@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import logging
 import os
 import shutil
 import signal
@@ -36,6 +37,9 @@ from fcn.evaluate import (
 from fcn.models import build_from_config, build_model, preprocess
 from fcn.runtime import ALLOCATOR_ENV, init_ray
 
+# Worker progress goes through logging, not print: Ray Train patches print() in workers and,
+# when another library has wrapped stdout, emits every printed line twice.
+log = logging.getLogger("fcn.train")
 WARMUP_STEPS = 2
 RUN_FILE = "fcn_run.json"
 BEST_DIR = "best"
@@ -136,7 +140,7 @@ def _inject_fault(run_dir: str, iteration: int, rank: int, world: int) -> None:
     if storage.exists(marker):
         return
     storage.write_text(marker, f"worker {rank} exited at iteration {iteration}\n")
-    print(f"[fault injection] worker {rank} exits at iteration {iteration}", flush=True)
+    log.info(f"[fault injection] worker {rank} exits at iteration {iteration}")
     os._exit(1)
 
 
@@ -207,7 +211,7 @@ def train_loop_per_worker(loop: dict) -> None:
             optimizer_state, scaler_state = state["optimizer"], state.get("scaler")
         start, best_mean_iu = state["progress"]["iteration"], state["progress"]["best_mean_iu"]
         if rank == 0:
-            print(f"restored from checkpoint at iteration {start} ({restored.path})", flush=True)
+            log.info(f"restored from checkpoint at iteration {start} ({restored.path})")
 
     model.to(device)
     if config.channels_last:
@@ -234,8 +238,8 @@ def train_loop_per_worker(loop: dict) -> None:
     stream = _batches(ray.train.get_dataset_shard("train"), micro)
     stride = getattr(getattr(bare, "final", None), "stride", 32)  # final score map's stride
     if rank == 0 and per_worker * world != recipe.batch_size:
-        print(f"batch {recipe.batch_size} over {world} workers: {per_worker * world} images "
-              "per iteration", flush=True)  # fmt: skip
+        log.info(f"batch {recipe.batch_size} over {world} workers: {per_worker * world} images "
+                 "per iteration")  # fmt: skip
     print_every = max(1, min(10, config.eval_every // 2))
     iteration, tic = start, time.perf_counter()
     # Throughput of the steps (input pipeline waits included), leaving out the first steps
@@ -281,8 +285,8 @@ def train_loop_per_worker(loop: dict) -> None:
             tracking.log_metrics(run_id, {"train_loss": train_loss}, iteration, uri)
             if iteration % print_every == 0 or iteration == config.iterations:
                 seconds = (time.perf_counter() - tic) / print_every
-                print(f"iter {iteration}/{config.iterations} train_loss {train_loss:.4f} "
-                      f"({seconds:.2f} s/iter)", flush=True)  # fmt: skip
+                log.info(f"iter {iteration}/{config.iterations} train_loss {train_loss:.4f} "
+                         f"({seconds:.2f} s/iter)")  # fmt: skip
                 tic = time.perf_counter()
         if iteration % config.eval_every == 0 or iteration == config.iterations:
             scores, _, samples = evaluate(
@@ -306,8 +310,8 @@ def train_loop_per_worker(loop: dict) -> None:
                 panel = png_bytes(sample_panel(image, truth, pred))
                 name = f"val_images/{image_id}_iter{iteration:06d}.png"
                 tracking.log_image(run_id, panel, name, uri)
-            print(f"iter {iteration} val mean_iu {scores['mean_iu']:.4f} pixel_acc "
-                  f"{scores['pixel_acc']:.4f} (best {best_mean_iu:.4f})", flush=True)  # fmt: skip
+            log.info(f"iter {iteration} val mean_iu {scores['mean_iu']:.4f} pixel_acc "
+                     f"{scores['pixel_acc']:.4f} (best {best_mean_iu:.4f})")  # fmt: skip
             directory = _checkpoint_dir(bare, optimizer, scaler, loop, progress)
             ray.train.report(
                 reported,
@@ -330,6 +334,8 @@ def train_dataset(config: TrainConfig, spec: dict):
 
     fs, path = storage.pyarrow_filesystem(storage.join(config.data, config.train_split))
     split_files(config.data, config.train_split)  # a clear error when the split is missing
+    # The split is executed once per epoch: its plan would be logged anew every epoch.
+    ray.data.DataContext.get_current().print_on_execution_start = False
     # select_columns is pushed down into the Parquet read: other columns are never fetched.
     dataset = ray.data.read_parquet(path, filesystem=fs).select_columns(["image", "mask"])
     if config.cache_reads:
