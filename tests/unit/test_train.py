@@ -179,3 +179,21 @@ def test_two_worker_evaluation_equals_single_process(tmp_path):
 def test_recipe_rejects_nonsense():
     with pytest.raises(ValueError):
         optim.recipe(dataclasses.replace(config(), lr=-1.0))
+
+
+def test_cached_training_split_still_gets_new_crops_every_epoch(tmp_path, local_ray):
+    """--cache-reads keeps the encoded rows, not the transformed ones: each pass over the
+    dataset (an epoch) crops anew, and every image is in every epoch."""
+    from fcn.train import train_dataset
+
+    write_split(str(tmp_path), "train", 4, size=(48, 48), seed=0)
+    cfg = dataclasses.replace(config(crop_size=24, cache_reads=True), data=str(tmp_path))
+    dataset = train_dataset(cfg, preprocess.TORCHVISION)
+    epochs = [
+        [b["image"] for b in dataset.iter_batches(batch_size=None, batch_format="numpy")]
+        for _ in range(2)
+    ]
+    first, second = (np.concatenate(e) for e in epochs)
+    assert first.shape == second.shape == (4, 3, 24, 24)
+    # Compared as sets (order-free): the same crops in another order would not count.
+    assert sorted(x.tobytes() for x in first) != sorted(x.tobytes() for x in second)
