@@ -136,6 +136,9 @@ def main(argv=None) -> int:
     from fcn.runtime import init_ray
 
     device = "cuda" if args.gpu else "cpu"
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    load = os.getloadavg()[0]
+    context = f"Measured {when} on {os.cpu_count()} CPUs, load average {load:.1f} at the start."
     root = tempfile.mkdtemp(prefix="fcn-bench-train-")
     os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{root}/mlflow.db")
     data = os.path.join(root, "data")
@@ -171,6 +174,8 @@ def main(argv=None) -> int:
         "",
         f"Ray Train 1 worker / plain loop: {one / loop:.2f} (goal >= 0.9); "
         f"2 workers / 1 worker: {two / one:.2f}.",
+        "",
+        context,
     ]
     text = "\n".join(lines) + "\n"
     print(text)

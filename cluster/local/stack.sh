@@ -151,7 +151,7 @@ start() {
   # Job entry points say `python`: make it the project's interpreter. Allocator settings make
   # FCN on CPU ~40% faster (ENVIRONMENT.md); Ray workers inherit them from the raylet.
   PATH="$BIN:$PATH" RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S=0 \
-    MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=68719476736 \
+    MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=68719476736 MALLOC_ARENA_MAX=1 \
     launch ray "$BIN/ray" start --head --block --node-ip-address 127.0.0.1 \
     --port "$RAY_PORT" --dashboard-host 127.0.0.1 --dashboard-port "$DASHBOARD_PORT" \
     --ray-client-server-port "$CLIENT_PORT" --dashboard-agent-listen-port "$AGENT_PORT" \

@@ -307,6 +307,17 @@ def test_region_is_the_same_in_every_file():
     assert settings["data"]["AWS_DEFAULT_REGION"] == region
 
 
+def test_allocator_settings_are_the_runtimes_in_every_file():
+    """Every place that starts Ray processes sets fcn.runtime.ALLOCATOR_ENV, same values."""
+    from fcn.runtime import ALLOCATOR_ENV
+
+    for path in ("Makefile", "cluster/aws/cluster.env", "cluster/Dockerfile",
+                 "cluster/local/stack.sh"):  # fmt: skip
+        text = (REPO / path).read_text()
+        for key, value in ALLOCATOR_ENV.items():
+            assert re.search(rf"\b{key}\s*:?=\s*{value}\b", text), (path, key)
+
+
 # --- the local stack script -----------------------------------------------------------------
 
 
