@@ -52,3 +52,18 @@ def write_split(root: str, split: str, count: int, size=(40, 56), classes=(1, 2)
         pq.write_table(table, buffer)
         storage.write_bytes(storage.join(root, f"{split}/part-{n:05d}.parquet"), buffer.getvalue())
     return [r["image_id"] for r in rows]
+
+
+def varied_model(num_classes: int):
+    """A small FCN (FCN-AlexNet) whose argmax varies over the image: a fresh model's score
+    layers are zero, so it would paint every pixel class 0 and prove nothing."""
+    import torch
+
+    from fcn.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("fcn-alexnet", num_classes=num_classes)
+    for module in model.modules():
+        if isinstance(module, torch.nn.Conv2d):
+            torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+    return model.eval()

@@ -9,7 +9,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,34 +16,19 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
+from conftest import BIN, RAY_ENV
+from helpers_data import varied_model
 from PIL import Image
 
 from fcn import checkpoint, masks, storage
 from fcn.data.classes import voc_colormap
-from fcn.models import build_model
 from fcn.models.preprocess import normalize
 
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
 NUM_CLASSES = 4
 MODEL_NAME = "fcn-segment-test"
-RAY_ENV = {
-    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-    "RAY_USAGE_STATS_ENABLED": "0",
-    "RAY_AUTH_MODE": "disabled",
-}
-
-
-def make_model():
-    """Small FCN with varied argmax (score layers start at zero in a fresh model)."""
-    torch.manual_seed(0)
-    model = build_model("fcn-alexnet", num_classes=NUM_CLASSES)
-    for module in model.modules():
-        if isinstance(module, torch.nn.Conv2d):
-            torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
-    return model.eval()
 
 
 def encode(image, fmt="PNG", **kwargs) -> bytes:
@@ -126,7 +110,7 @@ def run_manifest(logs: str) -> list[dict]:
 @pytest.fixture(scope="module")
 def model(s3, tmp_path_factory):
     """The checkpoint on S3 and registered in MLflow under alias `champion`."""
-    net = make_model()
+    net = varied_model(NUM_CLASSES)
     config = {"model": "fcn-alexnet", "num_classes": NUM_CLASSES}
     config["preprocessing"] = net.preprocessing
     local = str(tmp_path_factory.mktemp("segment") / "checkpoint")

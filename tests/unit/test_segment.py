@@ -12,31 +12,21 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from helpers_data import varied_model
 from PIL import Image
 
 from fcn import checkpoint, manifest, masks, storage
 from fcn.config import SegmentConfig
 from fcn.data.classes import voc_colormap
-from fcn.models import build_from_config, build_model
+from fcn.models import build_from_config
 from fcn.models.preprocess import normalize
 
 NUM_CLASSES = 4
 
 
-def make_model():
-    """A small FCN whose argmax varies over the image (score layers start at zero, so a fresh
-    model would paint every pixel class 0 and prove nothing)."""
-    torch.manual_seed(0)
-    model = build_model("fcn-alexnet", num_classes=NUM_CLASSES)
-    for module in model.modules():
-        if isinstance(module, torch.nn.Conv2d):
-            torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
-    return model.eval()
-
-
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    model = make_model()
+    model = varied_model(NUM_CLASSES)
     uri = str(tmp_path_factory.mktemp("ckpt") / "checkpoint")
     config = {
         "model": "fcn-alexnet",
