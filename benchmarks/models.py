@@ -14,10 +14,9 @@ VOC labels), a different benchmark. Random weights: speed does not depend on the
 Prints a table and writes results/models.md. Compare ratios; seconds depend on the machine.
 
 Allocator: with glibc defaults every FCN forward takes ~440k page faults and is ~25% slower and
-noisy (ENVIRONMENT.md). Run with
-    MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=68719476736 python benchmarks/models.py
-or let this script re-exec itself with them set (it does unless --no-reexec; glibc reads them
-only at process start, so they cannot be set from inside).
+noisy (ENVIRONMENT.md). This script re-execs itself with fcn.runtime.ALLOCATOR_ENV set
+(unless --no-reexec; glibc reads them only at process start, so they cannot be set from
+inside).
 """
 
 from __future__ import annotations
@@ -32,7 +31,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-MALLOC_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "68719476736"}
+from fcn.runtime import ALLOCATOR_ENV as MALLOC_ENV  # noqa: E402
 
 # PAPER.md: (reference-repo seg11valid mean IU, paper mean IU and where, Table 1 ms on a K40).
 PUBLISHED = {
