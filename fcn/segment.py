@@ -31,8 +31,6 @@ from fcn.config import SegmentConfig, to_dict
 from fcn.predictor import Predictor
 from fcn.runtime import ALLOCATOR_ENV, init_ray
 
-# Workers do not inherit the driver's allocator settings; these make FCN forwards ~25%
-# faster and steady on glibc (ENVIRONMENT.md). Harmless elsewhere.
 MAX_BLOCKS = 2000
 
 
@@ -108,10 +106,6 @@ def pin_model_uri(uri: str) -> str:
 # --- the job (driver) ------------------------------------------------------------------------
 
 
-def _ensure_ray():
-    init_ray()
-
-
 def _segment(config: SegmentConfig, fmt: str, todo, done, model: str, run_id: str) -> pa.Table:
     import ray
 
@@ -130,7 +124,7 @@ def _segment(config: SegmentConfig, fmt: str, todo, done, model: str, run_id: st
         blocks = min(MAX_BLOCKS, max(1, len(todo) // config.batch_size))
         ds = ray.data.from_items(todo, override_num_blocks=blocks)
     remote_args = {"num_cpus": config.cpus_per_actor, "num_gpus": config.gpus_per_actor}
-    if config.gpus_per_actor == 0:
+    if config.gpus_per_actor == 0:  # CPU actors: the allocator settings (fcn.runtime)
         remote_args["runtime_env"] = {"env_vars": ALLOCATOR_ENV}
     out = ds.map_batches(
         Predictor,
@@ -188,7 +182,7 @@ def run(config: SegmentConfig) -> dict:
     if fmt == "images":
         todo, decided = plan(config, list_images(config), done, model, run_id)
     if todo or fmt == "parquet":
-        _ensure_ray()
+        init_ray()
     pipeline_started = time.time()
     results = _segment(config, fmt, todo, done, model, run_id)
     pipeline_seconds = time.time() - pipeline_started

@@ -48,8 +48,6 @@ STATE_FILE = "training_state.pt"
 # run (a marker object in the run directory makes it happen only once).
 FAULT_ENV = "FCN_FAULT_AT_ITERATION"
 FAULT_MARKER = "_fault_injected"
-# glibc settings that make FCN steps 25-40% faster (ENVIRONMENT.md); workers get them
-# through their runtime environment because they do not inherit the driver's.
 
 
 @dataclass

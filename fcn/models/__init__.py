@@ -56,9 +56,8 @@ def build_model(name: str, num_classes: int = 21, pretrained=False, **options):
 
 def build_from_config(config: dict, **options):
     """The untrained model a checkpoint's config.json describes (load its model.pt into it)."""
-    if config.get("width", 1.0) != 1.0:
-        options["width"] = float(config["width"])
-    return build_model(config["model"], int(config["num_classes"]), **options)
+    width = config.get("width")  # absent before widths existed: the paper's network
+    return build_model(config["model"], int(config["num_classes"]), width=width, **options)
 
 
 __all__ = ["MODEL_NAMES", "build_from_config", "build_model", "normalize", "preprocessing_for"]
