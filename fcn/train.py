@@ -130,13 +130,22 @@ def class_names(num_classes: int) -> list[str]:
 # --- the worker ------------------------------------------------------------------------------
 
 
-def _inject_fault(run_dir: str, iteration: int, rank: int, world: int) -> None:
+def _inject_fault(run_dir: str, iteration: int, rank: int, world: int, eval_every: int) -> None:
     at = os.environ.get(FAULT_ENV)
     if not at or int(at) != iteration or rank != world - 1 or world < 2:
         return
     marker = storage.join(run_dir, FAULT_MARKER)
     if storage.exists(marker):
         return
+    # The drill is "lose a worker after a checkpoint": wait until Ray Train's controller has
+    # registered the last one (its snapshot names it); a few fast steps may not be enough.
+    last = f"checkpoint_{iteration // eval_every * eval_every:06d}"
+    snapshot = storage.join(run_dir, "checkpoint_manager_snapshot.json")
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and iteration >= eval_every:
+        if storage.exists(snapshot) and last in storage.read_text(snapshot):
+            break
+        time.sleep(0.5)
     storage.write_text(marker, f"worker {rank} exited at iteration {iteration}\n")
     log.info(f"[fault injection] worker {rank} exits at iteration {iteration}")
     os._exit(1)
@@ -244,7 +253,7 @@ def train_loop_per_worker(loop: dict) -> None:
     # after a (re)start, which build the pipeline and warm the allocator.
     timed_steps, timed_seconds = 0, 0.0
     while iteration < config.iterations:
-        _inject_fault(loop["run_dir"], iteration, rank, world)
+        _inject_fault(loop["run_dir"], iteration, rank, world, config.eval_every)
         step_start = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
         total = torch.zeros((), device=device)
