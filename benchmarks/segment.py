@@ -45,7 +45,7 @@ import numpy as np  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 import torch  # noqa: E402
 
-from fcn import checkpoint, masks, storage  # noqa: E402
+from fcn import checkpoint, images, storage  # noqa: E402
 from fcn.data import synthetic  # noqa: E402
 from fcn.models import build_model  # noqa: E402
 from fcn.models.preprocess import normalize  # noqa: E402
@@ -180,17 +180,17 @@ def main() -> None:
         )
         big = work / "all"
         small = work / "small"
-        for info in storage.list_files(str(big), masks.IMAGE_EXTENSIONS)[: args.images]:
+        for info in storage.list_files(str(big), images.IMAGE_EXTENSIONS)[: args.images]:
             dst = small / storage.relative_key(str(big), info.uri)
             dst.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(info.uri, dst)
-        files = storage.list_files(str(small), masks.IMAGE_EXTENSIONS)
-        images = [masks.decode_image(storage.read_bytes(f.uri), 10**8) for f in files]
+        files = storage.list_files(str(small), images.IMAGE_EXTENSIONS)
+        decoded = [images.decode_image(storage.read_bytes(f.uri), 10**8) for f in files]
 
         peak = matmul_peak(threads)
         gflop = forward_gflop(model, args.size)
-        plain_s = plain_loop(model, model.preprocessing, images, args.batch_size, threads)
-        plain_rate = len(images) / plain_s
+        plain_s = plain_loop(model, model.preprocessing, decoded, args.batch_size, threads)
+        plain_rate = len(decoded) / plain_s
         print(f"peak {peak:.0f} GFLOP/s; plain loop {plain_rate:.3f} img/s", flush=True)
 
         ray.init(num_cpus=threads, include_dashboard=False, runtime_env={"env_vars": ALLOCATOR_ENV})

@@ -9,7 +9,6 @@ process evaluating the whole split.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import tempfile
@@ -19,11 +18,10 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow.parquet as pq
 import torch
-from PIL import Image
 
-from fcn import metrics, storage
+from fcn import images, metrics, storage
 from fcn.data import transforms
-from fcn.data.classes import voc_colormap
+from fcn.data.classes import classes_of
 
 
 @dataclass
@@ -84,7 +82,7 @@ def evaluate_shard(model, rows, spec, num_classes, device, channels_last=False, 
             pred = predict(model, image, device, channels_last)
             hist += metrics.confusion_matrix(torch.from_numpy(mask).to(device), pred, num_classes)
             if len(samples) < keep:
-                raw = transforms.decode_image(row.image)
+                raw = images.decode_image(row.image)
                 samples.append((row.image_id, raw, mask, pred.cpu().numpy().astype(np.uint8)))
     finally:
         model.train(was_training)
@@ -102,29 +100,6 @@ def evaluate(model, data, split, spec, num_classes, device, rank=0, world=1, **o
     )
     hist = metrics.all_reduce_confusion(hist)
     return metrics.scores(hist), hist, samples
-
-
-def sample_panel(image: np.ndarray, mask: np.ndarray, pred: np.ndarray) -> np.ndarray:
-    """image | truth | prediction, side by side, masks in the VOC colors (void white)."""
-    cmap = voc_colormap()
-    cmap[255] = (255, 255, 255)
-    return np.concatenate([image, cmap[mask], cmap[pred]], axis=1)
-
-
-def png_bytes(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, "PNG")
-    return buffer.getvalue()
-
-
-def score_metrics(scores: dict, class_names=None) -> dict:
-    """MLflow metric names (ARCHITECTURE.md): the four scores and `iu_<class>` per class."""
-    out = {k: scores[k] for k in ("pixel_acc", "mean_acc", "mean_iu", "fw_iu")}
-    for c, value in enumerate(scores["iu"]):
-        if not np.isnan(value):
-            name = class_names[c] if class_names and c < len(class_names) else str(c)
-            out[f"iu_{name}"] = float(value)
-    return out
 
 
 # --- the evaluation job ----------------------------------------------------------------------
@@ -160,7 +135,8 @@ def eval_loop_per_worker(loop: dict) -> None:
         model, loop["data"], loop["split"], model.preprocessing, config["num_classes"], device,
         rank=context.get_world_rank(), world=context.get_world_size(), limit=loop["limit"],
     )  # fmt: skip
-    metrics_out = {**score_metrics(scores, config.get("class_names")), "hist": hist.tolist()}
+    names = classes_of(config).names
+    metrics_out = {**metrics.named_scores(scores, names), "hist": hist.tolist()}
     # Ray Train keeps only metrics that come with a checkpoint: rank 0 attaches a tiny one.
     if context.get_world_rank() != 0:
         ray.train.report(metrics_out)

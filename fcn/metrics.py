@@ -6,9 +6,17 @@
 per-image scores.
 """
 
+import re
+
 import numpy as np
 import torch
 import torch.distributed as dist
+
+# The four scores of the paper, in its order; also their MLflow metric names.
+SCORE_NAMES = ("pixel_acc", "mean_acc", "mean_iu", "fw_iu")
+# MLflow metric names allow letters, digits, _ - . space and /; anything else in a user's
+# class name becomes "_".
+_NOT_IN_METRIC_NAME = re.compile(r"[^A-Za-z0-9_\-. /]")
 
 
 def confusion_matrix(truth, pred, num_classes: int) -> np.ndarray:
@@ -61,6 +69,16 @@ def scores(hist) -> dict:
         "fw_iu": float(fw_iu),
         "iu": iu,
     }
+
+
+def named_scores(scores: dict, class_names) -> dict:
+    """Metric name -> value: the four scores and `iu_<class name>` for each class that
+    occurred (a class absent from truth and prediction has no IU, so no value)."""
+    out = {k: scores[k] for k in SCORE_NAMES}
+    for name, value in zip(class_names, scores["iu"], strict=True):
+        if not np.isnan(value):
+            out["iu_" + _NOT_IN_METRIC_NAME.sub("_", str(name))] = float(value)
+    return out
 
 
 def all_reduce_confusion(hist):

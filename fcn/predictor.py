@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pyarrow as pa
 
-from fcn import checkpoint, manifest, masks, storage, tracking
+from fcn import checkpoint, images, manifest, masks, storage, tracking
 
 READ_THREADS = 8  # object-store reads are latency-bound: overlap them within a batch
 
@@ -34,7 +34,7 @@ def load_model(uri: str, device: str = "cpu"):
     """(model in eval mode on `device`, preprocessing spec, palette 256 x 3, num_classes)."""
     import torch
 
-    from fcn.data.classes import ClassList, voc_colormap
+    from fcn.data.classes import classes_of
     from fcn.models import build_from_config
 
     with tempfile.TemporaryDirectory(prefix="fcn-segment-") as tmp:
@@ -48,13 +48,7 @@ def load_model(uri: str, device: str = "cpu"):
     model.eval().to(device)
     if device == "cpu":
         model = model.to(memory_format=torch.channels_last)  # ~7% faster convs on CPU
-    classes = config.get("classes")
-    if isinstance(classes, dict):
-        palette = ClassList.from_dict(classes).palette()
-    elif isinstance(classes, list):
-        palette = ClassList.from_names(classes).palette()
-    else:
-        palette = voc_colormap()
+    palette = classes_of(config).palette()
     return model, config["preprocessing"], palette, int(config["num_classes"])
 
 
@@ -176,8 +170,8 @@ class Predictor:
             return {**result, "status": "error", "error": error}
         t = time.perf_counter()
         try:
-            image = masks.decode_image(data, self.settings["max_pixels"])
-        except masks.BadImage as err:
+            image = images.decode_image(data, self.settings["max_pixels"])
+        except images.BadImage as err:
             return {**result, "status": "error", "error": str(err)}
         except Exception as err:  # noqa: BLE001 - a Pillow bug on odd bytes is still one row
             return {**result, "status": "error", "error": f"decode failed: {err!r}"}
@@ -212,7 +206,7 @@ class Predictor:
         t = time.perf_counter()
         mask = result["mask"]
         try:
-            data = masks.encode_mask(mask, self.palette)
+            data = images.encode_mask(mask, self.palette)
             result["encode_seconds"] = time.perf_counter() - t
             t = time.perf_counter()
             storage.write_bytes(result["mask_uri"], data)

@@ -26,7 +26,7 @@ import uuid
 
 import pyarrow as pa
 
-from fcn import checkpoint, manifest, masks, storage, tracking
+from fcn import checkpoint, images, manifest, masks, storage, tracking
 from fcn.config import SegmentConfig, to_dict
 from fcn.predictor import Predictor
 from fcn.runtime import ALLOCATOR_ENV, init_ray
@@ -54,7 +54,7 @@ def list_images(config: SegmentConfig) -> list[storage.FileInfo]:
     output_path = storage.strip_scheme(config.output).rstrip("/")
     if storage.scheme(config.input) == storage.scheme(config.output) and input_path == output_path:
         raise ValueError("--output must differ from --input: masks would overwrite images")
-    found = storage.list_files(config.input, masks.IMAGE_EXTENSIONS)
+    found = storage.list_files(config.input, images.IMAGE_EXTENSIONS)
     return [f for f in found if not storage.strip_scheme(f.uri).startswith(output_path + "/")]
 
 
@@ -176,7 +176,7 @@ def run(config: SegmentConfig) -> dict:
     previous = manifest.read_all(config.output)
     done = {} if config.force else manifest.finished(previous, config.retry_errors)
     # An `ok` row counts only while its mask is still there (someone may have deleted it).
-    existing = {f.uri for f in storage.list_files(config.output, (masks.MASK_EXTENSION,))}
+    existing = {f.uri for f in storage.list_files(config.output, (images.MASK_EXTENSION,))}
     done = {k: v for k, v in done.items() if v["status"] == "error" or v["mask_uri"] in existing}
     todo, decided = [], []
     if fmt == "images":

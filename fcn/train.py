@@ -22,20 +22,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from fcn import checkpoint, optim, storage, tracking
+from fcn import checkpoint, images, optim, storage, tracking
 from fcn.config import TrainConfig, from_dict, to_dict
 from fcn.data import transforms
-from fcn.data.classes import VOC_CLASSES
-from fcn.evaluate import (
-    evaluate,
-    png_bytes,
-    sample_panel,
-    score_metrics,
-    split_files,
-    worker_resources,
-)
+from fcn.data.classes import default_classes
+from fcn.evaluate import evaluate, split_files, worker_resources
+from fcn.metrics import named_scores
 from fcn.models import build_from_config, build_model, preprocess
 from fcn.runtime import ALLOCATOR_ENV, init_ray
+from fcn.visualize import png_bytes, sample_panel
 
 # Worker progress goes through logging, not print: Ray Train patches print() in workers and,
 # when another library has wrapped stdout, emits every printed line twice.
@@ -121,12 +116,6 @@ def build_initial_model(config: TrainConfig) -> torch.nn.Module:
     return target
 
 
-def class_names(num_classes: int) -> list[str]:
-    if num_classes == len(VOC_CLASSES):
-        return list(VOC_CLASSES)
-    return [str(c) for c in range(num_classes)]
-
-
 # --- the worker ------------------------------------------------------------------------------
 
 
@@ -174,7 +163,7 @@ def _checkpoint_dir(model, optimizer, scaler, loop: dict, progress: dict) -> str
         "num_classes": config.num_classes,
         "width": getattr(model, "width", 1.0),
         "preprocessing": loop["spec"],
-        "class_names": class_names(config.num_classes),
+        "classes": default_classes(config.num_classes).to_dict(),
         "train": tracking_params(config, loop["recipe"]),
         **progress,
     }
@@ -310,11 +299,12 @@ def train_loop_per_worker(loop: dict) -> None:
             if rank != 0:
                 ray.train.report(reported)
                 continue
-            values = score_metrics(scores, class_names(config.num_classes))
+            classes = default_classes(config.num_classes)
+            values = named_scores(scores, classes.names)
             values.update(best_mean_iu=best_mean_iu, images_per_s=speed)
             tracking.log_metrics(run_id, values, iteration, uri)
             for image_id, image, truth, pred in samples:
-                panel = png_bytes(sample_panel(image, truth, pred))
+                panel = png_bytes(sample_panel(image, truth, pred, classes.palette()))
                 name = f"val_images/{image_id}_iter{iteration:06d}.png"
                 tracking.log_image(run_id, panel, name, uri)
             log.info(f"iter {iteration} val mean_iu {scores['mean_iu']:.4f} pixel_acc "
@@ -378,7 +368,7 @@ def balanced_weights(config: TrainConfig) -> list[float] | None:
         fs, path = storage.pyarrow_filesystem(uri)
         for cell in pq.read_table(path, filesystem=fs, columns=["mask"]).column("mask").to_pylist():
             if cell is not None:
-                mask = transforms.decode_mask(cell)
+                mask = images.decode_mask(cell)
                 counts += np.bincount(mask[mask < config.num_classes], minlength=config.num_classes)
     power = 0.5 if config.class_weights == "balanced-sqrt" else 1.0
     return optim.median_frequency_weights(counts, power)

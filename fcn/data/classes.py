@@ -121,6 +121,30 @@ def voc_classes() -> ClassList:
     return ClassList.from_names(VOC_CLASSES)
 
 
+def default_classes(num_classes: int) -> ClassList:
+    """VOC at 21 classes, else classes named by their index ("0", "1", ...) in VOC colors."""
+    if num_classes == len(VOC_CLASSES):
+        return voc_classes()
+    return ClassList.from_names([str(c) for c in range(num_classes)])
+
+
+def classes_of(config: dict) -> ClassList:
+    """The class list a checkpoint's config.json records (`classes`); checkpoints written
+    before class lists travelled have only `class_names` or just `num_classes`."""
+    if isinstance(config.get("classes"), dict):
+        found = ClassList.from_dict(config["classes"])
+    elif config.get("class_names"):
+        found = ClassList.from_names(config["class_names"])
+    else:
+        return default_classes(int(config["num_classes"]))
+    if found.num_classes != int(config["num_classes"]):
+        raise ValueError(
+            f"config.json names {found.num_classes} classes but says num_classes "
+            f"{config['num_classes']}"
+        )
+    return found
+
+
 def parse_class_list(text: str) -> ClassList:
     """Parse a user class file.
 

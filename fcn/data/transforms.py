@@ -1,5 +1,7 @@
 """Decode, normalize and jointly crop/flip image + mask rows (run inside Ray Data map_batches).
 
+Decoding is `fcn.images` (the codec every job uses: same EXIF orientation, same pixel cap).
+
 Image and mask always go through one transform together, as in torchvision's segmentation
 reference, so a crop or flip can never misalign them. Normalization follows the weights
 (`fcn.models.preprocess`), and happens before padding so that crop padding is the mean
@@ -8,27 +10,11 @@ pixel (0 after normalization) while the mask is padded with void 255, ignored by
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
-from PIL import Image
 
 from fcn.data.classes import VOID
+from fcn.images import decode_image, decode_mask
 from fcn.models import preprocess
-
-
-def decode_image(data: bytes) -> np.ndarray:
-    """Encoded image bytes -> H x W x 3 uint8 RGB."""
-    with Image.open(io.BytesIO(data)) as im:
-        return np.array(im.convert("RGB"), dtype=np.uint8)  # a writable copy, for torch
-
-
-def decode_mask(data: bytes) -> np.ndarray:
-    """Single-channel (or palette) PNG bytes -> H x W uint8 class indices, 255 = void."""
-    with Image.open(io.BytesIO(data)) as im:
-        if im.mode not in ("P", "L"):
-            raise ValueError(f"mask PNG has mode {im.mode}; expected palette (P) or gray (L)")
-        return np.array(im, dtype=np.uint8)
 
 
 def normalize(image: np.ndarray, spec: dict) -> np.ndarray:

@@ -20,7 +20,7 @@ from conftest import BIN, RAY_ENV
 from helpers_data import varied_model
 from PIL import Image
 
-from fcn import checkpoint, masks, storage
+from fcn import checkpoint, images, masks, storage
 from fcn.data.classes import voc_colormap
 from fcn.models.preprocess import normalize
 
@@ -121,7 +121,7 @@ def model(s3, tmp_path_factory):
 
 
 def expected_mask(model, data: bytes) -> np.ndarray:
-    image = masks.decode_image(data, max_pixels=10**8)
+    image = images.decode_image(data, max_pixels=10**8)
     with torch.inference_mode():
         logits = model["net"](normalize(image, model["config"]["preprocessing"])[None])
     return logits.argmax(1)[0].numpy()

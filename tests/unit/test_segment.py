@@ -15,7 +15,7 @@ import torch
 from helpers_data import varied_model
 from PIL import Image
 
-from fcn import checkpoint, manifest, masks, storage
+from fcn import checkpoint, images, manifest, masks, storage
 from fcn.config import SegmentConfig
 from fcn.data.classes import voc_colormap
 from fcn.models import build_from_config
@@ -82,8 +82,8 @@ def _bad_inputs():
 @pytest.mark.parametrize("name", list(_bad_inputs()))
 def test_bad_inputs_are_refused_with_a_reason(name):
     data, reason = _bad_inputs()[name]
-    with pytest.raises(masks.BadImage, match=reason):
-        masks.decode_image(data, max_pixels=10_000)
+    with pytest.raises(images.BadImage, match=reason):
+        images.decode_image(data, max_pixels=10_000)
 
 
 @pytest.mark.parametrize(
@@ -101,31 +101,31 @@ def test_bad_inputs_are_refused_with_a_reason(name):
 def test_odd_but_valid_modes_become_rgb(make):
     image = make()
     fmt = "JPEG" if image.mode == "CMYK" else "PNG"
-    rgb = masks.decode_image(encode(image, fmt), max_pixels=10_000)
+    rgb = images.decode_image(encode(image, fmt), max_pixels=10_000)
     assert rgb.shape == (9, 7, 3) and rgb.dtype == np.uint8
 
 
 def test_16bit_is_scaled_to_8bit():
     gray = Image.fromarray(np.array([[0, 65535]], dtype=np.uint16))
-    rgb = masks.decode_image(encode(gray), max_pixels=10)
+    rgb = images.decode_image(encode(gray), max_pixels=10)
     assert rgb[0, :, 0].tolist() == [0, 255]
 
 
 def test_one_pixel_image_is_valid():
-    assert masks.decode_image(encode(picture(1, 1, 0)), max_pixels=10).shape == (1, 1, 3)
+    assert images.decode_image(encode(picture(1, 1, 0)), max_pixels=10).shape == (1, 1, 3)
 
 
 def test_exif_orientation_is_applied():
     image = Image.fromarray(picture(10, 30, 0))  # stored 30 wide, 10 high
     exif = Image.Exif()
     exif[0x0112] = 6  # "rotate 90 CW to display"
-    rgb = masks.decode_image(encode(image, "JPEG", exif=exif), max_pixels=10_000)
+    rgb = images.decode_image(encode(image, "JPEG", exif=exif), max_pixels=10_000)
     assert rgb.shape == (30, 10, 3)  # the displayed size: the mask will overlay the view
 
 
 def test_mask_png_has_class_values_and_voc_palette():
     mask = np.array([[0, 1, 2], [3, 3, 0]], np.uint8)
-    png = Image.open(io.BytesIO(masks.encode_mask(mask, voc_colormap())))
+    png = Image.open(io.BytesIO(images.encode_mask(mask, voc_colormap())))
     assert png.mode == "P" and png.size == (3, 2)
     assert np.array_equal(np.asarray(png), mask)
     assert np.array_equal(np.asarray(png.getpalette()).reshape(-1, 3), voc_colormap())
