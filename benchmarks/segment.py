@@ -82,15 +82,15 @@ def forward_gflop(model, size: int) -> float:
     return counter.get_total_flops() / 1e9
 
 
-def plain_loop(model, spec, images: list[np.ndarray], batch: int, threads: int) -> float:
-    """Seconds for forward + argmax over `images`, batches of `batch`, tuned like the actors."""
+def plain_loop(model, spec, decoded: list[np.ndarray], batch: int, threads: int) -> float:
+    """Seconds for forward + argmax over `decoded`, batches of `batch`, tuned like the actors."""
     torch.set_num_threads(threads)
     model = model.to(memory_format=torch.channels_last)
     with torch.inference_mode():
-        model(normalize(images[0][None], spec).contiguous(memory_format=torch.channels_last))
+        model(normalize(decoded[0][None], spec).contiguous(memory_format=torch.channels_last))
         start = time.perf_counter()
-        for i in range(0, len(images), batch):
-            x = normalize(np.stack(images[i : i + batch]), spec)
+        for i in range(0, len(decoded), batch):
+            x = normalize(np.stack(decoded[i : i + batch]), spec)
             model(x.contiguous(memory_format=torch.channels_last)).argmax(1)
         return time.perf_counter() - start
 
@@ -213,7 +213,7 @@ def main() -> None:
             wall = time.perf_counter() - started
             ok = [r for r in manifest_rows if r["status"] == "ok"]
             actors = int(extra[extra.index("--concurrency") + 1])
-            assert len(ok) == len(images), manifest_rows
+            assert len(ok) == len(decoded), manifest_rows
             forward_s = sum(r["forward_seconds"] for r in ok)
             rows.append(
                 {
@@ -237,9 +237,9 @@ def main() -> None:
         # Best of before and after: on a shared machine, load moves between measurements.
         peak = max(peak, matmul_peak(threads))
         plain_s = min(
-            plain_s, plain_loop(model, model.preprocessing, images, args.batch_size, threads)
+            plain_s, plain_loop(model, model.preprocessing, decoded, args.batch_size, threads)
         )
-        plain_rate = len(images) / plain_s
+        plain_rate = len(decoded) / plain_s
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
