@@ -21,7 +21,7 @@ import torch
 
 from fcn import images, metrics, storage
 from fcn.data import transforms
-from fcn.data.classes import classes_of
+from fcn.inference import load_model
 
 
 @dataclass
@@ -109,18 +109,6 @@ def worker_resources(cpus: float, gpu: bool) -> dict:
     return {"CPU": cpus, "GPU": 1} if gpu else {"CPU": cpus}
 
 
-def load_model(uri: str):
-    """(model, checkpoint config) of a checkpoint dir or an MLflow models:/ / runs:/ URI."""
-    from fcn import checkpoint, tracking
-    from fcn.models import build_from_config
-
-    state, config = checkpoint.load(tracking.resolve_checkpoint(uri))
-    model = build_from_config(config)
-    model.load_state_dict(state, strict=True)
-    model.preprocessing = config.get("preprocessing") or model.preprocessing
-    return model, config
-
-
 def eval_loop_per_worker(loop: dict) -> None:
     """One evaluation worker: its shard of the split, confusion summed over all workers."""
     import ray.train
@@ -129,14 +117,13 @@ def eval_loop_per_worker(loop: dict) -> None:
     context = ray.train.get_context()
     device = ray.train.torch.get_device()
     torch.set_num_threads(max(1, int(loop["cpus_per_worker"])))
-    model, config = load_model(loop["model"])
-    model.to(device)
+    loaded = load_model(loop["model"], device)
+    model, config = loaded.model, loaded.config
     scores, hist, _ = evaluate(
         model, loop["data"], loop["split"], model.preprocessing, config["num_classes"], device,
         rank=context.get_world_rank(), world=context.get_world_size(), limit=loop["limit"],
     )  # fmt: skip
-    names = classes_of(config).names
-    metrics_out = {**metrics.named_scores(scores, names), "hist": hist.tolist()}
+    metrics_out = {**metrics.named_scores(scores, loaded.classes.names), "hist": hist.tolist()}
     # Ray Train keeps only metrics that come with a checkpoint: rank 0 attaches a tiny one.
     if context.get_world_rank() != 0:
         ray.train.report(metrics_out)

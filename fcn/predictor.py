@@ -11,7 +11,6 @@ kill.
 from __future__ import annotations
 
 import hashlib
-import tempfile
 import time
 import uuid
 from collections import defaultdict
@@ -20,7 +19,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pyarrow as pa
 
-from fcn import checkpoint, images, manifest, masks, storage, tracking
+from fcn import images, manifest, masks, storage
+from fcn.inference import load_model, predict
 
 READ_THREADS = 8  # object-store reads are latency-bound: overlap them within a batch
 
@@ -28,63 +28,6 @@ READ_THREADS = 8  # object-store reads are latency-bound: overlap them within a 
 def uri_key(uri: str) -> str:
     """The key a Parquet row's mask gets: its uri without scheme (`bucket/dir/x.jpg`)."""
     return storage.strip_scheme(uri).lstrip("/")
-
-
-def load_model(uri: str, device: str = "cpu"):
-    """(model in eval mode on `device`, preprocessing spec, palette 256 x 3, num_classes)."""
-    import torch
-
-    from fcn.data.classes import classes_of
-    from fcn.models import build_from_config
-
-    with tempfile.TemporaryDirectory(prefix="fcn-segment-") as tmp:
-        state_dict, config = checkpoint.load(tracking.resolve_checkpoint(uri, tmp))
-    if not 1 <= int(config["num_classes"]) <= 255:  # a palette PNG holds 256 values, 255 = void
-        raise ValueError(f"checkpoint {uri!r}: num_classes must be 1..255 for palette masks")
-    if "preprocessing" not in config:
-        raise ValueError(f"checkpoint {uri!r} config.json lacks 'preprocessing' (the contract)")
-    model = build_from_config(config)
-    model.load_state_dict(state_dict, strict=True)
-    model.eval().to(device)
-    if device == "cpu":
-        model = model.to(memory_format=torch.channels_last)  # ~7% faster convs on CPU
-    palette = classes_of(config).palette()
-    return model, config["preprocessing"], palette, int(config["num_classes"])
-
-
-def predict(model, images: np.ndarray, spec, scales=(1.0,), shift_and_stitch: bool = False):
-    """uint8 `N x H x W x 3` -> class maps `N x H x W` (uint8 numpy), argmax of the logits.
-
-    `shift_and_stitch`: dense logits from the model's coarse scores by shift-and-stitch
-    (PAPER.md) instead of its upsampling layers; stride^2 forwards.
-    """
-    import torch
-    import torch.nn.functional as F
-
-    from fcn.models.preprocess import normalize
-    from fcn.models.shift_stitch import dense_logits
-
-    device = next(model.parameters()).device
-    x = normalize(images, spec).to(device)
-    if device.type == "cpu":
-        x = x.contiguous(memory_format=torch.channels_last)
-    height, width = x.shape[-2:]
-
-    def logits_at(inp):
-        return dense_logits(model, inp) if shift_and_stitch else model(inp)
-
-    with torch.inference_mode():
-        if tuple(scales) == (1.0,):
-            return logits_at(x).argmax(1).to(torch.uint8).cpu().numpy()
-        probs = 0
-        for scale in scales:
-            size = (max(1, round(height * scale)), max(1, round(width * scale)))
-            xs = x if size == (height, width) else F.interpolate(x, size=size, mode="bilinear")
-            logits = logits_at(xs)
-            if logits.shape[-2:] != (height, width):
-                logits = F.interpolate(logits, size=(height, width), mode="bilinear")
-            probs = probs + logits.softmax(1)
-        return probs.argmax(1).to(torch.uint8).cpu().numpy()
 
 
 class Predictor:
@@ -99,7 +42,9 @@ class Predictor:
         self.device = "cuda" if settings["gpus_per_actor"] > 0 else "cpu"
         threads = settings["threads"] or max(1, int(settings["cpus_per_actor"]))
         torch.set_num_threads(threads)
-        self.model, self.spec, self.palette, self.num_classes = load_model(model_uri, self.device)
+        loaded = load_model(model_uri, self.device)
+        self.model, self.spec = loaded.model, loaded.preprocessing
+        self.palette, self.num_classes = loaded.classes.palette(), loaded.num_classes
         if settings["shift_and_stitch"] and getattr(self.model, "skips", ()):
             # Fail the job once, not every image: 16s/8s fuse upsampled coarser scores.
             raise ValueError(

@@ -230,9 +230,10 @@ def test_predictor_masks_equal_a_direct_forward(tmp_path, model_dir):
 
 
 def test_multi_scale_averages_to_full_size_masks(model_dir):
-    from fcn.predictor import load_model, predict
+    from fcn.inference import load_model, predict
 
-    model, spec, _, _ = load_model(model_dir)
+    loaded = load_model(model_dir)
+    model, spec = loaded.model, loaded.preprocessing
     images = np.stack([picture(64, 72, 7)])
     single = predict(model, images, spec)
     assert np.array_equal(predict(model, images, spec, scales=(1.0, 1.0)), single)
@@ -323,9 +324,9 @@ class _StrideTwoNet(torch.nn.Module):
 
 
 def test_predict_with_shift_and_stitch_takes_the_dense_logits():
+    from fcn.inference import predict
     from fcn.models.preprocess import CAFFE, normalize
     from fcn.models.shift_stitch import dense_logits
-    from fcn.predictor import predict
 
     model = _StrideTwoNet().eval()
     images = np.random.default_rng(0).integers(0, 256, (2, 9, 11, 3), dtype=np.uint8)

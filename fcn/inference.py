@@ -1,0 +1,84 @@
+"""A trained FCN as the jobs use it: load a checkpoint once, turn uint8 images into class maps.
+
+Ray-free and MLflow-free (an MLflow URI imports MLflow only to download it): evaluation,
+the segment job's model actor, training's init and the GPU benchmark all call these two
+functions, so a mask is computed one way everywhere.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from fcn import checkpoint, tracking
+from fcn.data.classes import ClassList, classes_of
+from fcn.models import build_from_config
+from fcn.models.preprocess import normalize
+from fcn.models.shift_stitch import dense_logits
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module  # eval mode, on the device asked for
+    config: dict  # the checkpoint's config.json
+    preprocessing: dict  # the input spec the weights expect (fcn.models.preprocess)
+    classes: ClassList
+
+    @property
+    def num_classes(self) -> int:
+        return self.classes.num_classes
+
+
+def load_model(uri: str, device: str | torch.device = "cpu") -> LoadedModel:
+    """The model of a checkpoint directory or an MLflow models:/ / runs:/ URI, ready to run.
+
+    On CPU the weights go channels_last: convolutions run ~7% faster in that layout there.
+    """
+    with tempfile.TemporaryDirectory(prefix="fcn-model-") as tmp:
+        state_dict, config = checkpoint.load(tracking.resolve_checkpoint(uri, tmp))
+    if "preprocessing" not in config:
+        raise ValueError(f"checkpoint {uri!r} config.json lacks 'preprocessing' (the contract)")
+    classes = classes_of(config)
+    model = build_from_config(config)
+    model.load_state_dict(state_dict, strict=True)
+    model.eval().to(device)
+    if torch.device(device).type == "cpu":
+        model = model.to(memory_format=torch.channels_last)
+    model.preprocessing = config["preprocessing"]
+    return LoadedModel(model, config, config["preprocessing"], classes)
+
+
+def predict(model, images, spec, scales=(1.0,), shift_and_stitch: bool = False) -> np.ndarray:
+    """uint8 `N x H x W x 3` RGB -> class maps `N x H x W` (uint8 numpy), argmax of the logits.
+
+    `scales`: average the class probabilities over these input scales (1.0 alone: one plain
+    forward). `shift_and_stitch`: dense logits from the model's coarse scores by
+    shift-and-stitch (docs/paper.md) instead of its upsampling layers; stride^2 forwards.
+    """
+    device = next(model.parameters()).device
+    x = normalize(images, spec).to(device)
+    if x.ndim == 3:
+        x = x.unsqueeze(0)
+    if device.type == "cpu":
+        x = x.contiguous(memory_format=torch.channels_last)
+    height, width = x.shape[-2:]
+
+    def logits_at(inp):
+        return dense_logits(model, inp) if shift_and_stitch else model(inp)
+
+    with torch.inference_mode():
+        if tuple(scales) == (1.0,):
+            return logits_at(x).argmax(1).to(torch.uint8).cpu().numpy()
+        probs = 0
+        for scale in scales:
+            size = (max(1, round(height * scale)), max(1, round(width * scale)))
+            xs = x if size == (height, width) else F.interpolate(x, size=size, mode="bilinear")
+            logits = logits_at(xs)
+            if logits.shape[-2:] != (height, width):
+                logits = F.interpolate(logits, size=(height, width), mode="bilinear")
+            probs = probs + logits.softmax(1)
+        return probs.argmax(1).to(torch.uint8).cpu().numpy()
