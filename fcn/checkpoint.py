@@ -3,7 +3,14 @@
 `model.pt` is a plain state_dict and is always loaded with `weights_only=True`: a checkpoint
 may come from a bucket anyone can write to, and unpickling it could run arbitrary code.
 `config.json` holds at least `model`, `num_classes`, `preprocessing` and the settings that
-trained it, so a checkpoint can be used with nothing else at hand.
+trained it, so a checkpoint can be used with nothing else at hand. `validate` checks the whole
+contract once, in a job's driver, so a bad checkpoint fails there with one line instead of in
+every Ray actor.
+
+Checkpoints made elsewhere (imported weights, hand-written configs) declare their input with
+`"preprocessing": "caffe"` (BGR, 0-255, the Caffe VGG mean subtracted: the reference FCNs and
+pytorch-fcn's files) or `"torchvision"` (RGB, 0-1, ImageNet mean/std), or the full spec dict
+of `fcn.models.preprocess`; `resolve_preprocessing` turns either form into the dict.
 """
 
 from __future__ import annotations
@@ -19,6 +26,11 @@ from fcn import storage
 MODEL_FILE = "model.pt"
 CONFIG_FILE = "config.json"
 REQUIRED_KEYS = ("model", "num_classes")
+SPEC_KEYS = ("channel_order", "scale", "mean", "std")
+
+
+class ContractError(ValueError):
+    """A checkpoint that breaks the contract; the message is one line naming the field."""
 
 
 def save(state_dict: dict, config: dict, uri: str, extra: dict[str, object] | None = None):
@@ -39,6 +51,60 @@ def save(state_dict: dict, config: dict, uri: str, extra: dict[str, object] | No
     storage.write_text(storage.join(uri, CONFIG_FILE), json.dumps(config, indent=2, default=str))
 
 
+def resolve_preprocessing(value) -> dict:
+    """A config's `preprocessing` (a spec name or a spec dict) as the full spec dict."""
+    from fcn.models import preprocess
+
+    if isinstance(value, str):
+        if value not in preprocess.SPECS:
+            raise ContractError(
+                f"'preprocessing' {value!r} is not a known spec; use one of "
+                f"{sorted(preprocess.SPECS)} or a dict with {list(SPEC_KEYS)}"
+            )
+        return dict(preprocess.SPECS[value])
+    if not isinstance(value, dict) or any(k not in value for k in SPEC_KEYS):
+        raise ContractError(
+            f"'preprocessing' must be 'caffe', 'torchvision' or a dict with {list(SPEC_KEYS)}"
+        )
+    if value["channel_order"] not in ("RGB", "BGR") or len(value["mean"]) != 3:
+        raise ContractError("'preprocessing' needs channel_order RGB or BGR and 3 mean values")
+    return value
+
+
+def validate(config: dict, uri: str) -> dict:
+    """Check the whole contract of a checkpoint's config.json; returns it with `preprocessing`
+    resolved to the full spec. Raises ContractError: "checkpoint URI: <field> ... (what to do)"."""
+    from fcn.data.classes import classes_of
+    from fcn.models import MODEL_NAMES
+
+    def fail(message: str):
+        raise ContractError(f"checkpoint {uri}: {message}") from None
+
+    for key in (*REQUIRED_KEYS, "preprocessing"):
+        if key not in config:
+            fail(f"config.json lacks '{key}' (the contract: {', '.join(REQUIRED_KEYS)}, "
+                 "preprocessing; see ARCHITECTURE.md)")  # fmt: skip
+    if config["model"] not in MODEL_NAMES:
+        fail(f"'model' {config['model']!r} is not one of {', '.join(MODEL_NAMES)}")
+    num_classes = config["num_classes"]
+    if not isinstance(num_classes, int) or not 1 <= num_classes <= 255:
+        fail(f"'num_classes' must be an int in 1..255 (255 is void), got {num_classes!r}")
+    width = config.get("width")
+    if width is not None and (not isinstance(width, int | float) or width <= 0):
+        fail(f"'width' must be a positive number, got {width!r}")
+    try:
+        preprocessing = resolve_preprocessing(config["preprocessing"])
+        classes_of(config)
+    except ValueError as err:
+        fail(str(err))
+    return {**config, "preprocessing": preprocessing}
+
+
+def check(uri: str) -> dict:
+    """The validated config.json of the checkpoint at `uri`, without reading the weights."""
+    return validate(load_config(uri), uri)
+
+
 def load_config(uri: str) -> dict:
     config_uri = storage.join(uri, CONFIG_FILE)
     if not storage.exists(config_uri):
@@ -50,8 +116,14 @@ def load_config(uri: str) -> dict:
 
 
 def load(uri: str, map_location: str | torch.device = "cpu") -> tuple[dict, dict]:
-    """(state_dict, config) of the checkpoint at `uri`."""
-    config = load_config(uri)
+    """(state_dict, validated config) of the checkpoint at `uri`."""
+    config = check(uri)
     data = storage.read_bytes(storage.join(uri, MODEL_FILE))
-    state_dict = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+    try:
+        state_dict = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+    except Exception as err:  # noqa: BLE001 - torch's own message advises weights_only=False
+        raise ContractError(
+            f"checkpoint {uri}: {MODEL_FILE} is not a loadable plain state_dict "
+            f"({type(err).__name__}); re-save it with torch.save(model.state_dict(), ...)"
+        ) from None
     return state_dict, config

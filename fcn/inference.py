@@ -40,8 +40,6 @@ def load_model(uri: str, device: str | torch.device = "cpu") -> LoadedModel:
     """
     with tempfile.TemporaryDirectory(prefix="fcn-model-") as tmp:
         state_dict, config = checkpoint.load(tracking.resolve_checkpoint(uri, tmp))
-    if "preprocessing" not in config:
-        raise ValueError(f"checkpoint {uri!r} config.json lacks 'preprocessing' (the contract)")
     classes = classes_of(config)
     model = build_from_config(config)
     model.load_state_dict(state_dict, strict=True)

@@ -171,7 +171,7 @@ def run(config: SegmentConfig) -> dict:
     run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:8]
     model = pin_model_uri(config.model)
     with tempfile.TemporaryDirectory(prefix="fcn-segment-") as tmp:  # fail early, clearly
-        checkpoint.load_config(tracking.resolve_checkpoint(model, tmp))
+        checkpoint.check(tracking.resolve_checkpoint(model, tmp))
     fmt = input_format(config)
     previous = manifest.read_all(config.output)
     done = {} if config.force else manifest.finished(previous, config.retry_errors)
