@@ -31,6 +31,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.common import forward_gflop, reexec_with_allocator_settings  # noqa: E402
 from fcn.runtime import ALLOCATOR_ENV as MALLOC_ENV  # noqa: E402
 
 # PAPER.md: (reference-repo seg11valid mean IU, paper mean IU and where, Table 1 ms on a K40).
@@ -54,13 +55,6 @@ def parse_args(argv=None):
     parser.add_argument("--output", default=str(REPO / "results" / "models.md"))
     parser.add_argument("--no-reexec", action="store_true", help="keep the current allocator")
     return parser.parse_args(argv)
-
-
-def reexec_with_allocator_settings(args) -> None:
-    if args.no_reexec or all(os.environ.get(k) == v for k, v in MALLOC_ENV.items()):
-        return
-    env = {**os.environ, **MALLOC_ENV}
-    os.execve(sys.executable, [sys.executable, *sys.argv], env)
 
 
 def build(name: str, device):
@@ -94,19 +88,14 @@ def forward_seconds(model, x) -> float:
 def count_gflop(name: str, size: int) -> float:
     """Forward GFLOP from the shapes alone (meta device: no memory, no compute)."""
     import torch
-    from torch.utils.flop_counter import FlopCounterMode
 
     with torch.device("meta"):
-        model = build(name, "meta")
-        x = torch.empty(1, 3, size, size)
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
-        model(x)
-    return counter.get_total_flops() / 1e9
+        return forward_gflop(build(name, "meta"), size)
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    reexec_with_allocator_settings(args)
+    reexec_with_allocator_settings(args.no_reexec)
     import torch
     import torchvision
 
