@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 
 # Every process that starts Ray here: keep 127.0.0.1 as is, no usage stats, and no auth token
-# (a bare ray.init() would otherwise write one that breaks `ray job submit`). ENVIRONMENT.md.
+# (a bare ray.init() would otherwise write one that breaks `ray job submit`). docs/environment.md.
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 export RAY_USAGE_STATS_ENABLED := 0
 export RAY_AUTH_MODE := disabled

@@ -8,13 +8,13 @@ and all including the fixed bilinear upsampling weights), forward GFLOP (counted
 device: machine-independent), forward seconds (eval mode, no_grad, batch 1, after a warm-up;
 the models take turns, and the best of `repeats` turns is kept, so that other load on a shared
 machine hits every model alike), the ratio of that time to FCN-8s and to fcn_resnet50 (both
-measured here, in the same run), and the published numbers from PAPER.md (mean IU, Table 1
+measured here, in the same run), and the published numbers from docs/paper.md (mean IU, Table 1
 forward time on a K40 GPU). Published fcn_resnet50 mIoU is torchvision's (COCO val2017,
 VOC labels), a different benchmark. Random weights: speed does not depend on them.
 Prints a table and writes results/models.md. Compare ratios; seconds depend on the machine.
 
 Allocator: with glibc defaults every FCN forward takes ~440k page faults and is ~25% slower and
-noisy (ENVIRONMENT.md). This script re-execs itself with fcn.runtime.ALLOCATOR_ENV set
+noisy (docs/environment.md). This script re-execs itself with fcn.runtime.ALLOCATOR_ENV set
 (unless --no-reexec; glibc reads them only at process start, so they cannot be set from
 inside).
 """
@@ -34,7 +34,7 @@ sys.path.insert(0, str(REPO))
 from benchmarks.common import forward_gflop, reexec_with_allocator_settings  # noqa: E402
 from fcn.runtime import ALLOCATOR_ENV as MALLOC_ENV  # noqa: E402
 
-# PAPER.md: (reference-repo seg11valid mean IU, paper mean IU and where, Table 1 ms on a K40).
+# docs/paper.md: (reference-repo seg11valid mean IU, paper mean IU and where, Table 1 ms on a K40).
 PUBLISHED = {
     "fcn32s": ("63.6", "59.4 (seg11valid)", "210 (FCN-VGG16)"),
     "fcn16s": ("65.0", "62.4 (seg11valid)", ""),
@@ -163,7 +163,7 @@ def main(argv=None) -> None:
         "Learnable params leave out the fixed bilinear upsampling (Caffe lr_mult 0), as the "
         "paper's counts do (VGG16 134M, AlexNet 57M, GoogLeNet 6M; torchvision's GoogLeNet has "
         "3x3 instead of 5x5 kernels in one inception branch, hence 5.6M). Published numbers "
-        "are from PAPER.md; the paper timed a K40 GPU, so compare ratios, not seconds.",
+        "are from docs/paper.md; the paper timed a K40 GPU, so compare ratios, not seconds.",
         "",
         *lines,
         "",

@@ -2,7 +2,7 @@
 
 With `RAY_ADDRESS` set (a cluster, or a driver started by `ray job submit`), jobs connect to
 it and inherit its runtime environment. Without it they start a local instance, with the
-settings ENVIRONMENT.md found necessary on these machines.
+settings docs/environment.md found necessary on these machines.
 """
 
 from __future__ import annotations

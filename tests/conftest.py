@@ -2,7 +2,7 @@
 
 Each is a subprocess on a free loopback port, started once per session on first use, waited
 for until it answers, and always torn down (its whole process group), so no process outlives
-the session. Unit tests use none of them. Recipes: ENVIRONMENT.md.
+the session. Unit tests use none of them. Recipes: docs/environment.md.
 """
 
 from __future__ import annotations

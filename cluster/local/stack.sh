@@ -40,7 +40,7 @@ S3_URL="http://127.0.0.1:$S3_PORT"
 MLFLOW_URL="http://127.0.0.1:$MLFLOW_PORT"
 RAY_URL="http://127.0.0.1:$DASHBOARD_PORT"
 
-# What every process of the stack, and every job it runs, sees (ENVIRONMENT.md).
+# What every process of the stack, and every job it runs, sees (docs/environment.md).
 stack_env() {
   cat <<EOF
 export RAY_ADDRESS=$RAY_URL
@@ -149,7 +149,7 @@ start() {
     --artifacts-destination "s3://$BUCKET/mlflow"
 
   # Job entry points say `python`: make it the project's interpreter. Allocator settings make
-  # FCN on CPU ~40% faster (ENVIRONMENT.md); Ray workers inherit them from the raylet.
+  # FCN on CPU ~40% faster (docs/environment.md); Ray workers inherit them from the raylet.
   PATH="$BIN:$PATH" RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S=0 \
     MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=68719476736 MALLOC_ARENA_MAX=1 \
     launch ray "$BIN/ray" start --head --block --node-ip-address 127.0.0.1 \

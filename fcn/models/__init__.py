@@ -1,4 +1,4 @@
-"""FCN models (PAPER.md): `build_model(name, num_classes, pretrained)`.
+"""FCN models (docs/paper.md): `build_model(name, num_classes, pretrained)`.
 
 Contract (ARCHITECTURE.md): input `N x 3 x H x W` floats normalized as `model.preprocessing`
 says, output logits `N x num_classes x H x W` (same H, W, any H, W >= 1); `state_dict()` keys are

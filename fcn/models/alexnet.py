@@ -54,7 +54,7 @@ class FCNAlexNet(nn.Module):
         self.drop7 = nn.Dropout(0.5)
 
         self.score_fr = nn.Conv2d(4096, num_classes, 1)
-        nn.init.zeros_(self.score_fr.weight)  # PAPER.md: new score layers start at zero
+        nn.init.zeros_(self.score_fr.weight)  # docs/paper.md: new score layers start at zero
         nn.init.zeros_(self.score_fr.bias)
         self.upscore = upsample(num_classes, 63, 32, learnable_upsampling)
 

@@ -1,4 +1,4 @@
-"""FCN-GoogLeNet on torchvision's GoogLeNet (PAPER.md: to the last inception, average pooling
+"""FCN-GoogLeNet on torchvision's GoogLeNet (docs/paper.md: to the last inception, average pooling
 dropped, 32-stride scoring).
 
 The stem and the inception modules are torchvision's own modules under torchvision's names

@@ -1,4 +1,4 @@
-"""Shift-and-stitch (PAPER.md; Long et al. Section 3.2): dense output from an f-strided net.
+"""Shift-and-stitch (docs/paper.md; Long et al. Section 3.2): dense output from an f-strided net.
 
 Run the net on the input shifted right by dx and down by dy for every (dx, dy) in {0..f-1}^2
 and interleave the f^2 coarse outputs: cost f^2 forwards, no learned upsampling. The result

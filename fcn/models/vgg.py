@@ -4,11 +4,11 @@ One class: a skip (pool4, then pool3) is one more step of "upsample the coarse s
 cropped score of a finer pool". Module names are the Caffe layer names, as flat attributes, so
 pytorch-fcn (`torchfcn.models.FCN32s/16s/8s/8sAtOnce`) state_dicts load with `strict=True`.
 
-Geometry (PAPER.md): `conv1_1` pads by 100 so that any input size yields a score map that covers
-the image after upsampling, and the crop offsets put output pixel (i, j) exactly on input pixel
-(i, j): score_fr cell o sits at image position 32 o + 12.5 (pools add half a cell each), the k64
-upscore puts it at output index 32 o + 31.5, hence crop 19; likewise 5 / 27 and 9 / 31 for the
-skips (tests/unit/test_models.py checks it with one-hot inputs).
+Geometry (docs/paper.md): `conv1_1` pads by 100 so that any input size yields a score map that
+covers the image after upsampling, and the crop offsets put output pixel (i, j) exactly on input
+pixel (i, j): score_fr cell o sits at image position 32 o + 12.5 (pools add half a cell each),
+the k64 upscore puts it at output index 32 o + 31.5, hence crop 19; likewise 5 / 27 and 9 / 31
+for the skips (tests/unit/test_models.py checks it with one-hot inputs).
 """
 
 from dataclasses import dataclass
@@ -124,7 +124,7 @@ class FCNVGG16(nn.Module):
             if not isinstance(module, nn.Conv2d):
                 continue  # the ConvTranspose2d layers are already bilinear
             if name.startswith("score"):
-                # Zero score layers (PAPER.md): a new skip adds nothing until it is trained,
+                # Zero score layers (docs/paper.md): a new skip adds nothing until it is trained,
                 # which is what makes staged 32s -> 16s -> 8s training start where it left off.
                 nn.init.zeros_(module.weight)
             elif name in ("fc6", "fc7"):

@@ -98,7 +98,7 @@ def test_output_size_at_voc_size(fcn8s):
 
 
 def test_zero_score_layers_give_zero_logits_at_init(fcn8s):
-    # Score layers start at zero (PAPER.md), so an untrained FCN predicts exactly 0 everywhere.
+    # Score layers start at zero (docs/paper.md), so an untrained FCN predicts exactly 0 everywhere.
     with torch.no_grad():
         assert fcn8s(torch.randn(1, 3, 20, 30)).abs().max() == 0
 
