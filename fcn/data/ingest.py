@@ -11,6 +11,10 @@ task: read the objects (a few threads, batched; `read_binary_files` costs ~1.6 m
 decode and check every image and mask, write one Parquet file. The driver only sees small
 count rows, so its memory does not grow with the images.
 
+Checks: images and masks go through `fcn.images`, the codec training, evaluation and
+segmentation use, so what ingest accepts they can decode, and `height`/`width` are the size
+as displayed (EXIF orientation applied): a mask must match the picture people drew it on.
+
 Re-runs: shard names and contents depend only on the input, so a second run over the same
 input rewrites the same files with the same bytes (overwrite, no duplicates); shards a
 previous run left that this run did not write are deleted. Each file is written whole or not

@@ -6,6 +6,9 @@
   `dataset/<split>.txt`.
 - Any tree of images under a prefix (`fcn.images.IMAGE_EXTENSIONS`, nested, any case).
 
+PNG masks are decoded by `fcn.images.decode_mask`; SBD's MATLAB masks here, to the same
+H x W uint8 array.
+
 Listing only builds records (URIs); reading and checking bytes is the ingest job's work, so a
 missing file shows up there as an error row, not as a crash here.
 """
