@@ -11,6 +11,10 @@ task: read the objects (a few threads, batched; `read_binary_files` costs ~1.6 m
 decode and check every image and mask, write one Parquet file. The driver only sees small
 count rows, so its memory does not grow with the images.
 
+Checks: images and masks go through `fcn.images`, the codec training, evaluation and
+segmentation use, so what ingest accepts they can decode, and `height`/`width` are the size
+as displayed (EXIF orientation applied): a mask must match the picture people drew it on.
+
 Re-runs: shard names and contents depend only on the input, so a second run over the same
 input rewrites the same files with the same bytes (overwrite, no duplicates); shards a
 previous run left that this run did not write are deleted. Each file is written whole or not
@@ -30,7 +34,6 @@ import json
 import logging
 import re
 import time
-import warnings
 from collections import Counter, defaultdict, deque
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -39,9 +42,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from PIL import Image, UnidentifiedImageError
 
-from fcn import storage
+from fcn import images, storage
 from fcn.config import IngestConfig, to_dict
 from fcn.data import voc
 from fcn.data.classes import VOID, ClassList, parse_class_list, voc_classes
@@ -78,6 +80,7 @@ REASONS = (
     "corrupt_image",
     "truncated_image",
     "decompression_bomb",
+    "unsupported_image",  # animated, or a pixel mode with no RGB reading (fcn.images)
     "missing_mask",
     "empty_mask",
     "corrupt_mask",
@@ -103,63 +106,35 @@ class Rejected(Exception):
 
 # --- validation (pure functions of bytes: unit-testable without Ray or storage) -------------
 
-
-def _open_checked(data: bytes, uri: str, kind: str, max_pixels: int) -> Image.Image:
-    """Open `data` as an image; refuse empty, unknown and oversized files before decoding."""
-    if not data:
-        raise Rejected(f"empty_{kind}", uri, "zero bytes")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            im = Image.open(io.BytesIO(data))
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        raise Rejected("decompression_bomb", uri, str(err)) from None
-    except UnidentifiedImageError:
-        raise Rejected(f"corrupt_{kind}", uri, "not a recognizable image file") from None
-    except Exception as err:  # any parser failure is a bad file, never a crashed job
-        raise Rejected(f"corrupt_{kind}", uri, f"{type(err).__name__}: {err}") from None
-    width, height = im.size
-    if width * height > max_pixels:
-        raise Rejected(
-            "decompression_bomb", uri, f"{width}x{height} pixels exceeds max_pixels={max_pixels}"
-        )
-    if width < 1 or height < 1:
-        raise Rejected(f"corrupt_{kind}", uri, f"empty size {width}x{height}")
-    return im
-
-
-def _decode_fully(im: Image.Image, uri: str, kind: str) -> None:
-    # Decoding every pixel is the only way to catch a truncated or damaged body.
-    try:
-        im.load()
-    except OSError as err:
-        reason = "truncated_image" if kind == "image" and "truncat" in str(err) else None
-        raise Rejected(reason or f"corrupt_{kind}", uri, str(err)) from None
-    except Exception as err:
-        raise Rejected(f"corrupt_{kind}", uri, f"{type(err).__name__}: {err}") from None
+# Codec refusal (`fcn.images.BadImage.reason`) -> the error row's reason, per input kind.
+_IMAGE_REASONS = {
+    "empty": "empty_image",
+    "corrupt": "corrupt_image",
+    "truncated": "truncated_image",
+    "too_large": "decompression_bomb",
+    "unsupported": "unsupported_image",
+}
+# A mask is the label file: any defect in it makes it unusable, whatever the kind.
+_MASK_REASONS = {"empty": "empty_mask", "too_large": "decompression_bomb"}
 
 
 def check_image(data: bytes, uri: str, max_pixels: int) -> tuple[int, int]:
-    """Decode the whole image; return (height, width) or raise Rejected."""
-    im = _open_checked(data, uri, "image", max_pixels)
-    _decode_fully(im, uri, "image")
-    return im.height, im.width
+    """Decode the whole image as training will; return (height, width) as displayed (EXIF
+    orientation applied) or raise Rejected."""
+    try:
+        return images.verify_image(data, max_pixels)
+    except images.BadImage as err:
+        raise Rejected(_IMAGE_REASONS[err.reason], uri, str(err)) from None
 
 
 def decode_mask(data: bytes, uri: str, source: str, max_pixels: int) -> np.ndarray:
     """Mask bytes of `source` ("voc": palette/gray PNG, "sbd": .mat) -> H x W uint8."""
-    if not data:
-        raise Rejected("empty_mask", uri, "zero bytes")
-    if source == "sbd":
-        try:
-            return voc.decode_sbd_mask(data)
-        except Exception as err:
-            raise Rejected("corrupt_mask", uri, f"{type(err).__name__}: {err}") from None
-    im = _open_checked(data, uri, "mask", max_pixels)
-    if im.mode not in ("P", "L"):
-        raise Rejected("corrupt_mask", uri, f"mask mode {im.mode}; expected palette (P) or L")
-    _decode_fully(im, uri, "mask")
-    return np.array(im, dtype=np.uint8)
+    try:
+        if source == "sbd":
+            return voc.decode_sbd_mask(data, max_pixels)
+        return images.decode_mask(data, max_pixels)
+    except images.BadImage as err:
+        raise Rejected(_MASK_REASONS.get(err.reason, "corrupt_mask"), uri, str(err)) from None
 
 
 def check_mask(mask: np.ndarray, uri: str, height: int, width: int, num_classes: int) -> None:
@@ -167,7 +142,8 @@ def check_mask(mask: np.ndarray, uri: str, height: int, width: int, num_classes:
         raise Rejected(
             "mask_size_mismatch",
             uri,
-            f"mask is {mask.shape[1]}x{mask.shape[0]}, image is {width}x{height} (WxH)",
+            f"mask is {mask.shape[1]}x{mask.shape[0]}, image is {width}x{height} (WxH) as "
+            "displayed (EXIF orientation applied)",
         )
     counts = np.bincount(mask.ravel(), minlength=256)  # ~20x faster than np.unique
     values = np.flatnonzero(counts)
@@ -201,7 +177,7 @@ def validate(
             raise _read_failure(mask, record.mask_uri, "mask")
         labels = decode_mask(mask, record.mask_uri, record.source, max_pixels)
         check_mask(labels, record.mask_uri, height, width, num_classes)
-        mask_png = voc.encode_mask(labels)
+        mask_png = images.encode_mask(labels)
     return {
         "image_id": record.image_id,
         "split": record.split,
@@ -603,5 +579,10 @@ def read_summary(root: str) -> dict:
 
 
 def read_classes(root: str) -> ClassList:
-    """The class list an ingested dataset was validated against (for train/eval/segment)."""
-    return ClassList.from_dict(read_summary(root)["classes"])
+    """The class list an ingested dataset was validated against (for train/eval/segment).
+
+    Datasets ingested before class lists were recorded were checked against VOC's 21.
+    Plain file reads: no Ray, so a training driver can call it before starting any.
+    """
+    recorded = read_summary(root).get("classes")
+    return ClassList.from_dict(recorded) if recorded else voc_classes()

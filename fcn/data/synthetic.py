@@ -4,12 +4,18 @@ Every reader is tested on the same on-disk formats it meets in production: JPEGs
 palette PNGs with void borders, SBD MATLAB files (`GTcls.Segmentation`) and a nested tree
 of mixed-extension images. Same seed -> byte-identical files.
 
+A set may use its own class list (`class_list`, e.g. `custom_classes()`): its masks are
+palette PNGs in that list's colors and `<root>/classes.json` beside the data is the class
+file `ingest --classes` reads. `add_sideways_image` plants a JPEG stored sideways with an
+EXIF orientation and its mask drawn on the image as displayed.
+
 Images are learnable on purpose: each class has a fixed color and stripe texture that does
 not depend on the seed (train on one seed, evaluate on another), objects sit on low-saturation
 textured backgrounds, so a small FCN reaches a high mean IU in few iterations.
 
 CLI:
     python -m fcn.data.synthetic --voc DIR --sbd DIR --unlabeled DIR --num-images N --seed S
+        [--classes 1,2,3] [--class-list FILE]
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import argparse
 import colorsys
 import hashlib
 import io
+import json
 import struct
 import zlib
 from dataclasses import dataclass, field
@@ -28,9 +35,11 @@ import scipy.io
 import scipy.sparse
 from PIL import Image, ImageDraw
 
-from fcn.data.classes import VOC_CLASSES, VOID, voc_colormap
+from fcn.data.classes import VOC_CLASSES, VOID, ClassList, parse_class_list, voc_classes
+from fcn.images import encode_mask
 
 OBJECT_CLASSES = tuple(range(1, len(VOC_CLASSES)))  # 1..20; 0 is background
+CLASS_FILE = "classes.json"  # written beside a set with its own class list
 JPEG_QUALITY = 90  # close to the VOC JPEGs' quality; visible but mild artifacts
 # Unlabeled tree: nested folders and mixed extensions, as user buckets look.
 _UNLABELED_DIRS = ("", "street", "street/2021", "park/summer/day", "misc")
@@ -159,21 +168,27 @@ def encode_jpeg(image: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def encode_voc_png(label: np.ndarray) -> bytes:
-    """Palette PNG (mode P) with the VOC colormap: pixel value = class index."""
-    im = Image.fromarray(label)
-    im.putpalette(voc_colormap().tobytes())
+def sideways_jpeg(image: np.ndarray, orientation: int = 6) -> bytes:
+    """A JPEG that displays as `image` (H x W x 3 uint8) but stores it sideways (W x H) with
+    EXIF `orientation` 6 or 8, as phone cameras write portrait photos."""
+    # The stored pixels are the displayed ones turned back: the viewer turns them again.
+    undo = {6: Image.Transpose.ROTATE_90, 8: Image.Transpose.ROTATE_270}
+    if orientation not in undo:
+        raise ValueError(f"orientation must be 6 or 8 (sideways), got {orientation}")
+    exif = Image.Exif()
+    exif[0x0112] = orientation  # EXIF Orientation
     buf = io.BytesIO()
-    im.save(buf, "PNG")
+    stored = Image.fromarray(image).transpose(undo[orientation])
+    stored.save(buf, "JPEG", quality=JPEG_QUALITY, exif=exif)
     return buf.getvalue()
 
 
-def encode_sbd_mat(label: np.ndarray) -> bytes:
+def encode_sbd_mat(label: np.ndarray, num_classes: int = len(VOC_CLASSES)) -> bytes:
     """An SBD `cls/*.mat`: struct GTcls with Segmentation, Boundaries, CategoriesPresent."""
-    boundaries = np.empty((len(OBJECT_CLASSES), 1), dtype=object)
+    boundaries = np.empty((num_classes - 1, 1), dtype=object)  # one per object class
     edge = void_border(label, 1) == VOID
-    for k, cls in enumerate(OBJECT_CLASSES):
-        boundaries[k, 0] = scipy.sparse.csc_matrix(edge & (label == cls))
+    for cls in range(1, num_classes):
+        boundaries[cls - 1, 0] = scipy.sparse.csc_matrix(edge & (label == cls))
     present = np.array([c for c in np.unique(label) if c != 0], dtype=np.uint8)
     gt = {"Segmentation": label, "Boundaries": boundaries, "CategoriesPresent": present}
     buf = io.BytesIO()
@@ -200,11 +215,12 @@ def _size(rng: np.random.Generator, min_size: int, max_size: int) -> tuple[int, 
 
 @dataclass
 class SyntheticSet:
-    """What was generated: ids per split for each source, and the unlabeled keys."""
+    """What was generated: ids per split for each source, the unlabeled keys, the classes."""
 
     voc: dict[str, list[str]] = field(default_factory=dict)
     sbd: dict[str, list[str]] = field(default_factory=dict)
     unlabeled: list[str] = field(default_factory=list)
+    classes: ClassList = field(default_factory=voc_classes)
 
 
 def _write(path: Path, data: bytes) -> None:
@@ -216,6 +232,15 @@ def _write_list(path: Path, ids: list[str]) -> None:
     _write(path, "".join(f"{i}\n" for i in ids).encode())
 
 
+def custom_classes() -> ClassList:
+    """A 5-class list with its own names and colors (none of them VOC's): a set generated with
+    it shows that a class list travels from the data to the masks a model writes."""
+    return ClassList(
+        names=("background", "apple", "brick", "leaf", "sky"),
+        colors=((10, 10, 10), (230, 25, 75), (245, 130, 48), (60, 180, 75), (0, 130, 200)),
+    )
+
+
 def generate(
     voc: str | Path | None = None,
     sbd: str | Path | None = None,
@@ -224,75 +249,127 @@ def generate(
     seed: int = 0,
     min_size: int = 200,
     max_size: int = 500,
-    classes: tuple[int, ...] = OBJECT_CLASSES,
+    classes: tuple[int, ...] | None = None,
+    class_list: ClassList | None = None,
 ) -> SyntheticSet:
     """Write up to three datasets of `num_images` images each; return their ids per split.
 
     VOC: train/val halves (+ trainval). SBD: ~80/20 train/val; a third of its ids are VOC
     ids (same picture, labels without void border), as in the real sets.
+    `class_list`: the labels' classes (default VOC's 21); VOC masks use its palette and, when
+    given, `<root>/classes.json` (CLASS_FILE) beside the VOC and SBD data is its class file.
+    `classes`: which object classes (indices >= 1 of the list) to draw; default all.
     """
     if not 1 <= min_size <= max_size:
         raise ValueError(f"need 1 <= min_size <= max_size, got {min_size}, {max_size}")
     if num_images < 2:
         raise ValueError("num_images must be at least 2 (one per split)")
-    classes = tuple(int(c) for c in classes)
-    if not classes or not all(1 <= c < len(VOC_CLASSES) for c in classes):
-        raise ValueError(f"classes must be VOC object classes 1..{len(VOC_CLASSES) - 1}")
+    labels = class_list or voc_classes()
+    drawn = tuple(range(1, labels.num_classes)) if classes is None else tuple(map(int, classes))
+    if not drawn or not all(1 <= c < labels.num_classes for c in drawn):
+        raise ValueError(f"classes must be object classes 1..{labels.num_classes - 1}")
     rng = np.random.default_rng(seed)
     pool = _ids(rng, 2 * num_images)
     voc_ids = sorted(rng.choice(pool, size=num_images, replace=False).tolist())
     shared = rng.choice(voc_ids, size=num_images // 3, replace=False).tolist()
     others = [i for i in pool if i not in set(voc_ids)]
     sbd_ids = sorted(shared + others[: num_images - len(shared)])
-    out = SyntheticSet()
+    out = SyntheticSet(classes=labels)
 
     def scene(image_id: str):
         r = _rng_for(seed, image_id)
         h, w = _size(r, min_size, max_size)
-        return render_scene(r, h, w, classes)
+        return render_scene(r, h, w, drawn)
 
     if voc is not None:
-        root = Path(voc)
-        order = rng.permutation(voc_ids).tolist()
-        half = num_images // 2
-        out.voc = {"train": sorted(order[:half]), "val": sorted(order[half:])}
-        out.voc["trainval"] = sorted(voc_ids)
-        for image_id in voc_ids:
-            image, label = scene(image_id)
-            label = void_border(label, _border_radius(*label.shape))
-            _write(root / "JPEGImages" / f"{image_id}.jpg", encode_jpeg(image))
-            _write(root / "SegmentationClass" / f"{image_id}.png", encode_voc_png(label))
-        for split, ids in out.voc.items():
-            _write_list(root / "ImageSets" / "Segmentation" / f"{split}.txt", ids)
+        out.voc = _write_voc(Path(voc), voc_ids, rng.permutation(voc_ids).tolist(), scene, labels)
     if sbd is not None:
-        root = Path(sbd) / "dataset"
-        order = rng.permutation(sbd_ids).tolist()
-        n_train = max(1, min(num_images - 1, round(0.8 * num_images)))
-        out.sbd = {"train": sorted(order[:n_train]), "val": sorted(order[n_train:])}
-        for image_id in sbd_ids:
-            image, label = scene(image_id)
-            _write(root / "img" / f"{image_id}.jpg", encode_jpeg(image))
-            _write(root / "cls" / f"{image_id}.mat", encode_sbd_mat(label))
-        for split, ids in out.sbd.items():
-            _write_list(root / f"{split}.txt", ids)
+        out.sbd = _write_sbd(Path(sbd), sbd_ids, rng.permutation(sbd_ids).tolist(), scene, labels)
     if unlabeled is not None:
-        root = Path(unlabeled)
-        for i in range(num_images):
-            folder = _UNLABELED_DIRS[i % len(_UNLABELED_DIRS)]
-            ext = _UNLABELED_EXTS[i % len(_UNLABELED_EXTS)]
-            key = f"{folder}/img_{i:05d}{ext}".lstrip("/")
-            image, _ = scene(f"unlabeled/{i}")
-            if ext.lower() == ".png":
-                buf = io.BytesIO()
-                Image.fromarray(image).save(buf, "PNG")
-                data = buf.getvalue()
-            else:
-                data = encode_jpeg(image)
-            _write(root / key, data)
-            out.unlabeled.append(key)
-        # Non-image files sit in real buckets too; readers must skip them.
-        _write(root / "README.txt", b"synthetic unlabeled images\n")
+        out.unlabeled = _write_unlabeled(Path(unlabeled), num_images, scene)
+    if class_list is not None:
+        text = json.dumps(class_list.to_dict(), indent=2) + "\n"
+        for root in (voc, sbd):
+            if root is not None:
+                _write(Path(root) / CLASS_FILE, text.encode())
     return out
+
+
+def _write_voc(root: Path, ids: list[str], order: list[str], scene, labels: ClassList) -> dict:
+    half = len(ids) // 2
+    splits = {"train": sorted(order[:half]), "val": sorted(order[half:]), "trainval": ids}
+    palette = labels.palette()
+    for image_id in ids:
+        image, label = scene(image_id)
+        label = void_border(label, _border_radius(*label.shape))
+        _write(root / "JPEGImages" / f"{image_id}.jpg", encode_jpeg(image))
+        _write(root / "SegmentationClass" / f"{image_id}.png", encode_mask(label, palette))
+    for split, split_ids in splits.items():
+        _write_list(root / "ImageSets" / "Segmentation" / f"{split}.txt", split_ids)
+    return splits
+
+
+def _write_sbd(root: Path, ids: list[str], order: list[str], scene, labels: ClassList) -> dict:
+    root = root / "dataset"
+    n_train = max(1, min(len(ids) - 1, round(0.8 * len(ids))))
+    splits = {"train": sorted(order[:n_train]), "val": sorted(order[n_train:])}
+    for image_id in ids:
+        image, label = scene(image_id)
+        _write(root / "img" / f"{image_id}.jpg", encode_jpeg(image))
+        _write(root / "cls" / f"{image_id}.mat", encode_sbd_mat(label, labels.num_classes))
+    for split, split_ids in splits.items():
+        _write_list(root / f"{split}.txt", split_ids)
+    return splits
+
+
+def _write_unlabeled(root: Path, count: int, scene) -> list[str]:
+    keys = []
+    for i in range(count):
+        folder = _UNLABELED_DIRS[i % len(_UNLABELED_DIRS)]
+        ext = _UNLABELED_EXTS[i % len(_UNLABELED_EXTS)]
+        key = f"{folder}/img_{i:05d}{ext}".lstrip("/")
+        image, _ = scene(f"unlabeled/{i}")
+        if ext.lower() == ".png":
+            buf = io.BytesIO()
+            Image.fromarray(image).save(buf, "PNG")
+            data = buf.getvalue()
+        else:
+            data = encode_jpeg(image)
+        _write(root / key, data)
+        keys.append(key)
+    # Non-image files sit in real buckets too; readers must skip them.
+    _write(root / "README.txt", b"synthetic unlabeled images\n")
+    return keys
+
+
+def add_sideways_image(
+    voc: str | Path,
+    image_id: str = "2098_000001",
+    split: str = "val",
+    orientation: int = 6,
+    size: tuple[int, int] = (48, 80),
+    seed: int = 0,
+    class_list: ClassList | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Add to a VOC-layout set one JPEG stored sideways with EXIF `orientation` (6 or 8) whose
+    mask is drawn on the image as displayed (`size` = height, width as displayed); the id is
+    appended to the `split` list (and to trainval for train and val).
+
+    Returns the displayed image (H x W x 3, before JPEG) and its labels (H x W, void borders):
+    what every reader must see once EXIF orientation is applied.
+    """
+    labels = class_list or voc_classes()
+    rng = _rng_for(seed, f"sideways {image_id}")
+    image, label = render_scene(rng, *size, tuple(range(1, labels.num_classes)))
+    label = void_border(label, 1)
+    root = Path(voc)
+    _write(root / "JPEGImages" / f"{image_id}.jpg", sideways_jpeg(image, orientation))
+    _write(root / "SegmentationClass" / f"{image_id}.png", encode_mask(label, labels.palette()))
+    for name in {split, "trainval"} if split in ("train", "val") else {split}:
+        listed = root / "ImageSets" / "Segmentation" / f"{name}.txt"
+        ids = listed.read_text().split() if listed.exists() else []
+        _write_list(listed, sorted(set(ids) | {image_id}))
+    return image, label
 
 
 # --- bad inputs, for testing what ingest must reject -----------------------------------------
@@ -331,8 +408,9 @@ def plant_bad_inputs(
     rng = _rng_for(seed, "bad inputs")
     image, label = render_scene(rng, 64, 80)
     jpeg = encode_jpeg(image)
-    good_png = encode_voc_png(void_border(label, 1))
-    wrong_size = encode_voc_png(void_border(label[:60], 1))
+    palette = voc_classes().palette()
+    good_png = encode_mask(void_border(label, 1), palette)
+    wrong_size = encode_mask(void_border(label[:60], 1), palette)
     bad_values = label.copy()
     bad_values[:4, :4] = 42
     planted: list[dict] = []
@@ -343,7 +421,7 @@ def plant_bad_inputs(
             ("2099_000002", jpeg[: len(jpeg) // 2], good_png, "truncated_image"),
             ("2099_000003", b"", good_png, "empty_image"),
             ("2099_000004", jpeg, wrong_size, "mask_size_mismatch"),
-            ("2099_000005", jpeg, encode_voc_png(bad_values), "bad_label_values"),
+            ("2099_000005", jpeg, encode_mask(bad_values, palette), "bad_label_values"),
             ("2099_000006", jpeg, None, "missing_mask"),
             ("2099_000007", bomb_png(), good_png, "decompression_bomb"),
             ("2099_000008", None, None, "missing_image"),
@@ -403,13 +481,22 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--max-size", type=int, default=500, help="largest image side, px")
     p.add_argument(
         "--classes",
-        default=",".join(map(str, OBJECT_CLASSES)),
-        help="comma-separated VOC object class indices to draw (default: all 20)",
+        help="comma-separated object class indices to draw (default: every object class)",
+    )
+    p.add_argument(
+        "--class-list",
+        help=f"class file (the format `ingest --classes` reads) to label with instead of VOC's; "
+        f"copied as {CLASS_FILE} beside the VOC and SBD data",
     )
     args = p.parse_args(argv)
     if not (args.voc or args.sbd or args.unlabeled):
         p.error("give at least one of --voc, --sbd, --unlabeled")
-    classes = tuple(int(c) for c in args.classes.split(",") if c.strip())
+    classes = None
+    if args.classes:
+        classes = tuple(int(c) for c in args.classes.split(",") if c.strip())
+    class_list = None
+    if args.class_list:
+        class_list = parse_class_list(Path(args.class_list).read_text())
     result = generate(
         args.voc,
         args.sbd,
@@ -419,6 +506,7 @@ def main(argv: list[str] | None = None) -> None:
         args.min_size,
         args.max_size,
         classes,
+        class_list,
     )
     for name, splits in (("VOC", result.voc), ("SBD", result.sbd)):
         for split, ids in splits.items():

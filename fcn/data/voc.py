@@ -4,7 +4,10 @@
   palette index, 255 = void), `ImageSets/Segmentation/<split>.txt`.
 - SBD: `dataset/img/<id>.jpg`, `dataset/cls/<id>.mat` (`GTcls.Segmentation`),
   `dataset/<split>.txt`.
-- Any tree of images under a prefix (jpg/jpeg/png, nested, case-insensitive extensions).
+- Any tree of images under a prefix (`fcn.images.IMAGE_EXTENSIONS`, nested, any case).
+
+PNG masks are decoded by `fcn.images.decode_mask`; SBD's MATLAB masks here, to the same
+H x W uint8 array.
 
 Listing only builds records (URIs); reading and checking bytes is the ingest job's work, so a
 missing file shows up there as an error row, not as a crash here.
@@ -17,11 +20,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.io
-from PIL import Image
 
-from fcn import storage
+from fcn import images, storage
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 VOC_SPLITS = ("train", "val")  # trainval is their union; listing it too would duplicate rows
 SBD_SPLITS = ("train", "val")
 
@@ -94,52 +95,40 @@ def list_sbd(root: str, splits: tuple[str, ...] = SBD_SPLITS) -> list[Record]:
 
 
 def list_images(uri: str, split: str = "unlabeled", source: str = "unlabeled") -> list[Record]:
-    """Every jpg/jpeg/png under `uri`, any depth, any extension case; id = relative key.
+    """Every image (`fcn.images.IMAGE_EXTENSIONS`) under `uri`, any depth, any extension
+    case; id = relative key.
 
     The id keeps the extension so `a.jpg` and `a.png` in one folder stay distinct rows.
     """
     return [
         Record(f.uri, None, split, source, storage.relative_key(uri, f.uri))
-        for f in storage.list_files(uri, extensions=IMAGE_EXTENSIONS)
+        for f in storage.list_files(uri, extensions=images.IMAGE_EXTENSIONS)
     ]
 
 
-def decode_png_mask(data: bytes) -> np.ndarray:
-    """A label PNG -> H x W uint8 class indices.
+def decode_sbd_mask(data: bytes, max_pixels: int = images.DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """An SBD `cls/*.mat` -> H x W uint8 class indices (`GTcls.Segmentation`), the array
+    `fcn.images.decode_mask` gives for a PNG; `images.BadImage` for an unusable file.
 
-    VOC palette PNGs (mode P): the palette index is the class, so the raw indices are the
-    labels and the colors are ignored. Single-channel PNGs (mode L) hold the class directly.
+    MATLAB files have no header to size them by, so the pixel cap is checked after loading.
     """
-    with Image.open(io.BytesIO(data)) as im:
-        if im.mode not in ("P", "L"):
-            raise ValueError(f"mask PNG has mode {im.mode}; expected palette (P) or gray (L)")
-        return np.array(im, dtype=np.uint8)
-
-
-decode_voc_mask = decode_png_mask
-
-
-def decode_sbd_mask(data: bytes) -> np.ndarray:
-    """An SBD `cls/*.mat` -> H x W uint8 class indices (`GTcls.Segmentation`)."""
-    mat = scipy.io.loadmat(io.BytesIO(data), squeeze_me=True, struct_as_record=False)
+    if not data:
+        raise images.BadImage("empty file (0 bytes)", "empty")
+    try:
+        mat = scipy.io.loadmat(io.BytesIO(data), squeeze_me=True, struct_as_record=False)
+    except Exception as err:  # any parser failure on untrusted bytes is a bad file
+        raise images.BadImage(f"not a MATLAB file: {type(err).__name__}: {err}") from None
     if "GTcls" not in mat:
-        raise ValueError("no GTcls struct in .mat file")
-    segmentation = np.asarray(mat["GTcls"].Segmentation)
+        raise images.BadImage("no GTcls struct in .mat file")
+    segmentation = np.asarray(getattr(mat["GTcls"], "Segmentation", None))
     if segmentation.ndim != 2:
-        raise ValueError(f"GTcls.Segmentation has shape {segmentation.shape}; expected H x W")
+        raise images.BadImage(f"GTcls.Segmentation has shape {segmentation.shape}; expected H x W")
+    if segmentation.size > max_pixels:
+        raise images.BadImage(
+            f"{segmentation.shape[1]}x{segmentation.shape[0]} pixels exceeds --max-pixels "
+            f"{max_pixels}",
+            "too_large",
+        )
     if segmentation.size and (segmentation.min() < 0 or segmentation.max() > 255):
-        raise ValueError("GTcls.Segmentation values outside 0..255")
+        raise images.BadImage("GTcls.Segmentation values outside 0..255")
     return segmentation.astype(np.uint8)
-
-
-def encode_mask(mask: np.ndarray) -> bytes:
-    """H x W uint8 class indices -> single-channel PNG (the Parquet `mask` cell).
-
-    compress_level=1: masks are flat and compress well anyway; level 1 encodes ~1.6x faster.
-    """
-    mask = np.asarray(mask)
-    if mask.ndim != 2 or mask.dtype != np.uint8:
-        raise ValueError(f"mask must be H x W uint8, got {mask.shape} {mask.dtype}")
-    buf = io.BytesIO()
-    Image.fromarray(mask).save(buf, "PNG", compress_level=1)
-    return buf.getvalue()

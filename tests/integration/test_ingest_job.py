@@ -1,5 +1,6 @@
-"""Ingest end to end: synthetic VOC + SBD + unlabeled (with planted bad inputs) on the S3 test
-server, `ray job submit` to the test Ray head, Parquet read back from s3://."""
+"""Ingest end to end: synthetic VOC + SBD + unlabeled (with planted bad inputs and a photo
+stored sideways with EXIF orientation 6) on the S3 test server, `ray job submit` to the test
+Ray head, Parquet read back from s3://."""
 
 import json
 
@@ -7,7 +8,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from fcn import storage
+from fcn import images, storage
 from fcn.data import ingest, synthetic, voc
 
 pytestmark = pytest.mark.integration
@@ -33,6 +34,8 @@ def test_ingest_job_on_s3(s3, ray_head, tmp_path):
         local / "voc", local / "sbd", local / "unl", num_images=8, seed=11, min_size=48, max_size=80
     )
     planted = synthetic.plant_bad_inputs(local / "voc", local / "sbd", local / "unl")
+    sideways = "2098_000001"  # displayed 48 x 80 (H x W), stored 80 x 48
+    synthetic.add_sideways_image(local / "voc", sideways, "val", orientation=6)
     sources = {
         name: s3.upload_tree(local / name, f"ingest-src/{name}") for name in ("voc", "sbd", "unl")
     }
@@ -57,7 +60,7 @@ def test_ingest_job_on_s3(s3, ray_head, tmp_path):
     voc_train = set(generated.voc["train"]) | set(generated.sbd["train"])
     expected_ids = {
         "train": voc_train,
-        "val": set(generated.voc["val"]) | set(generated.sbd["val"]),
+        "val": set(generated.voc["val"]) | set(generated.sbd["val"]) | {sideways},
         "unlabeled": set(generated.unlabeled),
     }
     assert set(summary["splits"]) == set(expected_ids)
@@ -76,13 +79,17 @@ def test_ingest_job_on_s3(s3, ray_head, tmp_path):
                 continue
             if row["source"] == "voc":
                 mask_file = local / "voc" / "SegmentationClass" / f"{row['image_id']}.png"
-                expected = voc.decode_voc_mask(mask_file.read_bytes())
+                expected = images.decode_mask(mask_file.read_bytes())
             else:
                 mask_file = local / "sbd" / "dataset" / "cls" / f"{row['image_id']}.mat"
                 expected = voc.decode_sbd_mask(mask_file.read_bytes())
-            mask = voc.decode_png_mask(row["mask"])
+            mask = images.decode_mask(row["mask"])
             assert np.array_equal(mask, expected)
             assert mask.shape == (row["height"], row["width"])
+            assert images.decode_image(row["image"]).shape[:2] == mask.shape  # as displayed
+        if split == "val":
+            (turned,) = [r for r in rows if r["image_id"] == sideways]
+            assert (turned["height"], turned["width"]) == (48, 80)
         # Ids in both VOC and SBD lists of one split carry the VOC mask.
         shared = set(generated.voc.get(split, ())) & set(generated.sbd.get(split, ()))
         assert all(r["source"] == "voc" for r in rows if r["image_id"] in shared)

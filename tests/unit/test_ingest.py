@@ -2,6 +2,8 @@
 
 import io
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -9,8 +11,10 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from fcn import images
 from fcn.config import IngestConfig
 from fcn.data import ingest, synthetic, voc
+from fcn.data.classes import voc_classes, voc_colormap
 from fcn.data.ingest import Rejected
 
 
@@ -21,7 +25,7 @@ def _jpeg(h=40, w=50):
 
 
 def _png_mask(label):
-    return synthetic.encode_voc_png(label)
+    return images.encode_mask(label, voc_colormap())
 
 
 def _rec(source="voc", mask=True):
@@ -67,13 +71,18 @@ def test_every_bad_input_kind_gets_its_reason():
     Image.new("RGB", (50, 40)).save(rgb, "PNG")
     assert _reason(_rec(), image, rgb.getvalue()) == "corrupt_mask"
     assert _reason(_rec("sbd"), image, b"MATLAB junk") == "corrupt_mask"
+    assert _reason(_rec("sbd"), image, b"") == "empty_mask"
+    frames = [Image.new("RGB", (50, 40), (k, 0, 0)) for k in range(2)]
+    gif = io.BytesIO()
+    frames[0].save(gif, "GIF", save_all=True, append_images=frames[1:])
+    assert _reason(_rec(), gif.getvalue(), _png_mask(label)) == "unsupported_image"
     assert _reason(_rec("sbd"), image, synthetic.encode_sbd_mat(label[:, :20])) == (
         "mask_size_mismatch"
     )
 
 
 def test_max_pixels_is_checked_before_decoding():
-    with pytest.raises(Rejected, match="max_pixels"):
+    with pytest.raises(Rejected, match="max-pixels 1999"):
         ingest.check_image(_jpeg(40, 50), "u", max_pixels=1999)
     assert ingest.check_image(_jpeg(40, 50), "u", max_pixels=2000) == (40, 50)
 
@@ -185,9 +194,9 @@ def test_pipeline_writes_good_rows_rejects_bad_and_reruns_identically(local_ray,
             expected = (
                 voc.decode_sbd_mask(source_mask)
                 if record.source == "sbd"
-                else voc.decode_voc_mask(source_mask)
+                else images.decode_mask(source_mask)
             )
-            assert np.array_equal(voc.decode_png_mask(row["mask"]), expected)
+            assert np.array_equal(images.decode_mask(row["mask"]), expected)
             assert expected.shape == (row["height"], row["width"])
         assert summary["splits"][split]["written"] == len(rows)
 
@@ -213,20 +222,43 @@ def test_pipeline_writes_good_rows_rejects_bad_and_reruns_identically(local_ray,
     assert len(pq.read_table(out / "_errors").to_pylist()) == len(bad)
 
 
-def test_custom_class_list_validates_labels_and_lands_in_summary(local_ray, sources, tmp_path):
-    root, _, _ = sources
-    classes = tmp_path / "classes.txt"
-    classes.write_text("background\nthing 10 20 30\n")
+def test_custom_class_list_set_validates_labels_and_lands_in_summary(local_ray, tmp_path):
+    classes = synthetic.custom_classes()
+    root = tmp_path / "voc5"
+    result = synthetic.generate(root, num_images=4, seed=3, min_size=40, max_size=56,
+                                class_list=classes)  # fmt: skip
+    # One label one past the list (5 = num_classes), and a sideways photo (EXIF 6).
+    over = result.voc["val"][0]
+    mask_file = root / "SegmentationClass" / f"{over}.png"
+    label = images.decode_mask(mask_file.read_bytes())
+    label[:2, :2] = classes.num_classes
+    mask_file.write_bytes(images.encode_mask(label, classes.palette()))
+    synthetic.add_sideways_image(root, "2098_000001", "val", class_list=classes)
     out = tmp_path / "out"
-    summary = ingest.run(
-        _config(root, out, classes=str(classes), sbd=None, unlabeled=None, voc_splits=("val",))
+    config = IngestConfig(output=str(out), voc=str(root), classes=str(root / "classes.json"))
+    summary = ingest.run(config)
+
+    assert summary["num_classes"] == 5 and ingest.read_classes(str(out)) == classes
+    (error,) = pq.read_table(out / "_errors").to_pylist()
+    assert (error["image_id"], error["reason"]) == (over, "bad_label_values")
+    assert "values 5 outside 0..4" in error["detail"]
+    rows = {r["image_id"]: r for r in pq.read_table(out / "val").to_pylist()}
+    assert (rows["2098_000001"]["height"], rows["2098_000001"]["width"]) == (48, 80)
+    written = pq.read_table(out / "train").to_pylist() + list(rows.values())
+    assert len(written) == 4  # 4 generated + the sideways one - the one over the list
+    for row in written:
+        assert set(np.unique(images.decode_mask(row["mask"])).tolist()) <= {0, 1, 2, 3, 4, 255}
+
+
+def test_read_classes_needs_no_ray_and_defaults_to_voc(tmp_path):
+    (tmp_path / "_SUCCESS").write_text(json.dumps({"format": ingest.FORMAT, "written": 0}))
+    assert ingest.read_classes(str(tmp_path)) == voc_classes()
+    code = (
+        "import sys; from fcn.data.ingest import read_classes; "
+        f"assert read_classes({str(tmp_path)!r}).num_classes == 21; "
+        "assert 'ray' not in sys.modules, 'importing ingest started to import ray'"
     )
-    assert summary["num_classes"] == 2
-    assert ingest.read_classes(str(out)).colors[1] == (10, 20, 30)
-    # Synthetic objects use classes 1..20: every mask with a class > 1 is rejected.
-    errors = pq.read_table(out / "_errors").to_pylist()
-    assert errors and {e["reason"] for e in errors} == {"bad_label_values"}
-    assert summary["splits"]["val"]["written"] + summary["rejected"] == 3
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[2])
 
 
 def test_unforeseen_decoder_failure_becomes_an_error_row(monkeypatch, tmp_path):

@@ -1,13 +1,15 @@
 """The synthetic generator: real layouts, deterministic bytes, learnable labels."""
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+import scipy.io
 from PIL import Image
 
 from fcn.data import synthetic
-from fcn.data.classes import VOC_CLASSES, voc_colormap
+from fcn.data.classes import VOC_CLASSES, ClassList, parse_class_list, voc_colormap
 
 
 def _tree(root: Path) -> dict[str, bytes]:
@@ -99,6 +101,8 @@ def test_rejects_bad_arguments(tmp_path):
         synthetic.generate(tmp_path, min_size=50, max_size=40)
     with pytest.raises(ValueError):
         synthetic.generate(tmp_path, classes=(0,))
+    with pytest.raises(ValueError, match=r"1\.\.4"):
+        synthetic.generate(tmp_path, classes=(5,), class_list=synthetic.custom_classes())
 
 
 def test_cli(tmp_path, capsys):
@@ -110,3 +114,74 @@ def test_cli(tmp_path, capsys):
     masks = (tmp_path / "voc" / "SegmentationClass").glob("*.png")
     values = set().union(*(np.unique(np.asarray(Image.open(m))).tolist() for m in masks))
     assert values <= {0, 1, 15, 255}
+
+
+def _palette(png: Image.Image) -> np.ndarray:
+    return np.frombuffer(bytes(png.getpalette()), np.uint8).reshape(-1, 3)[:256]
+
+
+def test_custom_class_list_labels_palette_and_class_file(tmp_path):
+    classes = synthetic.custom_classes()
+    assert classes.num_classes == 5 and len(set(classes.colors)) == 5
+    assert not set(classes.colors) & {tuple(c) for c in voc_colormap()[:5].tolist()}
+    result = synthetic.generate(
+        tmp_path / "voc", tmp_path / "sbd", num_images=8, seed=1, min_size=40, max_size=56,
+        class_list=classes,
+    )  # fmt: skip
+    assert result.classes == classes
+    for root in ("voc", "sbd"):  # the class file, in the form `ingest --classes` reads
+        assert parse_class_list((tmp_path / root / synthetic.CLASS_FILE).read_text()) == classes
+    seen = set()
+    for image_id in result.voc["trainval"]:
+        mask = Image.open(tmp_path / "voc" / "SegmentationClass" / f"{image_id}.png")
+        assert mask.mode == "P" and np.array_equal(_palette(mask), classes.palette())
+        values = set(np.unique(np.asarray(mask)).tolist())
+        assert values <= {0, 1, 2, 3, 4, 255}
+        seen |= values
+    assert len(seen - {0, 255}) >= 2
+    image_id = result.sbd["train"][0]
+    mat = scipy.io.loadmat(tmp_path / "sbd" / "dataset" / "cls" / f"{image_id}.mat",
+                           squeeze_me=True, struct_as_record=False)  # fmt: skip
+    assert mat["GTcls"].Boundaries.shape == (4,)  # one per object class of the list
+    assert set(np.unique(mat["GTcls"].Segmentation).tolist()) <= {0, 1, 2, 3, 4}
+
+
+def test_without_a_class_list_no_class_file_is_written(tmp_path):
+    synthetic.generate(tmp_path / "voc", num_images=2, min_size=8, max_size=8)
+    assert not (tmp_path / "voc" / synthetic.CLASS_FILE).exists()
+
+
+def test_cli_with_a_class_list(tmp_path, capsys):
+    classes = ClassList(("bg", "cup", "pen"), ((0, 0, 0), (1, 2, 3), (250, 5, 9)))
+    class_file = tmp_path / "mine.json"
+    class_file.write_text(json.dumps(classes.to_dict()))
+    synthetic.main(
+        ["--voc", str(tmp_path / "voc"), "--num-images", "4", "--min-size", "30"]
+        + ["--max-size", "40", "--class-list", str(class_file)]
+    )
+    assert "VOC val: 2 images" in capsys.readouterr().out
+    written = (tmp_path / "voc" / synthetic.CLASS_FILE).read_text()
+    assert parse_class_list(written) == classes
+    for mask in (tmp_path / "voc" / "SegmentationClass").glob("*.png"):
+        png = Image.open(mask)
+        assert set(np.unique(np.asarray(png)).tolist()) <= {0, 1, 2, 255}
+        assert tuple(_palette(png)[2]) == (250, 5, 9)
+
+
+@pytest.mark.parametrize("orientation", [6, 8])
+def test_sideways_image_is_stored_turned_with_its_exif_orientation(tmp_path, orientation):
+    synthetic.generate(tmp_path, num_images=2, min_size=8, max_size=8)
+    shown, label = synthetic.add_sideways_image(tmp_path, "2098_000007", "train",
+                                                orientation, size=(30, 50))  # fmt: skip
+    assert shown.shape == (30, 50, 3) and label.shape == (30, 50)
+    stored = Image.open(tmp_path / "JPEGImages" / "2098_000007.jpg")
+    assert stored.size == (30, 50)  # W x H stored: the displayed 50 x 30 turned sideways
+    assert stored.getexif()[0x0112] == orientation
+    mask = Image.open(tmp_path / "SegmentationClass" / "2098_000007.png")
+    assert mask.size == (50, 30) and np.array_equal(np.asarray(mask), label)
+    lists = tmp_path / "ImageSets" / "Segmentation"
+    for name in ("train", "trainval"):
+        assert "2098_000007" in (lists / f"{name}.txt").read_text().split()
+    assert "2098_000007" not in (lists / "val.txt").read_text().split()
+    with pytest.raises(ValueError, match="6 or 8"):
+        synthetic.sideways_jpeg(shown, 3)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from fcn import images
 from fcn.data import synthetic, voc
 from fcn.data.classes import VOC_CLASSES, parse_class_list, voc_classes, voc_colormap
 
@@ -35,7 +36,7 @@ def test_list_voc_reads_back_generated_ids_sizes_and_labels(data):
     for r in records:
         assert r.source == "voc" and r.image_uri.endswith(f"JPEGImages/{r.image_id}.jpg")
         image = Image.open(r.image_uri)
-        mask = voc.decode_voc_mask(_read(r.mask_uri))
+        mask = images.decode_mask(_read(r.mask_uri))
         assert mask.dtype == np.uint8 and mask.shape == (image.height, image.width)
         assert set(np.unique(mask).tolist()) <= LABELS
         assert 255 in mask
@@ -54,7 +55,7 @@ def test_list_sbd_reads_back_generated_ids_and_labels(data):
         assert mask.shape == (image.height, image.width)
         assert set(np.unique(mask).tolist()) <= LABELS - {255}  # SBD has no void border
         if r.image_id in voc_ids:  # same picture: labels agree off the VOC void band
-            voc_mask = voc.decode_voc_mask(
+            voc_mask = images.decode_mask(
                 _read(str(root / "voc" / "SegmentationClass" / f"{r.image_id}.png"))
             )
             keep = voc_mask != 255
@@ -80,18 +81,13 @@ def test_read_ids_skips_blank_lines_and_flags(tmp_path):
     assert voc.read_ids(str(path)) == ["2007_000032", "2007_000039"]
 
 
-def test_mask_png_round_trip():
-    mask = np.array([[0, 1, 255], [20, 3, 0]], np.uint8)
-    data = voc.encode_mask(mask)
-    assert Image.open(io.BytesIO(data)).mode == "L"
-    assert np.array_equal(voc.decode_png_mask(data), mask)
-
-
-def test_rgb_mask_is_refused():
-    buf = io.BytesIO()
-    Image.new("RGB", (4, 4)).save(buf, "PNG")
-    with pytest.raises(ValueError, match="mode RGB"):
-        voc.decode_png_mask(buf.getvalue())
+def test_list_images_takes_the_codec_extensions(tmp_path):
+    picture = Image.new("RGB", (3, 2))
+    for name, fmt in (("a.webp", "WEBP"), ("b/c.BMP", "BMP"), ("d.jpeg", "JPEG"), ("e.gif", "GIF")):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        picture.save(tmp_path / name, fmt)
+    listed = sorted(r.image_id for r in voc.list_images(str(tmp_path)))
+    assert listed == ["a.webp", "b/c.BMP", "d.jpeg"]  # GIF is no segmentable image type
 
 
 def test_sbd_decoder_refuses_other_mat_files():
@@ -99,8 +95,23 @@ def test_sbd_decoder_refuses_other_mat_files():
     import scipy.io
 
     scipy.io.savemat(buf, {"x": np.zeros((2, 2))})
-    with pytest.raises(ValueError, match="GTcls"):
+    with pytest.raises(images.BadImage, match="GTcls"):
         voc.decode_sbd_mask(buf.getvalue())
+    for data, reason in ((b"", "empty"), (b"MATLAB junk", "corrupt")):
+        with pytest.raises(images.BadImage) as info:
+            voc.decode_sbd_mask(data)
+        assert info.value.reason == reason
+
+
+def test_sbd_mask_is_the_same_array_as_a_png_mask_and_capped():
+    label = np.array([[0, 1, 2], [3, 0, 20]], np.uint8)
+    mask = voc.decode_sbd_mask(synthetic.encode_sbd_mat(label))
+    png = images.decode_mask(images.encode_mask(label))
+    assert mask.dtype == png.dtype == np.uint8 and mask.flags.writeable
+    assert np.array_equal(mask, png)
+    with pytest.raises(images.BadImage, match="max-pixels 5") as info:
+        voc.decode_sbd_mask(synthetic.encode_sbd_mat(label), max_pixels=5)
+    assert info.value.reason == "too_large"
 
 
 def test_voc_colormap_matches_devkit():
