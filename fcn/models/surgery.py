@@ -263,6 +263,17 @@ def load_exactly(model: nn.Module, state: dict, net: str) -> None:
     )
 
 
+def model_name(model: nn.Module) -> str:
+    """The `build_model` name of `model` (the inverse of build_model)."""
+    if isinstance(model, FCNAlexNet):
+        return "fcn-alexnet"
+    if isinstance(model, FCNGoogLeNet):
+        return "fcn-googlenet"
+    if model.at_once:
+        return "fcn8s-atonce"
+    return ("fcn32s", "fcn16s", "fcn8s")[len(model.skips)]
+
+
 def vgg_width(fc6_channels: int) -> float | None:
     """The `width` option of an FCN-VGG16 whose fc6 has `fc6_channels` outputs (None: 1)."""
     width = fc6_channels / 4096
