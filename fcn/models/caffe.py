@@ -10,8 +10,9 @@ executed or unpickled). Field numbers, from Caffe's `src/caffe/proto/caffe.proto
     BlobProto         shape = 7 (BlobShape: dim = 1, packed int64), data = 5 (packed float),
                       double_data = 8 (packed double), legacy num/channels/height/width = 1..4
 
-The reader is size-agnostic: blob data are read in place (`np.frombuffer`), so a 540 MB
-FCN-VGG16 file costs its own size plus one blob copy at a time. Our state_dict keys are the
+The reader is size-agnostic: blob data are views into the file's bytes (`np.frombuffer`);
+importing a 540 MB FCN-VGG16 file holds the bytes, one tensor copy of the weights and the net
+(~1.6 GB at most) and no more. Our state_dict keys are the
 Caffe layer names (`conv1_1.weight`, `fc6.bias`, `score_pool4.weight`, `upscore2.weight`...),
 so blob i of layer L is parameter i of module L (weight, then bias).
 """
