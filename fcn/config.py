@@ -320,3 +320,33 @@ def from_dict(cls, values: dict):
         tp, _ = _unwrap_optional(hints[key])
         kept[key] = tuple(value) if typing.get_origin(tp) is tuple and value is not None else value
     return cls(**kept)
+
+
+@dataclass(frozen=True)
+class ImportConfig:
+    """Turn published weights (a Caffe .caffemodel or a pytorch-fcn .pth) into a checkpoint."""
+
+    source: str = required(
+        "the weights (also --from): a .caffemodel (the authors' Caffe files) or a pytorch-fcn "
+        ".pth state_dict, as a local path or any URI (s3://...)"
+    )
+    output: str = required("checkpoint directory to write (model.pt + config.json), any URI")
+    model: str | None = setting(
+        None,
+        "model name; default: read from the file's layers (a pytorch-fcn FCN-8s or at-once "
+        "file whose name does not say which needs it)",
+        # The names TrainConfig lists: one list of models.
+        choices=next(f for f in dataclasses.fields(TrainConfig) if f.name == "model").metadata[
+            "choices"
+        ],
+    )
+    classes: str | None = setting(
+        None, "class list file as `ingest --classes` reads it; default: VOC's 21 classes"
+    )
+    registered_model: str | None = setting(
+        None, "also log the checkpoint to MLflow as a new version of this registered model"
+    )
+    champion: bool = setting(False, "move the registered model's 'champion' alias to it")
+    experiment: str = setting("fcn-import", "MLflow experiment of the import run")
+    # The published FCN-VGG16 files are ~540 MB; Caffe itself reads at most INT_MAX bytes.
+    max_bytes: int = setting(2**31 - 1, "largest weights file read")

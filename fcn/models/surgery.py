@@ -5,7 +5,8 @@
 - `load_pretrained_backbone`: those weights from the local torch hub cache or a given file
   (never downloaded, never silently replaced by random weights);
 - `transplant`, `fcn16s_from_fcn32s`, `fcn8s_from_fcn16s`: staged training (PAPER.md);
-- `import_pytorch_fcn`: wkentaro/pytorch-fcn checkpoints, Caffe-converted ones included.
+- `import_pytorch_fcn`: wkentaro/pytorch-fcn checkpoints, Caffe-converted ones included;
+  `infer_model_name` and `load_exactly` serve it and the .caffemodel import (fcn/models/caffe.py).
 """
 
 import os
@@ -185,32 +186,113 @@ PYTORCH_FCN_ARCH = {
     "FCN8s": "fcn8s",
     "FCN8sAtOnce": "fcn8s-atonce",
 }
+# Caffe's FCN-8s at-once scales pool4 and pool3 with fixed `Scale` layers of these names; they
+# are saved in its .caffemodel (our net applies the same constants without parameters).
+AT_ONCE_SCALE_LAYERS = tuple(f"scale_{skip.pool}" for skip in vgg.SKIPS)
 
 
-def _infer_vgg_name(state: dict, hint: str) -> str:
-    if "upscore" in {k.split(".")[0] for k in state}:
-        return "fcn32s"
-    if "upscore16.weight" in state:
+def infer_model_name(layer_names, hint: str = "", scales_recorded: bool = False) -> str:
+    """The FCN whose layers these are: state_dict keys or Caffe layer names.
+
+    FCN-8s and FCN-8s at-once have the same parameters, and at-once weights in an FCN-8s score
+    pool4 100x and pool3 10,000x too strongly. A Caffe at-once file holds its fixed
+    `scale_pool4`/`scale_pool3` layers (`scales_recorded`: their absence means FCN-8s); a
+    state_dict holds nothing that tells the two apart, so the name must come from `hint`
+    (pytorch-fcn's 'arch' entry or file name: 'FCN8sAtOnce', 'fcn8s-atonce_from_caffe.pth',
+    'fcn8s_from_caffe.pth'), else this refuses.
+    """
+    layers = {name.split(".")[0] for name in layer_names}
+    if "score_fr" not in layers:
+        raise ValueError("not an FCN: no 'score_fr' layer")
+    if "upscore" in layers:
+        if "inception5b" in layers:
+            return "fcn-googlenet"
+        return "fcn-alexnet" if "conv1" in layers else "fcn32s"
+    if "upscore16" in layers:
         return "fcn16s"
-    if "upscore8.weight" in state:
-        # FCN-8s and at-once have the same layers; only the name tells them apart.
-        at_once = "atonce" in hint.lower().replace("-", "").replace("_", "")
-        return "fcn8s-atonce" if at_once else "fcn8s"
-    raise ValueError("not a pytorch-fcn FCN-VGG16 state_dict: no upscore/upscore16/upscore8")
+    if "upscore8" not in layers:
+        raise ValueError("not an FCN: none of the layers upscore, upscore16, upscore8")
+    if layers & set(AT_ONCE_SCALE_LAYERS):
+        return "fcn8s-atonce"
+    if scales_recorded:
+        return "fcn8s"
+    named = hint.lower().replace("-", "").replace("_", "")
+    if "atonce" in named:
+        return "fcn8s-atonce"
+    if "fcn8s" in named:
+        return "fcn8s"
+    raise ValueError(
+        "FCN-8s and FCN-8s at-once weights have the same layers and nothing names which these "
+        "are: give the model name (fcn8s or fcn8s-atonce)"
+    )
 
 
-def import_pytorch_fcn(checkpoint, name: str | None = None, **options):
+def _listed(names) -> str:
+    names = sorted(names)
+    more = f" and {len(names) - 8} more" if len(names) > 8 else ""
+    return ", ".join(names[:8]) + more if names else "none"
+
+
+def _squeezed(shape) -> tuple:
+    """The shape without leading 1s: Caffe's legacy 4-D blobs store a bias as 1x1x1xC."""
+    shape = tuple(shape)
+    while len(shape) > 1 and shape[0] == 1:
+        shape = shape[1:]
+    return shape
+
+
+def load_exactly(model: nn.Module, state: dict, net: str) -> None:
+    """`model.load_state_dict(state, strict=True)`, failing with one line that names the
+    layers only in the weights, only in the net (`net` describes it), or of another shape."""
+    expected = model.state_dict()
+    extra = {key.rsplit(".", 1)[0] for key in state.keys() - expected.keys()}
+    missing = {key.rsplit(".", 1)[0] for key in expected.keys() - state.keys()}
+    if extra or missing:
+        raise ValueError(
+            f"the weights do not fit {net}: layers in the weights, not in the net: "
+            f"{_listed(extra)}; in the net, not in the weights: {_listed(missing)}"
+        )
+    for key, tensor in state.items():
+        if _squeezed(tensor.shape) != _squeezed(expected[key].shape):
+            raise ValueError(
+                f"the weights do not fit {net}: {key} is {tuple(tensor.shape)} in the weights, "
+                f"{tuple(expected[key].shape)} in the net"
+            )
+    model.load_state_dict(
+        {key: tensor.reshape(expected[key].shape) for key, tensor in state.items()}, strict=True
+    )
+
+
+def model_name(model: nn.Module) -> str:
+    """The `build_model` name of `model` (the inverse of build_model)."""
+    if isinstance(model, FCNAlexNet):
+        return "fcn-alexnet"
+    if isinstance(model, FCNGoogLeNet):
+        return "fcn-googlenet"
+    if model.at_once:
+        return "fcn8s-atonce"
+    return ("fcn32s", "fcn16s", "fcn8s")[len(model.skips)]
+
+
+def vgg_width(fc6_channels: int) -> float | None:
+    """The `width` option of an FCN-VGG16 whose fc6 has `fc6_channels` outputs (None: 1)."""
+    width = fc6_channels / 4096
+    return None if width == 1 else width
+
+
+def import_pytorch_fcn(checkpoint, name: str | None = None, file_name: str = "", **options):
     """Load a pytorch-fcn checkpoint -> `(model, preprocessing)`.
 
     `checkpoint`: a path to its training checkpoint (`{'model_state_dict': ..., 'arch': ...}`),
-    a bare state_dict file (e.g. `fcn8s-atonce_from_caffe.pth`), or such a dict. The model name
-    and num_classes are read from the keys, the 'arch' entry and the file name, unless `name` is
-    given. pytorch-fcn feeds its models Caffe-style input (BGR, 0-255, mean subtracted), so the
+    a bare state_dict file (e.g. `fcn8s-atonce_from_caffe.pth`), or such a dict (`file_name`:
+    the name of the file it came from). The model name, num_classes and width are read from
+    the keys, the 'arch' entry and the file name (`infer_model_name`) unless `name` is given.
+    pytorch-fcn feeds its models Caffe-style input (BGR, 0-255, mean subtracted), so the
     preprocessing returned is "caffe" for all of them.
     """
     from fcn.models import build_model  # here, not at import: fcn.models imports this module
 
-    hint = ""
+    hint = file_name
     state = checkpoint
     if isinstance(checkpoint, str | os.PathLike):
         hint = os.path.basename(os.fspath(checkpoint))
@@ -226,9 +308,11 @@ def import_pytorch_fcn(checkpoint, name: str | None = None, **options):
     state = {k.removeprefix("module."): v for k, v in state.items()}
     if "score_fr.weight" not in state:
         raise ValueError("not an FCN state_dict: no 'score_fr.weight'")
-    name = name or _infer_vgg_name(state, hint)
+    name = name or infer_model_name(state, hint)
+    if "conv1_1.weight" in state and "fc6.weight" in state:  # FCN-VGG16: any width
+        options.setdefault("width", vgg_width(state["fc6.weight"].shape[0]))
     model = build_model(name, num_classes=state["score_fr.weight"].shape[0], **options)
-    model.load_state_dict(state, strict=True)
+    load_exactly(model, state, f"{name} ({model.num_classes} classes)")
     spec = preprocess.preprocessing_for(name, "pytorch-fcn")
     model.preprocessing = spec
     return model, spec

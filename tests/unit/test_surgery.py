@@ -199,3 +199,40 @@ def test_import_infers_the_model_from_the_keys():
 
 def test_crop_helper_is_what_the_models_use():
     assert crop(torch.zeros(1, 2, 50, 60), 19, 10, 20).shape == (1, 2, 10, 20)
+
+
+def test_fcn8s_or_at_once_weights_without_a_name_are_refused():
+    """Same parameters, outputs 100x / 10,000x apart on the skips: a bare state_dict with
+    nothing naming it must not silently become FCN-8s (issue 18, item 4)."""
+    with torch.device("meta"):
+        state = build_model("fcn8s-atonce", num_classes=21).state_dict()
+        with pytest.raises(ValueError, match="fcn8s or fcn8s-atonce"):
+            import_pytorch_fcn(state)
+        model, _ = import_pytorch_fcn(state, "fcn8s-atonce")
+        assert model.at_once
+        model, _ = import_pytorch_fcn(state, file_name="fcn8s-atonce_from_caffe.pth")
+        assert model.at_once
+        model, _ = import_pytorch_fcn(state, file_name="fcn8s_from_caffe.pth")
+        assert not model.at_once
+
+
+def test_import_reads_the_width_and_names_mismatches_in_one_line():
+    with torch.device("meta"):
+        state = build_model("fcn16s", num_classes=3, width=0.25).state_dict()
+        model, _ = import_pytorch_fcn(state)
+        assert model.width == 0.25 and len(model.skips) == 1
+        with pytest.raises(ValueError) as error:
+            import_pytorch_fcn(state, "fcn32s")
+    message = str(error.value)
+    assert "\n" not in message
+    assert "in the weights, not in the net: score_pool4, upscore16, upscore2" in message
+
+
+@pytest.mark.parametrize(
+    "name", ["fcn32s", "fcn16s", "fcn8s", "fcn8s-atonce", "fcn-alexnet", "fcn-googlenet"]
+)
+def test_model_name_inverts_build_model(name):
+    from fcn.models.surgery import model_name
+
+    with torch.device("meta"):
+        assert model_name(build_model(name, num_classes=3)) == name
