@@ -1,4 +1,4 @@
-"""Segmentation scores from a confusion matrix, as in the FCN paper (PAPER.md, "Metrics").
+"""Segmentation scores from a confusion matrix, as in the FCN paper (docs/paper.md, "Metrics").
 
 `hist[t, p]` counts pixels of true class t predicted as p; void (255) and any label outside
 [0, num_classes) are left out. Accumulate `hist` over a dataset (and over processes with
@@ -44,10 +44,13 @@ def confusion_matrix(truth, pred, num_classes: int) -> np.ndarray:
 
 
 def scores(hist) -> dict:
-    """pixel_acc, mean_acc, mean_iu, fw_iu (floats) and iu (per-class array), as PAPER.md.
+    """pixel_acc, mean_acc, mean_iu, fw_iu (floats) and iu (per-class array), as in docs/paper.md.
 
     Classes absent from both truth and prediction have IU nan and drop out of the means
-    (nanmean), as in the reference `score.py`.
+    (nanmean), as in the reference `score.py`. An all-void set (`hist` all zeros) scores as
+    the reference `score.py` and pytorch-fcn score it: pixel_acc, mean_acc and mean_iu are nan
+    (nothing was measured) and fw_iu is 0 (an empty frequency-weighted sum), so a fw_iu curve
+    logged next to theirs reads the same.
     """
     hist = np.asarray(hist, dtype=np.float64)
     diag = np.diag(hist)
@@ -61,7 +64,7 @@ def scores(hist) -> dict:
     mean_acc = np.nanmean(acc) if np.any(~np.isnan(acc)) else np.nan
     mean_iu = np.nanmean(iu) if np.any(~np.isnan(iu)) else np.nan
     present = freq > 0
-    fw_iu = (freq[present] * iu[present]).sum() if total > 0 else np.nan
+    fw_iu = (freq[present] * iu[present]).sum()  # no class present: the empty sum, 0
     return {
         "pixel_acc": float(pixel_acc),
         "mean_acc": float(mean_acc),

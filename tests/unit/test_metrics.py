@@ -91,6 +91,15 @@ def test_perfect_prediction_scores_one():
     assert s["pixel_acc"] == s["mean_acc"] == s["mean_iu"] == s["fw_iu"] == 1.0
 
 
+def test_all_void_set_scores_as_the_reference():
+    """Caffe's score.py and pytorch-fcn: fw IU 0 on an empty histogram, the other scores nan."""
+    truth = np.full((2, 3), 255)
+    s = scores(confusion_matrix(truth, np.zeros((2, 3), dtype=np.int64), 3))
+    assert s["fw_iu"] == 0.0
+    assert np.isnan(s["pixel_acc"]) and np.isnan(s["mean_acc"]) and np.isnan(s["mean_iu"])
+    assert np.isnan(s["iu"]).all()
+
+
 def test_all_reduce_is_identity_without_process_group():
     hist = np.arange(4).reshape(2, 2)
     assert all_reduce_confusion(hist) is hist
