@@ -20,7 +20,7 @@ def reference_confusion(truth, pred, num_classes):
 
 
 def reference_scores(hist):
-    """The formulas of PAPER.md, one class at a time."""
+    """The formulas of docs/paper.md, one class at a time."""
     n = hist.shape[0]
     total = hist.sum()
     accs, ius, fw = [], [], 0.0
