@@ -166,7 +166,8 @@ SHORT = {"run_id": 8, "val_digest": 8}  # Markdown shows ids shortened; the CSV 
 def _record(rank: int, row: RunRow, settings: list[str]) -> dict:
     record = {"rank": rank, "run": row.name, "model": row.model, "val_digest": row.val_digest}
     record.update({s: row.params.get(s, "") for s in settings})
-    record.update(best_mean_iu=row.best_mean_iu, **row.scores)
+    record["best_mean_iu"] = row.best_mean_iu
+    record.update({name: row.scores.get(name) for name in SCORE_NAMES})
     record.update(duration_s=row.duration_s, status=row.status, run_id=row.run_id)
     return record
 

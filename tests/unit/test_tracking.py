@@ -18,12 +18,16 @@ from fcn.models import build_model
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture
-def store(tmp_path, monkeypatch):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.chdir(tmp_path)  # artifacts of a local store land under here
-    return uri
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """One store for the module (creating a sqlite store's tables takes seconds); tests keep
+    apart by their own run ids and registered model names."""
+    root = tmp_path_factory.mktemp("store")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", uri)
+        patch.chdir(root)  # artifacts of a local store land under here
+        yield uri
 
 
 def _status(run_id):
@@ -187,16 +191,16 @@ def test_champion_moves_only_when_better_on_the_same_val_data(store, tmp_path):
 def test_registered_version_is_a_pyfunc_model_and_a_checkpoint(store, tmp_path):
     import mlflow
 
-    run_id, (version, champion) = _register(tmp_path, "a", 0.5)
+    run_id, (version, champion) = _register(tmp_path, "a", 0.5, model="served")
     # The same run registering again (a resumed, finished job) adds no version.
-    again = tracking.register_checkpoint(run_id, tiny_checkpoint(tmp_path / "a2"), "m", 0.5)
+    again = tracking.register_checkpoint(run_id, tiny_checkpoint(tmp_path / "a2"), "served", 0.5)
     assert (version, champion) == again == ("1", True)
-    local = tracking.resolve_checkpoint("models:/m@champion", str(tmp_path / "dl"))
+    local = tracking.resolve_checkpoint("models:/served@champion", str(tmp_path / "dl"))
     state, config = checkpoint.load(local)
     direct, _ = checkpoint.load(str(tmp_path / "a"))
     assert all(torch.equal(state[k], direct[k]) for k in direct) and config["width"] == 0.0625
 
-    pyfunc = mlflow.pyfunc.load_model("models:/m@champion")
+    pyfunc = mlflow.pyfunc.load_model("models:/served@champion")
     assert pyfunc.metadata.signature.inputs.input_names() == ["image"]
     rng = np.random.default_rng(0)
     picture = rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)
