@@ -94,7 +94,10 @@ def test_mlflow_models_serve_answers_an_image_with_its_mask(registered, mlflow_s
     cmd = [str(BIN / "mlflow"), "models", "serve", "-m", f"models:/{MODEL}@champion",
            "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "-w", "1"]  # fmt: skip
     log = tmp_path / "serve.log"
-    proc = start(cmd, {**mlflow_server.env, "PYTHONPATH": ""}, log)
+    # The server runs `uvicorn` by name: the environment's bin/ must be on PATH, as it is in
+    # an activated virtualenv. No PYTHONPATH: the model's own copy of fcn is what serves.
+    path = f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"
+    proc = start(cmd, {**mlflow_server.env, "PYTHONPATH": "", "PATH": path}, log)
     try:
         wait_http(f"http://127.0.0.1:{port}/ping", 240, proc, log)
         body = {"dataframe_split": {"columns": ["image"],

@@ -179,6 +179,7 @@ def test_champion_moves_only_when_better_on_the_same_val_data(store, tmp_path):
     ]  # fmt: skip
     assert versions == [("1", True), ("2", False), ("3", True), ("4", False)]
     assert tracking.champion_mean_iu("m") == ("3", 0.7)
+    assert tracking.pin_model_uri("models:/m@champion") == "models:/m/3"
     tags = tracking.client().get_model_version("m", "3").tags
     assert tags["val_digest"] == "d1" and tags["model"] == "fcn32s" and tags["width"] == "0.0625"
     assert tags["num_classes"] == "3" and tags["mean_iu"] == "0.700000"
