@@ -441,8 +441,9 @@ def _log_pyfunc(mlflow_client, run_id: str, local_dir: str) -> str:
 def _version_tags(local_dir: str, run_tags: dict) -> dict:
     """What a reader of the registry needs to know about a version, from its config.json and
     its run: model, width, classes, val data, code."""
-    with open(os.path.join(local_dir, "config.json")) as f:
-        config = json.load(f)
+    from fcn import checkpoint
+
+    config = checkpoint.load_config(local_dir)
     classes = config.get("classes") or {}
     names = classes.get("names") or config.get("class_names")
     tags = {
