@@ -1,9 +1,11 @@
 """Compare an experiment's training runs from MLflow: a table, plots, and the champion alias.
 
-Reads runs through `MlflowClient`, so it works the same against the embedded local store and
+Reads runs through `fcn.tracking`, so it works the same against the embedded local store and
 a tracking server (`MLFLOW_TRACKING_URI`). The table is sorted by `best_mean_iu` (the
-metric contract in ARCHITECTURE.md); runs that never evaluated sort last rather than vanish,
-so a crashed run still shows up with its status.
+metric contract in ARCHITECTURE.md) within groups of runs validated on the same data (the
+run's `val_digest` tag): mean IUs on different validation sets are not ranked against each
+other. Runs that never evaluated sort last rather than vanish, so a crashed run still shows up
+with its status.
 """
 
 from __future__ import annotations
@@ -11,17 +13,15 @@ from __future__ import annotations
 import csv
 import io
 import math
-import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 
-from fcn import storage
+from fcn import storage, tracking
 from fcn.config import CompareConfig
+from fcn.data.classes import VOC_CLASSES, ClassList, voc_colormap
+from fcn.metrics import CLASS_METRIC_PREFIX, SCORE_NAMES, class_metric
 
 SORT_METRIC = "best_mean_iu"
-CLASS_PREFIX = "iu_"
-CHAMPION = "champion"  # the alias fcn.tracking moves (not imported: that pulls in torch)
 # Marks the runs compare itself logs, so a later comparison never ranks them.
 COMPARISON_TAG = "fcn.comparison"
 # Params that name or place a run rather than change what it learns: never "key settings".
@@ -43,12 +43,15 @@ class RunRow:
     model: str
     status: str
     best_mean_iu: float | None
-    mean_iu: float | None  # the last evaluation's value
-    pixel_acc: float | None
-    fw_iu: float | None
+    scores: dict  # SCORE_NAMES -> the last evaluation's value (None: never evaluated)
     duration_s: float | None
+    val_digest: str | None = None  # content digest of the val split it was scored on
     params: dict = field(default_factory=dict)
     class_metrics: tuple[str, ...] = ()
+
+
+class PromotionRefused(ValueError):
+    """--promote found a best run whose version may not replace the champion."""
 
 
 @dataclass
@@ -65,35 +68,19 @@ class Comparison:
     settings: list[str]
     outputs: dict[str, str]  # file name -> URI written
     promotion: Promotion | None = None
+    refusal: str | None = None  # why --promote left the champion where it was
     comparison_run_id: str | None = None
 
 
 # --- reading runs ---------------------------------------------------------------------------
 
 
-def _client(tracking_uri: str | None):
-    from mlflow.tracking import MlflowClient
-
-    return MlflowClient(tracking_uri=tracking_uri)
-
-
-def fetch_runs(client, experiment: str) -> list:
-    found = client.get_experiment_by_name(experiment)
-    if found is None:
-        names = sorted(e.name for e in client.search_experiments())
-        raise LookupError(
-            f"no MLflow experiment named {experiment!r} at {client.tracking_uri}; "
-            f"experiments there: {', '.join(names) or 'none'}"
-        )
-    runs, token = [], None
-    while True:
-        page = client.search_runs(
-            [found.experiment_id], max_results=1000, page_token=token, order_by=["start_time ASC"]
-        )
-        runs += [r for r in page if r.data.tags.get(COMPARISON_TAG) != "true"]
-        token = page.token
-        if not token:
-            break
+def fetch_runs(experiment: str, uri: str | None = None) -> list:
+    runs = [
+        r
+        for r in tracking.experiment_runs(experiment, uri)
+        if r.data.tags.get(COMPARISON_TAG) != "true"
+    ]
     if not runs:
         raise LookupError(f"experiment {experiment!r} holds no training runs yet")
     return runs
@@ -114,24 +101,42 @@ def to_row(run) -> RunRow:
         model=params.get("model", "?"),
         status=run.info.status,
         best_mean_iu=metrics.get(SORT_METRIC),
-        mean_iu=metrics.get("mean_iu"),
-        pixel_acc=metrics.get("pixel_acc"),
-        fw_iu=metrics.get("fw_iu"),
+        scores={name: metrics.get(name) for name in SCORE_NAMES},
         duration_s=_duration(run.info),
+        val_digest=run.data.tags.get(tracking.TAG_VAL_DIGEST),
         params=dict(params),
-        class_metrics=tuple(k for k in metrics if k.startswith(CLASS_PREFIX)),
+        class_metrics=tuple(k for k in metrics if k.startswith(CLASS_METRIC_PREFIX)),
     )
 
 
+def _best(row: RunRow) -> float | None:
+    """best_mean_iu, None when missing or NaN."""
+    best = row.best_mean_iu
+    return None if best is None or math.isnan(best) else best
+
+
+def _order(row: RunRow):
+    best = _best(row)
+    return (best is None, 0.0 if best is None else -best, row.name)
+
+
 def sort_rows(rows: list[RunRow]) -> list[RunRow]:
-    """Best first; runs without an evaluation last (NaN counts as missing)."""
+    """Runs validated on the same data together (the group holding the best run first), best
+    first within each; runs without an evaluation last in their group."""
+    groups: dict[str | None, list[RunRow]] = {}
+    for row in sorted(rows, key=_order):
+        groups.setdefault(row.val_digest, []).append(row)
+    return [row for group in groups.values() for row in group]
 
-    def key(row: RunRow):
-        best = row.best_mean_iu
-        missing = best is None or math.isnan(best)
-        return (missing, 0.0 if missing else -best, row.name)
 
-    return sorted(rows, key=key)
+def ranks(rows: list[RunRow]) -> list[int]:
+    """1, 2, ... within each val-data group of sorted `rows`: runs scored on different data
+    are not ranked against each other."""
+    out, seen = [], {}
+    for row in rows:
+        seen[row.val_digest] = seen.get(row.val_digest, 0) + 1
+        out.append(seen[row.val_digest])
+    return out
 
 
 def key_settings(rows: list[RunRow]) -> list[str]:
@@ -143,22 +148,27 @@ def key_settings(rows: list[RunRow]) -> list[str]:
 
 # --- the table ------------------------------------------------------------------------------
 
-COLUMNS = ("rank", "run", "model")
-SCORE_COLUMNS = ("best_mean_iu", "mean_iu", "pixel_acc", "fw_iu", "duration_s", "status", "run_id")
+COLUMNS = ("rank", "run", "model", "val_digest")
+SCORE_COLUMNS = ("best_mean_iu", *SCORE_NAMES, "duration_s", "status", "run_id")
 HEADERS = {
+    "val_digest": "val data",
     "best_mean_iu": "best mean IU",
-    "mean_iu": "final mean IU",
     "pixel_acc": "pixel acc",
+    "mean_acc": "mean acc",
+    "mean_iu": "final mean IU",
     "fw_iu": "f.w. IU",
     "duration_s": "duration",
 }
+NUMERIC = frozenset(HEADERS) - {"val_digest"}
+SHORT = {"run_id": 8, "val_digest": 8}  # Markdown shows ids shortened; the CSV whole
 
 
 def _record(rank: int, row: RunRow, settings: list[str]) -> dict:
-    record = {"rank": rank, "run": row.name, "model": row.model}
+    record = {"rank": rank, "run": row.name, "model": row.model, "val_digest": row.val_digest}
     record.update({s: row.params.get(s, "") for s in settings})
-    for column in SCORE_COLUMNS:
-        record[column] = getattr(row, column)
+    record["best_mean_iu"] = row.best_mean_iu
+    record.update({name: row.scores.get(name) for name in SCORE_NAMES})
+    record.update(duration_s=row.duration_s, status=row.status, run_id=row.run_id)
     return record
 
 
@@ -166,7 +176,7 @@ def to_csv(rows: list[RunRow], settings: list[str]) -> str:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=[*COLUMNS, *settings, *SCORE_COLUMNS])
     writer.writeheader()
-    for rank, row in enumerate(rows, 1):
+    for rank, row in zip(ranks(rows), rows, strict=True):
         record = _record(rank, row, settings)
         writer.writerow({k: "" if v is None else v for k, v in record.items()})
     return buffer.getvalue()
@@ -179,8 +189,8 @@ def _fmt(column: str, value) -> str:
         minutes, seconds = divmod(int(round(value)), 60)
         hours, minutes = divmod(minutes, 60)
         return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{seconds:02d}s"
-    if column == "run_id":
-        return value[:8]
+    if column in SHORT:
+        return value[: SHORT[column]]
     if isinstance(value, float):
         return f"{value:.4f}"
     return str(value).replace("|", "\\|")
@@ -190,27 +200,29 @@ def to_markdown(rows: list[RunRow], settings: list[str]) -> str:
     columns = [*COLUMNS, *settings, *SCORE_COLUMNS]
     lines = [
         "| " + " | ".join(HEADERS.get(c, c) for c in columns) + " |",
-        "|" + "|".join("---:" if c in HEADERS or c == "rank" else "---" for c in columns) + "|",
+        "|" + "|".join("---:" if c in NUMERIC or c == "rank" else "---" for c in columns) + "|",
     ]
-    for rank, row in enumerate(rows, 1):
+    for rank, row in zip(ranks(rows), rows, strict=True):
         record = _record(rank, row, settings)
         lines.append("| " + " | ".join(_fmt(c, record[c]) for c in columns) + " |")
+    datasets = len({r.val_digest for r in rows})
+    if datasets > 1:
+        lines.append(
+            f"\nThese runs were validated on {datasets} different val datasets (column "
+            "'val data'): each is ranked within its own, as mean IUs on different data are "
+            "not comparable."
+        )
     return "\n".join(lines) + "\n"
 
 
 # --- curves and per-class IU ----------------------------------------------------------------
 
 
-def _history(client, run_id: str, key: str) -> list[tuple[int, float]]:
-    return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
-
-
 def class_order(keys) -> list[str]:
-    """VOC order where the names are VOC classes (the paper's tables), then the rest A-Z."""
-    from fcn.data.classes import VOC_CLASSES
-
+    """Class names of `iu_<name>` metric keys: VOC order where the names are VOC classes (the
+    paper's tables), then the rest A-Z."""
     index = {name: i for i, name in enumerate(VOC_CLASSES)}
-    names = {k[len(CLASS_PREFIX) :] for k in keys}
+    names = {k[len(CLASS_METRIC_PREFIX) :] for k in keys}
     # Unnamed class sets log iu_0, iu_1, ...: numeric order, not 0, 1, 10, 2.
     return sorted(names, key=lambda n: (index.get(n, len(index)), not n.isdigit(), _num(n), n))
 
@@ -219,23 +231,50 @@ def _num(name: str) -> int:
     return int(name) if name.isdigit() else 0
 
 
-def per_class_at_best(client, row: RunRow, curve: list[tuple[int, float]]) -> dict[str, float]:
-    """Per-class IU at the evaluation with the highest mean IU (the checkpoint kept as best);
-    the latest values where the histories do not line up."""
+def plot_classes(recorded: list[dict | None], keys) -> ClassList:
+    """Names and colours for the per-class plot.
+
+    `recorded`: the class lists the runs logged (`classes.json`; None for a run that logged
+    none), best run first; the first one found gives names, order and colours. Classes that
+    only other runs measured (`keys`: their `iu_<name>` metrics) follow; a class without a
+    recorded colour gets the VOC colour of its VOC index (or its number, for classes named
+    "0", "1", ...), as the masks of a model without a class list are painted.
+    """
+    base = next((ClassList.from_dict(c) for c in recorded if c), None)
+    names = list(base.names) if base else []
+    colors = list(base.colors) if base else []
+    known = {class_metric(n) for n in names}
+    voc = {name: i for i, name in enumerate(VOC_CLASSES)}
+    cmap = voc_colormap()
+    for name in class_order(k for k in keys if k not in known):
+        names.append(name)
+        index = voc.get(name, _num(name) if name.isdigit() else len(names) - 1)
+        colors.append(tuple(int(v) for v in cmap[min(index, len(cmap) - 1)]))
+    return ClassList(tuple(names), tuple(colors))
+
+
+def per_class_at_best(row: RunRow, curve: list[tuple[int, float]], uri=None) -> dict[str, float]:
+    """Metric key -> per-class IU at the evaluation with the highest mean IU (the checkpoint
+    kept as best); the latest values where the histories do not line up."""
     best_step = max(curve, key=lambda sv: sv[1])[0] if curve else None
     values = {}
     for key in row.class_metrics:
-        history = dict(_history(client, row.run_id, key))
-        values[key[len(CLASS_PREFIX) :]] = history.get(best_step, history[max(history)])
+        history = dict(tracking.metric_history(row.run_id, key, uri))
+        values[key] = history.get(best_step, history[max(history)])
     return values
 
 
-def plot_curves(curves: dict[str, list[tuple[int, float]]]) -> bytes:
+def _figure(size):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure  # no pyplot: no global backend or figure state
 
-    figure = Figure(figsize=(8, 5), dpi=100)
+    figure = Figure(figsize=size, dpi=100)
     FigureCanvasAgg(figure)
+    return figure
+
+
+def plot_curves(curves: dict[str, list[tuple[int, float]]]) -> bytes:
+    figure = _figure((8, 5))
     axes = figure.add_subplot()
     for label, curve in curves.items():
         if curve:
@@ -250,25 +289,36 @@ def plot_curves(curves: dict[str, list[tuple[int, float]]]) -> bytes:
     return _png(figure)
 
 
-def plot_per_class(per_class: dict[str, dict[str, float]], classes: list[str]) -> bytes:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+# Runs side by side are told apart by hatching: the bar colours are the classes' own.
+HATCHES = ("", "//", "..", "xx", "\\\\", "--", "++", "oo")
 
-    figure = Figure(figsize=(max(8, 0.6 * len(classes) + 2), 5), dpi=100)
-    FigureCanvasAgg(figure)
+
+def plot_per_class(per_class: dict[str, dict[str, float]], classes: ClassList) -> bytes:
+    """Bars of each class in its colour, one hatching per run (`per_class`: run label ->
+    metric key -> IU)."""
+    from matplotlib.patches import Patch
+
+    count = classes.num_classes
+    figure = _figure((max(8, 0.6 * count + 2), 5))
     axes = figure.add_subplot()
     width = 0.8 / max(1, len(per_class))
+    keys = [class_metric(name) for name in classes.names]
+    colors = [tuple(v / 255 for v in rgb) for rgb in classes.colors]
+    legend = []
     for i, (label, values) in enumerate(per_class.items()):
-        xs = [c + i * width for c in range(len(classes))]
-        axes.bar(xs, [values.get(name, 0.0) for name in classes], width=width, label=label)
-    axes.set_xticks([c + 0.4 - width / 2 for c in range(len(classes))])
-    axes.set_xticklabels(classes, rotation=60, ha="right", fontsize="small")
+        hatch = HATCHES[i % len(HATCHES)]
+        xs = [c + i * width for c in range(count)]
+        heights = [values.get(key, 0.0) for key in keys]
+        axes.bar(xs, heights, width=width, color=colors, edgecolor="0.5", hatch=hatch)
+        legend.append(Patch(facecolor="white", edgecolor="0.3", hatch=hatch, label=label))
+    axes.set_xticks([c + 0.4 - width / 2 for c in range(count)])
+    axes.set_xticklabels(classes.names, rotation=60, ha="right", fontsize="small")
     axes.set_ylabel("IU (val, best evaluation)")
     top = max((v for values in per_class.values() for v in values.values() if v == v), default=1)
     axes.set_ylim(0, max(1.0, top * 1.05))  # fractions as the contract logs them; % also fit
     axes.set_title("Per-class IU, best runs side by side")
-    if per_class:
-        axes.legend(fontsize="small")
+    if legend:
+        axes.legend(handles=legend, fontsize="small")
     figure.tight_layout()
     return _png(figure)
 
@@ -282,16 +332,17 @@ def _png(figure) -> bytes:
 # --- the champion alias ---------------------------------------------------------------------
 
 
-def promote(client, rows: list[RunRow], registered_model: str | None = None) -> Promotion:
-    """Point `champion` at the best FINISHED run's registered model version.
+def promote(rows: list[RunRow], registered_model: str | None = None, uri=None) -> Promotion:
+    """Point `champion` at the best FINISHED run's registered model version, when that
+    version was validated on the champion's validation data (`tracking.incomparable`).
 
     A running or failed run may show a higher best so far, but its model is not final.
     """
-    finished = [r for r in rows if r.status == "FINISHED" and r.best_mean_iu is not None]
+    finished = [r for r in rows if r.status == "FINISHED" and _best(r) is not None]
     if not finished:
         raise LookupError("no finished run with a best_mean_iu to promote")
-    best = finished[0]
-    versions = client.search_model_versions(f"run_id = '{best.run_id}'")
+    best = min(finished, key=_order)
+    versions = tracking.run_versions(best.run_id, uri)
     if registered_model:
         versions = [v for v in versions if v.name == registered_model]
     names = sorted({v.name for v in versions})
@@ -305,16 +356,14 @@ def promote(client, rows: list[RunRow], registered_model: str | None = None) -> 
             f"best run {best.name} registered versions in several models ({', '.join(names)}); "
             "say which with --registered-model"
         )
-    name = names[0]
-    version = max(versions, key=lambda v: int(v.version)).version
-    from mlflow.exceptions import MlflowException
-
-    try:
-        previous = str(client.get_model_version_by_alias(name, CHAMPION).version)
-    except MlflowException:
-        previous = None  # no champion yet
-    client.set_registered_model_alias(name, CHAMPION, version)
-    return Promotion(name, str(version), best.run_id, previous)
+    candidate = max(versions, key=lambda v: int(v.version))
+    champion = tracking.champion_version(names[0], uri)
+    refusal = tracking.incomparable(candidate, champion)
+    if refusal:
+        raise PromotionRefused(f"not promoting best run {best.name}: {refusal}")
+    tracking.set_champion(names[0], candidate.version, uri)
+    previous = None if champion is None else str(champion.version)
+    return Promotion(names[0], str(candidate.version), best.run_id, previous)
 
 
 # --- the whole comparison -------------------------------------------------------------------
@@ -323,15 +372,16 @@ def promote(client, rows: list[RunRow], registered_model: str | None = None) -> 
 def compare(config: CompareConfig) -> Comparison:
     if config.top < 1:
         raise ValueError(f"--top must be at least 1, got {config.top}")
-    client = _client(config.tracking_uri)
-    rows = sort_rows([to_row(run) for run in fetch_runs(client, config.experiment)])
+    uri = config.tracking_uri
+    rows = sort_rows([to_row(run) for run in fetch_runs(config.experiment, uri)])
     settings = key_settings(rows)
-    top = [r for r in rows if r.best_mean_iu is not None][: config.top]
+    top = sorted((r for r in rows if _best(r) is not None), key=_order)[: config.top]
     labels = {r.run_id: f"{r.name} ({r.model})" for r in top}
 
-    curves = {r.run_id: _history(client, r.run_id, "mean_iu") for r in top}
-    per_class = {labels[r.run_id]: per_class_at_best(client, r, curves[r.run_id]) for r in top}
-    classes = class_order({k for r in top for k in r.class_metrics})
+    curves = {r.run_id: tracking.metric_history(r.run_id, "mean_iu", uri) for r in top}
+    per_class = {labels[r.run_id]: per_class_at_best(r, curves[r.run_id], uri) for r in top}
+    recorded = [tracking.run_classes(r.run_id, uri) for r in top]
+    classes = plot_classes(recorded, {k for r in top for k in r.class_metrics})
     files = {
         CSV_FILE: to_csv(rows, settings).encode(),
         MARKDOWN_FILE: to_markdown(rows, settings).encode(),
@@ -340,36 +390,24 @@ def compare(config: CompareConfig) -> Comparison:
     }
     outputs = {}
     for name, data in files.items():
-        uri = storage.join(config.output, name)
-        storage.write_bytes(uri, data)
-        outputs[name] = uri
+        target = storage.join(config.output, name)
+        storage.write_bytes(target, data)
+        outputs[name] = target
 
     result = Comparison(rows, settings, outputs)
     if config.log_artifacts:
-        result.comparison_run_id = _log_comparison(client, config, rows, files)
+        result.comparison_run_id = tracking.log_run(
+            config.experiment,
+            f"compare-{time.strftime('%Y%m%d-%H%M%S')}",
+            params={"top": config.top, "runs_compared": len(rows)},
+            tags={COMPARISON_TAG: "true"},
+            metrics={},
+            artifacts={f"comparison/{name}": data for name, data in files.items()},
+            uri=uri,
+        )
     if config.promote:
-        result.promotion = promote(client, rows, config.registered_model)
+        try:
+            result.promotion = promote(rows, config.registered_model, uri)
+        except PromotionRefused as refused:  # the table and plots still stand
+            result.refusal = str(refused)
     return result
-
-
-def _log_comparison(client, config: CompareConfig, rows: list[RunRow], files: dict) -> str:
-    experiment_id = client.get_experiment_by_name(config.experiment).experiment_id
-    run = client.create_run(
-        experiment_id,
-        run_name=f"compare-{time.strftime('%Y%m%d-%H%M%S')}",
-        tags={COMPARISON_TAG: "true"},
-    )
-    run_id = run.info.run_id
-    try:
-        client.log_param(run_id, "top", config.top)
-        client.log_param(run_id, "runs_compared", len(rows))
-        with tempfile.TemporaryDirectory(prefix="fcn-compare-") as local:
-            for name, data in files.items():
-                with open(os.path.join(local, name), "wb") as out:
-                    out.write(data)
-            client.log_artifacts(run_id, local, "comparison")
-    except Exception:
-        client.set_terminated(run_id, "FAILED")
-        raise
-    client.set_terminated(run_id, "FINISHED")
-    return run_id

@@ -212,7 +212,11 @@ class CompareConfig:
     output: str = setting("./results/compare", "where the CSV, Markdown and PNGs go (URI)")
     # Five curves stay readable on one plot; the table always lists every run.
     top: int = setting(5, "how many of the best runs get curves and per-class bars")
-    promote: bool = setting(False, "move the 'champion' alias to the best finished run's model")
+    promote: bool = setting(
+        False,
+        "move the 'champion' alias to the best finished run's model, when it was validated on "
+        "the champion's validation data",
+    )
     registered_model: str | None = setting(
         None, "registered model to promote in (needed only if the run registered several)"
     )

@@ -1,24 +1,44 @@
-"""MLflow: run lifecycle, metric names, model registry, and models:/ URIs -> checkpoints.
+"""MLflow, all of it: runs, metrics, dataset inputs, the model registry, models:/ URIs.
 
-Everything goes through `MlflowClient` with an explicit run id, never the fluent "active run":
-the run is created by the job's driver, metrics are logged by the rank-0 training worker (a
-different process, maybe on another node) and the run is ended by the driver, FAILED when the
-job fails. The run id is saved beside the checkpoints, so a resubmitted job continues it.
+Every MLflow call of the project goes through this module. It uses `MlflowClient` with an
+explicit run id, never the fluent "active run": the run is created by the job's driver,
+metrics are logged by the rank-0 training worker (a different process, maybe on another
+node) and the run is ended by the driver, FAILED when the job fails. The run id is saved
+beside the checkpoints, so a resubmitted job continues it.
+
+Importing this module imports neither MLflow nor torch (each function imports MLflow when
+called): compare and the Ray-free jobs pay for neither until they talk to MLflow.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 import os
 import re
+import subprocess
 import tempfile
+import time
+import warnings
 
-from fcn import checkpoint
+log = logging.getLogger(__name__)
 
 CHAMPION = "champion"
-# Tags that tie a run to its checkpoints and a model version to its score.
+# Tags that tie a run to its checkpoints and a model version to its score and data.
 TAG_STORAGE = "fcn.storage"
 TAG_MEAN_IU = "mean_iu"
+# Content digest of the split a version was validated on (run tag and version tag): mean IUs
+# are comparable only between equal digests, so the champion moves only between those.
+TAG_VAL_DIGEST = "val_digest"
+DATASET_CONTEXT = "mlflow.data.context"  # MLflow's input tag naming a dataset's role
+# The run's class list (ClassList.to_dict() as JSON) at the run's artifact root: compare's
+# per-class plot takes names and colours from it.
+CLASSES_FILE = "classes.json"
+MODEL_NAME = "fcn"  # the logged model's name within its run
 _USERINFO = re.compile(r"(?<=://)[^/@\s]+@")  # s3://KEY:SECRET@bucket -> s3://bucket
+_MAX_PARAM = 6000  # MLflow's limit on a param value's length
+_MAX_BATCH = 1000  # MLflow's limit on metrics per log_batch request
 
 MLFLOW_SCHEMES = ("models:/", "runs:/", "mlflow-artifacts:/")
 
@@ -30,22 +50,36 @@ def is_mlflow_uri(uri: str) -> bool:
 def resolve_checkpoint(uri: str, download_dir: str | None = None) -> str:
     """A checkpoint directory URI for `uri`: MLflow URIs are downloaded, others pass through.
 
-    The registered artifact is the checkpoint directory itself (state_dict + config.json, no
-    pickled module), so what comes back loads with `fcn.checkpoint.load`.
+    A registered version is an MLflow pyfunc model whose artifact `checkpoint/` is the
+    checkpoint directory (fcn.serving), or, for versions registered before that, the bare
+    checkpoint directory; both hold state_dict + config.json (no pickled module), found here
+    by walking the download.
     """
     if not is_mlflow_uri(uri):
         return uri
-    import mlflow  # imported here: the segment and evaluate paths need it only for these URIs
+    import mlflow
+
+    from fcn import checkpoint  # here: it imports torch, and only this function needs it
 
     local = mlflow.artifacts.download_artifacts(
         artifact_uri=uri, dst_path=download_dir or tempfile.mkdtemp(prefix="fcn-model-")
     )
-    for root, _dirs, files in os.walk(local):
+    for root, _dirs, files in sorted(os.walk(local)):
         if checkpoint.CONFIG_FILE in files and checkpoint.MODEL_FILE in files:
             return root
     raise FileNotFoundError(
         f"{uri!r} holds no checkpoint ({checkpoint.MODEL_FILE} + {checkpoint.CONFIG_FILE})"
     )
+
+
+def pin_model_uri(uri: str, tracking_uri: str | None = None) -> str:
+    """`models:/name@alias` -> `models:/name/<version>`: every actor loads the same version
+    even if the alias moves mid-run, and a manifest names the exact version."""
+    match = re.fullmatch(r"models:/([^/@]+)@([^/]+)", uri)
+    if not match:
+        return uri
+    version = client(tracking_uri).get_model_version_by_alias(match[1], match[2]).version
+    return f"models:/{match[1]}/{version}"
 
 
 # --- run lifecycle ---------------------------------------------------------------------------
@@ -79,6 +113,15 @@ def redact(value):
     return _USERINFO.sub("", value) if isinstance(value, str) else value
 
 
+def _param_text(value) -> str:
+    return str(redact(value))[:_MAX_PARAM]
+
+
+def _experiment_id(mlflow_client, experiment: str) -> str:
+    found = mlflow_client.get_experiment_by_name(experiment)
+    return found.experiment_id if found else mlflow_client.create_experiment(experiment)
+
+
 def start_run(experiment: str, run_name: str, run_id: str | None = None, tags=None, uri=None):
     """Create a run, or mark run `run_id` RUNNING again (a resumed job); returns its id."""
     mlflow_client = client(uri)
@@ -86,8 +129,7 @@ def start_run(experiment: str, run_name: str, run_id: str | None = None, tags=No
         mlflow_client.get_run(run_id)  # a clear error when the store lost it
         mlflow_client.update_run(run_id, status="RUNNING")
         return run_id
-    found = mlflow_client.get_experiment_by_name(experiment)
-    experiment_id = found.experiment_id if found else mlflow_client.create_experiment(experiment)
+    experiment_id = _experiment_id(mlflow_client, experiment)
     run = mlflow_client.create_run(experiment_id, run_name=run_name, tags=dict(tags or {}))
     return run.info.run_id
 
@@ -106,7 +148,7 @@ def log_params(run_id: str, params: dict, uri=None) -> None:
     logged = mlflow_client.get_run(run_id).data.params
     fresh, changed = [], {}
     for key, value in params.items():
-        text = str(redact(value))[:6000]
+        text = _param_text(value)
         if key not in logged:
             fresh.append(Param(key, text))
         elif logged[key] != text:
@@ -117,23 +159,215 @@ def log_params(run_id: str, params: dict, uri=None) -> None:
         mlflow_client.set_tag(run_id, key, value)
 
 
-def log_metrics(run_id: str, values: dict, step: int, uri=None) -> None:
-    import time
-
+def _metrics(values: dict, step: int) -> list:
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
-    batch = [Metric(k, float(v), now, step) for k, v in values.items()]
-    client(uri).log_batch(run_id, metrics=batch)
+    return [Metric(k, float(v), now, step) for k, v in values.items()]
+
+
+def _send_metrics(mlflow_client, run_id: str, metrics: list) -> None:
+    for start in range(0, len(metrics), _MAX_BATCH):
+        mlflow_client.log_batch(run_id, metrics=metrics[start : start + _MAX_BATCH])
+
+
+def log_metrics(run_id: str, values: dict, step: int, uri=None) -> None:
+    """One request, now. For a metric per training step use `RunLogger`."""
+    _send_metrics(client(uri), run_id, _metrics(values, step))
+
+
+def _log_bytes(mlflow_client, run_id: str, data: bytes, artifact_file: str) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, os.path.basename(artifact_file))
+        with open(path, "wb") as f:
+            f.write(data)
+        mlflow_client.log_artifact(run_id, path, os.path.dirname(artifact_file) or None)
 
 
 def log_image(run_id: str, png: bytes, artifact_file: str, uri=None) -> None:
     """Log PNG bytes as an artifact (e.g. `val_images/<id>_iter100.png`)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, os.path.basename(artifact_file))
-        with open(path, "wb") as f:
-            f.write(png)
-        client(uri).log_artifact(run_id, path, os.path.dirname(artifact_file) or None)
+    _log_bytes(client(uri), run_id, png, artifact_file)
+
+
+def log_classes(run_id: str, classes: dict, uri=None) -> None:
+    """Record the run's class list (`ClassList.to_dict()`) as `classes.json` at its root."""
+    _log_bytes(client(uri), run_id, json.dumps(classes).encode(), CLASSES_FILE)
+
+
+class RunLogger:
+    """Metrics of one run from one process, batched: one client, one `log_batch` per flush.
+
+    Rank 0 of training logs `train_loss` every step; a request per step would put a network
+    round trip (and, with a new client each time, a new connection) into every step. `log`
+    buffers; the buffer is sent once `every_steps` distinct steps or `every_s` seconds have
+    passed since the last send. Call `flush()` after an evaluation (its scores then show at
+    once) and before the process ends; `log_image` sends at once (an artifact, no batching).
+    """
+
+    def __init__(self, run_id: str, tracking_uri: str | None = None, every_steps=20, every_s=30.0):
+        self.run_id = run_id
+        self.every_steps = every_steps
+        self.every_s = every_s
+        self._client = client(tracking_uri)
+        self._pending: list = []
+        self._steps: set[int] = set()
+        self._last_send = time.monotonic()
+
+    def log(self, values: dict, step: int) -> None:
+        self._pending += _metrics(values, step)
+        self._steps.add(step)
+        waited = time.monotonic() - self._last_send
+        if len(self._steps) >= self.every_steps or waited >= self.every_s:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._pending:
+            _send_metrics(self._client, self.run_id, self._pending)
+        self._pending, self._steps = [], set()
+        self._last_send = time.monotonic()
+
+    def log_image(self, png: bytes, artifact_file: str) -> None:
+        _log_bytes(self._client, self.run_id, png, artifact_file)
+
+
+def log_run(
+    experiment: str,
+    run_name: str,
+    params: dict,
+    tags: dict,
+    metrics: dict,
+    artifacts: dict[str, bytes] | None = None,
+    uri: str | None = None,
+) -> str:
+    """A whole finished run in one call (a segment job's summary, a comparison): params
+    (redacted), tags, metrics at step 0 and `artifacts` (artifact path -> bytes). Returns the
+    run id; the run ends FAILED if logging fails half-way."""
+    from mlflow.entities import Param, RunTag
+
+    mlflow_client = client(uri)
+    run_id = mlflow_client.create_run(
+        _experiment_id(mlflow_client, experiment), run_name=run_name
+    ).info.run_id
+    try:
+        mlflow_client.log_batch(
+            run_id,
+            params=[Param(k, _param_text(v)) for k, v in params.items()],
+            tags=[RunTag(k, str(v)) for k, v in tags.items()],
+        )
+        _send_metrics(mlflow_client, run_id, _metrics(metrics, 0))
+        for path, data in (artifacts or {}).items():
+            _log_bytes(mlflow_client, run_id, data, path)
+    except BaseException:
+        mlflow_client.set_terminated(run_id, "FAILED")
+        raise
+    mlflow_client.set_terminated(run_id, "FINISHED")
+    return run_id
+
+
+# --- reading runs (compare) ------------------------------------------------------------------
+
+
+def experiment_runs(experiment: str, uri=None) -> list:
+    """Every run of `experiment`, oldest first; a LookupError naming the experiments there
+    when it does not exist."""
+    mlflow_client = client(uri)
+    found = mlflow_client.get_experiment_by_name(experiment)
+    if found is None:
+        names = sorted(e.name for e in mlflow_client.search_experiments())
+        raise LookupError(
+            f"no MLflow experiment named {experiment!r} at {mlflow_client.tracking_uri}; "
+            f"experiments there: {', '.join(names) or 'none'}"
+        )
+    runs, token = [], None
+    while True:
+        page = mlflow_client.search_runs(
+            [found.experiment_id], max_results=1000, page_token=token, order_by=["start_time ASC"]
+        )
+        runs += list(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def metric_history(run_id: str, key: str, uri=None) -> list[tuple[int, float]]:
+    """(step, value) of every logged value of `key`, by step."""
+    return sorted((m.step, m.value) for m in client(uri).get_metric_history(run_id, key))
+
+
+def run_classes(run_id: str, uri=None) -> dict | None:
+    """The class list the run recorded (`classes.json`, see `log_classes`), or None."""
+    import mlflow
+
+    with tempfile.TemporaryDirectory(prefix="fcn-classes-") as tmp:
+        try:
+            path = mlflow.artifacts.download_artifacts(
+                run_id=run_id, artifact_path=CLASSES_FILE, dst_path=tmp, tracking_uri=uri
+            )
+        except (OSError, mlflow.exceptions.MlflowException):
+            return None  # a run from before class lists were recorded
+        with open(path) as f:
+            return json.load(f)
+
+
+# --- datasets --------------------------------------------------------------------------------
+
+
+def dataset_digest(split_uri: str, limit: int | None = None) -> str:
+    """Content digest of a split's Parquet files (`<root>/<split>/`, local or s3://).
+
+    sha256 over each file's key below `split_uri` and its bytes, files in key order: the same
+    data under another root has the same digest; any changed byte or renamed shard changes
+    it. `limit` (the first N rows scored, `--val-limit`) is part of the digest: a subset is
+    other data than the whole split.
+    """
+    from fcn import storage
+
+    files = storage.list_files(split_uri, (".parquet",))
+    if not files:
+        raise FileNotFoundError(f"no Parquet files under {split_uri!r}")
+    digest = hashlib.sha256()
+    for info in files:
+        digest.update(storage.relative_key(split_uri, info.uri).encode() + b"\0")
+        fs, path = storage.filesystem(info.uri)
+        with fs.open(path, "rb") as f:
+            while chunk := f.read(1 << 23):
+                digest.update(chunk)
+    if limit is not None:
+        digest.update(f"\0limit={limit}".encode())
+    return digest.hexdigest()[:32]  # MLflow stores at most 36 characters
+
+
+def log_split_inputs(
+    run_id: str, splits: dict[str, str], limits: dict[str, int | None] | None = None, uri=None
+) -> dict[str, str]:
+    """Log each split as an MLflow dataset input of the run; returns context -> digest.
+
+    `splits`: context -> split URI, e.g. {"train": "s3://b/voc/train", "val": "s3://b/voc/val"}
+    (the context becomes the input's `mlflow.data.context`); `limits`: context -> rows used.
+    Each digest is also the run tag `<context>_digest` (`val_digest` for "val"), which
+    registration copies onto the model version.
+    """
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.entities import DatasetInput, InputTag
+
+    inputs, digests = [], {}
+    for context, split_uri in splits.items():
+        limit = (limits or {}).get(context)
+        digests[context] = dataset_digest(split_uri, limit)
+        clean = redact(split_uri)
+        with warnings.catch_warnings():  # a local path matches two equivalent local sources
+            warnings.simplefilter("ignore", UserWarning)
+            source = resolve_dataset_source(clean)
+        name = clean.rstrip("/").rsplit("/", 1)[-1] + (f"[:{limit}]" if limit else "")
+        dataset = MetaDataset(source, name=name, digest=digests[context])
+        tag = InputTag(DATASET_CONTEXT, context)
+        inputs.append(DatasetInput(dataset._to_mlflow_entity(), tags=[tag]))
+    mlflow_client = client(uri)
+    mlflow_client.log_inputs(run_id, datasets=inputs)
+    for context, digest in digests.items():
+        mlflow_client.set_tag(run_id, f"{context}_digest", digest)
+    return digests
 
 
 # --- model registry --------------------------------------------------------------------------
@@ -142,17 +376,17 @@ def log_image(run_id: str, png: bytes, artifact_file: str, uri=None) -> None:
 def register_checkpoint(
     run_id: str, local_dir: str, model_name: str, mean_iu: float, uri=None
 ) -> tuple[str, bool]:
-    """Log checkpoint dir `local_dir` as artifact `checkpoint/`, register it as a version of
-    `model_name`, and move alias `champion` to it only when it beats the current champion.
+    """Log checkpoint dir `local_dir` as the run's MLflow pyfunc model (fcn.serving), register
+    it as a version of `model_name`, and move alias `champion` to it only when it beats the
+    champion on the same validation data (see `incomparable`).
 
-    The version's source is `runs:/<run_id>/checkpoint`: a state_dict + config.json, no pickled
-    module. A run registers at most one version (a resumed, finished job does not add another).
-    Returns (version, became_champion).
+    The version's tags say what it is: mean IU, val digest (the run's `val_digest` tag), model,
+    width, classes, git commit. A run registers at most one version (a resumed, finished job
+    does not add another). Returns (version, is_champion).
     """
     from mlflow.exceptions import MlflowException
 
     mlflow_client = client(uri)
-    mlflow_client.log_artifacts(run_id, local_dir, "checkpoint")
     try:
         mlflow_client.get_registered_model(model_name)
     except MlflowException:
@@ -161,24 +395,128 @@ def register_checkpoint(
     if existing:
         version = str(max(int(v.version) for v in existing))
     else:
+        model_id = _log_pyfunc(mlflow_client, run_id, local_dir)
         version = mlflow_client.create_model_version(
-            model_name, source=f"runs:/{run_id}/checkpoint", run_id=run_id
+            model_name, source=f"models:/{model_id}", run_id=run_id, model_id=model_id
         ).version
-    mlflow_client.set_model_version_tag(model_name, version, TAG_MEAN_IU, f"{mean_iu:.6f}")
-    champion = champion_mean_iu(model_name, uri)
-    better = champion is None or mean_iu > champion[1]
-    if better:
-        mlflow_client.set_registered_model_alias(model_name, CHAMPION, version)
-    return str(version), better or (champion is not None and champion[0] == str(version))
+    run_tags = mlflow_client.get_run(run_id).data.tags
+    tags = {**_version_tags(local_dir, run_tags), TAG_MEAN_IU: f"{mean_iu:.6f}"}
+    for key, value in tags.items():
+        mlflow_client.set_model_version_tag(model_name, version, key, value)
+    candidate = mlflow_client.get_model_version(model_name, version)
+    champion = champion_version(model_name, uri)
+    if champion is not None and str(champion.version) == str(version):
+        return str(version), True
+    refusal = incomparable(candidate, champion)
+    if refusal:
+        log.warning("%s: %s", model_name, refusal)
+        return str(version), False
+    if champion is not None and _mean_iu(candidate) <= _mean_iu(champion):
+        return str(version), False
+    mlflow_client.set_registered_model_alias(model_name, CHAMPION, version)
+    return str(version), True
+
+
+def _log_pyfunc(mlflow_client, run_id: str, local_dir: str) -> str:
+    """The checkpoint as an MLflow 3 logged model of run `run_id`; returns its model id."""
+    from mlflow.entities import LoggedModelOutput
+
+    from fcn import serving  # here: it imports MLflow's pyfunc and torch
+
+    experiment_id = mlflow_client.get_run(run_id).info.experiment_id
+    model = mlflow_client.create_logged_model(experiment_id, MODEL_NAME, source_run_id=run_id)
+    try:
+        with tempfile.TemporaryDirectory(prefix="fcn-pyfunc-") as tmp:
+            path = os.path.join(tmp, "model")
+            serving.save(local_dir, path)
+            mlflow_client.log_model_artifacts(model.model_id, path)
+    except BaseException:
+        mlflow_client.finalize_logged_model(model.model_id, "FAILED")
+        raise
+    mlflow_client.finalize_logged_model(model.model_id, "READY")
+    mlflow_client.log_outputs(run_id, [LoggedModelOutput(model.model_id, step=0)])
+    return model.model_id
+
+
+def _version_tags(local_dir: str, run_tags: dict) -> dict:
+    """What a reader of the registry needs to know about a version, from its config.json and
+    its run: model, width, classes, val data, code."""
+    from fcn import checkpoint
+
+    config = checkpoint.load_config(local_dir)
+    classes = config.get("classes") or {}
+    names = classes.get("names") or config.get("class_names")
+    tags = {
+        "model": str(config.get("model")),
+        "width": str(config.get("width", 1)),
+        "num_classes": str(config.get("num_classes")),
+        "classes": _param_text(",".join(names)) if names else "",
+        TAG_VAL_DIGEST: run_tags.get(TAG_VAL_DIGEST, ""),
+        "git_commit": git_commit() or "",
+    }
+    return {k: v for k, v in tags.items() if v}
+
+
+def git_commit() -> str | None:
+    """The commit of the checkout this code runs from, or None outside a git checkout."""
+    try:
+        done = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=os.path.dirname(os.path.abspath(__file__)),
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def incomparable(candidate, champion) -> str | None:
+    """Why `candidate` (a ModelVersion) cannot be ranked against `champion`, or None.
+
+    Mean IUs are comparable only on the same validation data: versions compare when their
+    `val_digest` tags are equal (versions registered before digests were recorded have none,
+    and compare only among themselves).
+    """
+    if champion is None:
+        return None
+    mine, theirs = candidate.tags.get(TAG_VAL_DIGEST), champion.tags.get(TAG_VAL_DIGEST)
+    if mine == theirs:
+        return None
+    return (
+        f"version {candidate.version} was validated on val data {mine or 'unrecorded'}, "
+        f"champion version {champion.version} on {theirs or 'unrecorded'}: mean IUs on "
+        "different validation data are not comparable, so the champion stays (set the alias "
+        "by hand if the new validation data replaces the old)"
+    )
+
+
+def _mean_iu(version) -> float:
+    score = version.tags.get(TAG_MEAN_IU)
+    return float(score) if score is not None else float("-inf")
+
+
+def champion_version(model_name: str, uri=None):
+    """The ModelVersion the champion alias points at, or None when there is none."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client(uri).get_model_version_by_alias(model_name, CHAMPION)
+    except MlflowException:
+        return None
 
 
 def champion_mean_iu(model_name: str, uri=None) -> tuple[str, float] | None:
     """(version, mean IU) of the current champion, or None when there is none."""
-    from mlflow.exceptions import MlflowException
+    version = champion_version(model_name, uri)
+    return None if version is None else (str(version.version), _mean_iu(version))
 
-    try:
-        version = client(uri).get_model_version_by_alias(model_name, CHAMPION)
-    except MlflowException:
-        return None
-    score = version.tags.get(TAG_MEAN_IU)
-    return str(version.version), float(score) if score is not None else float("-inf")
+
+def run_versions(run_id: str, uri=None) -> list:
+    """The model versions registered from run `run_id`, in any registered model."""
+    return list(client(uri).search_model_versions(f"run_id = '{run_id}'"))
+
+
+def set_champion(model_name: str, version: str, uri=None) -> None:
+    client(uri).set_registered_model_alias(model_name, CHAMPION, version)

@@ -3,6 +3,9 @@
     python jobs/compare.py --experiment fcn-voc --output s3://bucket/reports/fcn-voc
     python jobs/compare.py --experiment fcn-voc --promote   # champion -> best finished run
 
+--promote moves the alias only between versions validated on the same data (their val digest);
+otherwise it says why and exits with 2, after writing the comparison.
+
 Reads MLFLOW_TRACKING_URI (or --tracking-uri); with neither, MLflow's local store.
 """
 
@@ -39,6 +42,9 @@ def main(argv=None) -> int:
             f"champion: {p.registered_model} version {p.version} (run {p.run_id}); "
             f"was {p.previous_version or 'unset'}"
         )
+    if result.refusal:
+        print(f"compare: champion unchanged: {result.refusal}", file=sys.stderr)
+        return 2
     return 0
 
 

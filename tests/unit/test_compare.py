@@ -7,6 +7,7 @@ import io
 import math
 import shutil
 
+import numpy as np
 import pytest
 
 pytest.importorskip("mlflow")
@@ -15,14 +16,17 @@ from mlflow.entities import Metric, Param  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 from fcn import compare as cmp  # noqa: E402
+from fcn import tracking  # noqa: E402
 from fcn.config import CompareConfig, parse  # noqa: E402
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
-def log_run(client, experiment_id, name, model, lr, curve, status="FINISHED", classes=None):
+def log_run(client, experiment_id, name, model, lr, curve, status="FINISHED", classes=None,
+            val_digest=None):  # fmt: skip
     """A run following the metric contract: mean_iu per evaluation, best_mean_iu, iu_<class>."""
-    run = client.create_run(experiment_id, run_name=name)
+    tags = {tracking.TAG_VAL_DIGEST: val_digest} if val_digest else {}
+    run = client.create_run(experiment_id, run_name=name, tags=tags)
     run_id = run.info.run_id
     # name differs per run but is no setting; batch_size is the same everywhere: not "key"
     params = {"model": model, "lr": lr, "name": name, "batch_size": 1}
@@ -74,9 +78,10 @@ def test_table_order_settings_and_files(store):
     assert [r.name for r in result.rows] == ["running", "best", "mid", "low", "crashed"]
     assert result.rows[-1].best_mean_iu is None and result.rows[-1].status == "FAILED"
     best = result.rows[1]
-    assert best.best_mean_iu == pytest.approx(0.6) and best.mean_iu == pytest.approx(0.6)
+    assert best.best_mean_iu == pytest.approx(0.6) and best.scores["mean_iu"] == pytest.approx(0.6)
     low = result.rows[3]
-    assert low.best_mean_iu == pytest.approx(0.1) and low.mean_iu == pytest.approx(0.05)
+    assert low.best_mean_iu == pytest.approx(0.1)
+    assert low.scores["mean_iu"] == pytest.approx(0.05) and low.scores["mean_acc"] is None
     assert result.settings == ["lr"]  # name differs but names the run; batch_size is constant
 
     with open(out / cmp.CSV_FILE, newline="") as f:
@@ -96,9 +101,9 @@ def test_table_order_settings_and_files(store):
 def test_per_class_is_taken_at_the_best_evaluation(store):
     uri, client, ids, _ = store
     row = cmp.to_row(client.get_run(ids["low"]))
-    curve = cmp._history(client, row.run_id, "mean_iu")
-    values = cmp.per_class_at_best(client, row, curve)
-    assert values["background"] == pytest.approx(0.1 / 3)  # step 10, not the later 0.05
+    curve = tracking.metric_history(row.run_id, "mean_iu", uri)
+    values = cmp.per_class_at_best(row, curve, uri)
+    assert values["iu_background"] == pytest.approx(0.1 / 3)  # step 10, not the later 0.05
     assert cmp.class_order(row.class_metrics) == ["background", "aeroplane", "cat"]
     assert cmp.class_order(["iu_zebra", "iu_cat", "iu_background"]) == [
         "background",
@@ -108,9 +113,43 @@ def test_per_class_is_taken_at_the_best_evaluation(store):
     assert cmp.class_order([f"iu_{i}" for i in (10, 2, 0, 1)]) == ["0", "1", "2", "10"]
 
 
-def test_champion_is_the_alias_training_moves():
-    tracking = pytest.importorskip("fcn.tracking")
-    assert cmp.CHAMPION == tracking.CHAMPION
+def test_plot_classes_without_a_recorded_list_use_voc_colours_by_index():
+    from fcn.data.classes import voc_colormap
+
+    cmap = voc_colormap()
+    classes = cmp.plot_classes([None], {"iu_cat", "iu_background", "iu_zebra"})
+    assert classes.names == ("background", "cat", "zebra")
+    assert classes.colors[1] == tuple(cmap[8])  # cat is VOC class 8, wherever it is plotted
+    numbered = cmp.plot_classes([], {"iu_0", "iu_3"})
+    assert numbered.names == ("0", "3") and numbered.colors[1] == tuple(cmap[3])
+
+
+def _colours(png: bytes) -> set:
+    from PIL import Image
+
+    pixels = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).reshape(-1, 3)
+    return {tuple(int(v) for v in p) for p in np.unique(pixels, axis=0)}
+
+
+def test_per_class_plot_uses_the_runs_class_names_and_colours(store):
+    """A run that logged its class list (classes.json): its names label the bars, its colours
+    fill them; a class only another run measured follows."""
+    uri, client, _, tmp_path = store
+    experiment_id = client.create_experiment("five", artifact_location=str(tmp_path / "art"))
+    names = ("sky", "road", "car park", "tree", "person")
+    colors = [[12, 200, 34], [250, 10, 10], [10, 10, 250], [240, 240, 0], [0, 240, 240]]
+    first = log_run(client, experiment_id, "a", "fcn8s", 1e-4, [(5, 0.5)], classes=names)
+    log_run(client, experiment_id, "b", "fcn8s", 1e-3, [(5, 0.4)], classes=(*names, "extra"))
+    listed = {"num_classes": 5, "names": list(names), "colors": colors}
+    tracking.log_classes(first, listed, uri)
+    out = tmp_path / "out"
+    cmp.compare(CompareConfig(experiment="five", output=str(out), tracking_uri=uri))
+
+    classes = cmp.plot_classes([listed, None], {f"iu_{n}" for n in (*names, "extra")})
+    assert classes.names == (*names, "extra")  # metric iu_car park names class "car park"
+    assert [list(c) for c in classes.colors[:5]] == colors
+    found = _colours((out / cmp.PER_CLASS_FILE).read_bytes())
+    assert {tuple(c) for c in colors} <= found
 
 
 def test_promote_moves_champion_to_best_finished_run(store, tmp_path):
@@ -122,7 +161,7 @@ def test_promote_moves_champion_to_best_finished_run(store, tmp_path):
             "fcn-voc", source=str(tmp_path / key), run_id=ids[key]
         )
         versions[key] = version.version
-    client.set_registered_model_alias("fcn-voc", cmp.CHAMPION, versions["mid"])
+    client.set_registered_model_alias("fcn-voc", tracking.CHAMPION, versions["mid"])
 
     result = cmp.compare(
         CompareConfig(experiment="cmp", output=str(tmp_path / "o"), tracking_uri=uri, promote=True)
@@ -130,7 +169,42 @@ def test_promote_moves_champion_to_best_finished_run(store, tmp_path):
     promotion = result.promotion
     assert promotion.run_id == ids["best"] and promotion.version == str(versions["best"])
     assert promotion.previous_version == str(versions["mid"])
-    assert client.get_model_version_by_alias("fcn-voc", cmp.CHAMPION).run_id == ids["best"]
+    assert client.get_model_version_by_alias("fcn-voc", tracking.CHAMPION).run_id == ids["best"]
+
+
+def test_promote_refuses_a_run_validated_on_other_data(store, tmp_path):
+    """The best run's version has a higher mean IU, but on another val set: no champion."""
+    uri, client, ids, _ = store
+    client.create_registered_model("fcn-voc")
+    for key, digest in (("mid", "d1"), ("best", "d2")):
+        client.create_model_version(
+            "fcn-voc", source=str(tmp_path / key), run_id=ids[key],
+            tags={tracking.TAG_VAL_DIGEST: digest},
+        )  # fmt: skip
+    client.set_registered_model_alias("fcn-voc", tracking.CHAMPION, "1")
+    result = cmp.compare(
+        CompareConfig(experiment="cmp", output=str(tmp_path / "o"), tracking_uri=uri, promote=True)
+    )
+    assert result.promotion is None
+    assert "not comparable" in result.refusal and "d1" in result.refusal
+    assert str(client.get_model_version_by_alias("fcn-voc", tracking.CHAMPION).version) == "1"
+
+
+def test_table_groups_runs_by_validation_data(store):
+    uri, client, _, tmp_path = store
+    experiment_id = client.create_experiment("groups", artifact_location=str(tmp_path / "art"))
+    for name, best, digest in (("a", 0.5, "d1"), ("b", 0.9, "d2"), ("c", 0.7, "d1")):
+        log_run(client, experiment_id, name, "fcn8s", 1e-4, [(5, best)], val_digest=digest)
+    result = cmp.compare(CompareConfig(experiment="groups", output=str(tmp_path / "o"),
+                                       tracking_uri=uri))  # fmt: skip
+    assert [r.name for r in result.rows] == ["b", "c", "a"]  # d2's group first: it holds 0.9
+    assert cmp.ranks(result.rows) == [1, 1, 2]
+    markdown = cmp.to_markdown(result.rows, result.settings)
+    assert "validated on 2 different val datasets" in markdown
+    table = list(csv.DictReader(io.StringIO(cmp.to_csv(result.rows, result.settings))))
+    assert [(r["run"], r["rank"], r["val_digest"]) for r in table] == [
+        ("b", "1", "d2"), ("c", "1", "d1"), ("a", "2", "d1"),
+    ]  # fmt: skip
 
 
 def test_promote_without_registered_version_is_a_clear_error(store):
@@ -162,9 +236,10 @@ def test_unknown_experiment_names_the_ones_there(store):
 
 
 def test_table_helpers_without_a_store():
+    scores = {"pixel_acc": 0.9, "mean_acc": 0.7, "mean_iu": 0.5, "fw_iu": 0.6}
     rows = [
-        cmp.RunRow("a" * 32, "x", "fcn8s", "FINISHED", float("nan"), None, None, None, 3725.0),
-        cmp.RunRow("b" * 32, "y|z", "fcn8s", "FINISHED", 0.5, 0.5, 0.9, 0.6, 59.6),
+        cmp.RunRow("a" * 32, "x", "fcn8s", "FINISHED", float("nan"), {}, 3725.0),
+        cmp.RunRow("b" * 32, "y|z", "fcn8s", "FINISHED", 0.5, scores, 59.6),
     ]
     ordered = cmp.sort_rows(rows)
     assert [r.name for r in ordered] == ["y|z", "x"]  # NaN sorts as missing

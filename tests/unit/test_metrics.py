@@ -20,7 +20,7 @@ def reference_confusion(truth, pred, num_classes):
 
 
 def reference_scores(hist):
-    """The formulas of PAPER.md, one class at a time."""
+    """The formulas of docs/paper.md, one class at a time."""
     n = hist.shape[0]
     total = hist.sum()
     accs, ius, fw = [], [], 0.0
@@ -89,6 +89,15 @@ def test_perfect_prediction_scores_one():
     truth = np.array([[0, 1], [2, 255]])
     s = scores(confusion_matrix(truth, truth, 3))
     assert s["pixel_acc"] == s["mean_acc"] == s["mean_iu"] == s["fw_iu"] == 1.0
+
+
+def test_all_void_set_scores_as_the_reference():
+    """Caffe's score.py and pytorch-fcn: fw IU 0 on an empty histogram, the other scores nan."""
+    truth = np.full((2, 3), 255)
+    s = scores(confusion_matrix(truth, np.zeros((2, 3), dtype=np.int64), 3))
+    assert s["fw_iu"] == 0.0
+    assert np.isnan(s["pixel_acc"]) and np.isnan(s["mean_acc"]) and np.isnan(s["mean_iu"])
+    assert np.isnan(s["iu"]).all()
 
 
 def test_all_reduce_is_identity_without_process_group():

@@ -1,0 +1,137 @@
+"""A registered FCN is an MLflow model: `mlflow.pyfunc.load_model` in a fresh process and
+`mlflow models serve` over HTTP give the masks of a direct forward pass, on the MLflow test
+server (artifacts in the S3 test server). A version registered the old way (the bare
+checkpoint directory) still resolves to its checkpoint.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import subprocess
+import sys
+import urllib.request
+
+import numpy as np
+import pytest
+import torch
+from conftest import BIN, free_port, start, stop_group, tail, wait_http
+from PIL import Image
+
+from fcn import checkpoint, images, inference, tracking
+from fcn.models import build_model
+
+pytestmark = pytest.mark.integration
+
+MODEL = "fcn-serving-it"
+
+
+def tiny_checkpoint(path) -> str:
+    """A real, small FCN-32s (1/16 width) whose argmax varies over an image."""
+    torch.manual_seed(0)
+    model = build_model("fcn32s", num_classes=3, width=0.0625)
+    for module in model.modules():
+        if isinstance(module, torch.nn.Conv2d):
+            torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+    config = {"model": "fcn32s", "num_classes": 3, "width": 0.0625,
+              "preprocessing": model.preprocessing}  # fmt: skip
+    checkpoint.save(model.state_dict(), config, str(path))
+    return str(path)
+
+
+def picture_png(height=45, width=61) -> bytes:
+    rng = np.random.default_rng(3)
+    pixels = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+    pixels[: height // 2, : width // 3] = (200, 30, 30)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def registered(mlflow_server, tmp_path_factory):
+    """Checkpoint registered through fcn.tracking; (local checkpoint, expected mask, png)."""
+    local = tiny_checkpoint(tmp_path_factory.mktemp("serving") / "checkpoint")
+    run_id = tracking.start_run("serving-it", "tiny")
+    version, champion = tracking.register_checkpoint(run_id, local, MODEL, 0.5)
+    tracking.end_run(run_id)
+    assert champion
+    png = picture_png()
+    loaded = inference.load_model(local)
+    image = images.decode_image(png)
+    expected = inference.predict(loaded.model, image[None], loaded.preprocessing)[0]
+    assert len(np.unique(expected)) > 1  # a varied map: equality below means something
+    return local, expected, png
+
+
+def test_pyfunc_in_a_fresh_process_predicts_the_direct_masks(registered, mlflow_server, tmp_path):
+    _, expected, png = registered
+    (tmp_path / "image.png").write_bytes(png)
+    script = (
+        "import sys, numpy as np, pandas as pd, mlflow\n"
+        f"model = mlflow.pyfunc.load_model('models:/{MODEL}@champion')\n"
+        "data = open(sys.argv[1], 'rb').read()\n"
+        "out = model.predict(pd.DataFrame({'image': [data]}))\n"
+        "np.save(sys.argv[2], out['mask'][0])\n"
+        "print('fcn from', __import__('fcn').__file__)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "image.png"), str(tmp_path / "mask.npy")],
+        cwd=tmp_path, env={**os.environ, **mlflow_server.env},
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "/code/fcn/" in done.stdout  # the package copy inside the model, not a checkout
+    np.testing.assert_array_equal(np.load(tmp_path / "mask.npy"), expected)
+
+
+@pytest.mark.slow
+def test_mlflow_models_serve_answers_an_image_with_its_mask(registered, mlflow_server, tmp_path):
+    _, expected, png = registered
+    port = free_port()
+    cmd = [str(BIN / "mlflow"), "models", "serve", "-m", f"models:/{MODEL}@champion",
+           "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "-w", "1"]  # fmt: skip
+    log = tmp_path / "serve.log"
+    # The server runs `uvicorn` by name: the environment's bin/ must be on PATH, as it is in
+    # an activated virtualenv. No PYTHONPATH: the model's own copy of fcn is what serves.
+    path = f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"
+    proc = start(cmd, {**mlflow_server.env, "PYTHONPATH": "", "PATH": path}, log)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/ping", 240, proc, log)
+        body = {"dataframe_split": {"columns": ["image"],
+                                    "data": [[base64.b64encode(png).decode()]]}}  # fmt: skip
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations", data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+        )  # fmt: skip
+        with urllib.request.urlopen(request, timeout=120) as response:
+            answer = json.loads(response.read())
+    except Exception:
+        print(tail(log))
+        raise
+    finally:
+        stop_group(proc)
+    prediction = answer["predictions"][0]
+    mask = np.asarray(prediction["mask"], dtype=np.uint8)
+    assert mask.shape == (45, 61)  # the image's size
+    np.testing.assert_array_equal(mask, expected)
+    np.testing.assert_array_equal(images.decode_mask(base64.b64decode(prediction["png"])), mask)
+
+
+def test_a_version_registered_as_a_bare_directory_still_resolves(registered, tmp_path):
+    local, *_ = registered
+    mlflow_client = tracking.client()
+    run_id = tracking.start_run("serving-it", "old-layout")
+    mlflow_client.log_artifacts(run_id, local, "checkpoint")
+    tracking.end_run(run_id)
+    mlflow_client.create_registered_model(f"{MODEL}-old")
+    version = mlflow_client.create_model_version(
+        f"{MODEL}-old", source=f"runs:/{run_id}/checkpoint", run_id=run_id
+    ).version
+    resolved = tracking.resolve_checkpoint(f"models:/{MODEL}-old/{version}", str(tmp_path))
+    state, config = checkpoint.load(resolved)
+    assert config["width"] == 0.0625 and "score_fr.weight" in state
+    model = inference.load_model(f"models:/{MODEL}-old/{version}")
+    assert model.num_classes == 3
