@@ -66,8 +66,10 @@ def resolve_preprocessing(value) -> dict:
         raise ContractError(
             f"'preprocessing' must be 'caffe', 'torchvision' or a dict with {list(SPEC_KEYS)}"
         )
-    if value["channel_order"] not in ("RGB", "BGR") or len(value["mean"]) != 3:
-        raise ContractError("'preprocessing' needs channel_order RGB or BGR and 3 mean values")
+    if value["channel_order"] not in ("RGB", "BGR") or any(
+        not isinstance(value[k], list | tuple) or len(value[k]) != 3 for k in ("mean", "std")
+    ):
+        raise ContractError("'preprocessing' needs channel_order RGB or BGR, 3 mean and 3 std")
     return value
 
 
@@ -80,29 +82,43 @@ def validate(config: dict, uri: str) -> dict:
     def fail(message: str):
         raise ContractError(f"checkpoint {uri}: {message}") from None
 
-    for key in (*REQUIRED_KEYS, "preprocessing"):
+    for key in REQUIRED_KEYS:
         if key not in config:
             fail(f"config.json lacks '{key}' (the contract: {', '.join(REQUIRED_KEYS)}, "
                  "preprocessing; see ARCHITECTURE.md)")  # fmt: skip
+    if "preprocessing" not in config:
+        fail("config.json lacks 'preprocessing': declare the input the weights expect, "
+             '"preprocessing": "caffe" (Caffe / pytorch-fcn weights) or "torchvision"')  # fmt: skip
     if config["model"] not in MODEL_NAMES:
         fail(f"'model' {config['model']!r} is not one of {', '.join(MODEL_NAMES)}")
     num_classes = config["num_classes"]
-    if not isinstance(num_classes, int) or not 1 <= num_classes <= 255:
+    if type(num_classes) is not int or not 1 <= num_classes <= 255:  # bool is an int too
         fail(f"'num_classes' must be an int in 1..255 (255 is void), got {num_classes!r}")
     width = config.get("width")
-    if width is not None and (not isinstance(width, int | float) or width <= 0):
+    if width is not None and (type(width) not in (int, float) or width <= 0):
         fail(f"'width' must be a positive number, got {width!r}")
+    if "classes" in config and not isinstance(config["classes"], dict):
+        fail("'classes' must be a dict with 'names' (and 'colors'), as ClassList.to_dict()")
     try:
         preprocessing = resolve_preprocessing(config["preprocessing"])
-        classes_of(config)
-    except ValueError as err:
+    except ContractError as err:
         fail(str(err))
+    try:
+        classes_of(config)
+    except KeyError as err:  # a 'classes' dict without 'names'
+        fail(f"'classes' lacks {err}")
+    except (ValueError, TypeError) as err:
+        fail(f"'classes': {err}")
     return {**config, "preprocessing": preprocessing}
 
 
 def check(uri: str) -> dict:
-    """The validated config.json of the checkpoint at `uri`, without reading the weights."""
-    return validate(load_config(uri), uri)
+    """The validated config.json of the checkpoint at `uri`, without reading the weights
+    (their file must be there)."""
+    config = validate(load_config(uri), uri)
+    if not storage.exists(storage.join(uri, MODEL_FILE)):
+        raise ContractError(f"checkpoint {uri}: {MODEL_FILE} is missing beside {CONFIG_FILE}")
+    return config
 
 
 def load_config(uri: str) -> dict:
@@ -126,4 +142,11 @@ def load(uri: str, map_location: str | torch.device = "cpu") -> tuple[dict, dict
             f"checkpoint {uri}: {MODEL_FILE} is not a loadable plain state_dict "
             f"({type(err).__name__}); re-save it with torch.save(model.state_dict(), ...)"
         ) from None
+    if not isinstance(state_dict, dict) or not all(
+        isinstance(v, torch.Tensor) for v in state_dict.values()
+    ):
+        raise ContractError(
+            f"checkpoint {uri}: {MODEL_FILE} holds a {type(state_dict).__name__}, not a "
+            "state_dict (name -> tensor); re-save it with torch.save(model.state_dict(), ...)"
+        )
     return state_dict, config

@@ -163,6 +163,16 @@ class EvaluateConfig:
     cpus_per_worker: float = setting(1.0, "logical CPUs reserved per worker")
     storage: str | None = setting(None, "Ray Train run storage (default: a temp dir)")
 
+    def __post_init__(self):
+        # One line for the user, raised while parsing: before Ray or MLflow is touched.
+        if self.workers < 1:
+            raise ValueError(f"--workers must be at least 1, got {self.workers}")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"--limit must be at least 1 (leave it out for the whole split), "
+                             f"got {self.limit}")  # fmt: skip
+        if self.cpus_per_worker <= 0:
+            raise ValueError(f"--cpus-per-worker must be positive, got {self.cpus_per_worker}")
+
 
 @dataclass(frozen=True)
 class SegmentConfig:

@@ -1,27 +1,29 @@
-"""Distributed evaluation: every image of a split scored exactly once across the workers.
+"""Distributed evaluation: every image of a split scored exactly once across the processes.
 
-The split's Parquet files are listed in sorted order and rows are numbered globally; worker
-`rank` of `world` takes rows `i % world == rank`. No sampler padding (which would count an
-image twice when the split size does not divide), no dropping; the confusion matrices are
-summed across workers (`fcn.metrics.all_reduce_confusion`), so the scores equal a single
-process evaluating the whole split.
+The split's Parquet files are listed in sorted order and labeled rows are numbered globally;
+process `rank` of `world` takes rows `i % world == rank`. No sampler padding (which would
+count an image twice when the split size does not divide), no dropping; the confusion
+matrices are summed across processes (`fcn.metrics.all_reduce_confusion`), so the scores equal
+a single process evaluating the whole split.
+
+Ray-free and MLflow-free: training's periodic validation and the evaluate job
+(`fcn.evaluate_job`) both call `evaluate`; masks are predicted by `fcn.inference.predict`,
+the same function the segment job uses.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow.parquet as pq
-import torch
 
 from fcn import images, metrics, storage
-from fcn.data import transforms
-from fcn.inference import load_model
+from fcn.inference import predict
+
+# What an evaluation reads of each row (ARCHITECTURE.md, the dataset contract).
+COLUMNS = ("image_id", "image", "mask")
 
 
 @dataclass
@@ -36,144 +38,87 @@ def split_files(data: str, split: str) -> list[str]:
     uri = storage.join(data, split)
     files = [f.uri for f in storage.list_files(uri, extensions=(".parquet",))]
     if not files:
-        raise FileNotFoundError(f"no Parquet files under {uri!r}: was the dataset ingested?")
+        raise FileNotFoundError(
+            f"no Parquet files under {uri!r}: is --data the root of an ingested dataset "
+            f"and {split!r} one of its splits?"
+        )
+    return files
+
+
+def check_split(data: str, split: str, columns=COLUMNS) -> list[str]:
+    """The split's files, after checking that each one has `columns` (footers only, no rows):
+    a wrong dataset fails here with one line, not as a KeyError in every worker."""
+    files = split_files(data, split)
+    for uri in files:
+        fs, path = storage.pyarrow_filesystem(uri)
+        names = pq.read_schema(fs.open_input_file(path)).names
+        missing = [c for c in columns if c not in names]
+        if missing:
+            raise ValueError(
+                f"{uri} lacks column(s) {', '.join(missing)} (has {', '.join(names)}): "
+                f"--data must be a dataset written by jobs/ingest.py"
+            )
     return files
 
 
 def shard_rows(
     data: str, split: str, rank: int = 0, world: int = 1, limit: int | None = None
 ) -> Iterator[Row]:
-    """Rows of `split` owned by `rank` (global row index % world == rank), in order."""
+    """Labeled rows of `split` owned by `rank` (global index % world == rank), in order;
+    `limit`: the first `limit` labeled rows of the split only."""
     index = 0
     for uri in split_files(data, split):
         fs, path = storage.pyarrow_filesystem(uri)
         parquet = pq.ParquetFile(fs.open_input_file(path))
-        for batch in parquet.iter_batches(batch_size=16, columns=["image_id", "image", "mask"]):
+        for batch in parquet.iter_batches(batch_size=16, columns=list(COLUMNS)):
             columns = batch.to_pydict()
-            for image_id, image, mask in zip(
-                columns["image_id"], columns["image"], columns["mask"], strict=True
-            ):
+            for image_id, image, mask in zip(*(columns[c] for c in COLUMNS), strict=True):
+                if mask is None:
+                    continue  # unlabeled rows are not part of an evaluation
                 if limit is not None and index >= limit:
                     return
-                if mask is not None and index % world == rank:
+                if index % world == rank:
                     yield Row(index, image_id, image, mask)
-                if mask is not None:
-                    index += 1  # unlabeled rows are not part of an evaluation
+                index += 1
 
 
-@torch.no_grad()
-def predict(model, image: np.ndarray, device, channels_last: bool = False) -> torch.Tensor:
-    """Class index per pixel (H x W, on `device`) of one normalized 3 x H x W image."""
-    x = torch.from_numpy(image).unsqueeze(0).to(device)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    return model(x).argmax(1)[0]
+def decode_row(row: Row) -> tuple[np.ndarray, np.ndarray]:
+    """(uint8 H x W x 3 image, H x W mask) of a row; a mask of another size is an error."""
+    image, mask = images.decode_image(row.image), images.decode_mask(row.mask)
+    if mask.shape != image.shape[:2]:
+        raise ValueError(f"{row.image_id}: mask {mask.shape} and image {image.shape[:2]} differ")
+    return image, mask
 
 
-def evaluate_shard(model, rows, spec, num_classes, device, channels_last=False, keep=0):
-    """Confusion matrix of this worker's rows, and up to `keep` (id, image, mask, pred) samples."""
+def evaluate_shard(model, rows, spec: dict, num_classes: int, keep: int = 0):
+    """Confusion matrix of `rows`, and up to `keep` (id, image, mask, pred) samples.
+
+    The model is put in eval mode for the pass and given back in the mode it came in
+    (training calls this between steps).
+    """
     was_training = model.training
     model.eval()
     hist = np.zeros((num_classes, num_classes), dtype=np.int64)
     samples = []
     try:
         for row in rows:
-            image, mask = transforms.eval_pair(row.image, row.mask, spec)
-            pred = predict(model, image, device, channels_last)
-            hist += metrics.confusion_matrix(torch.from_numpy(mask).to(device), pred, num_classes)
+            image, mask = decode_row(row)
+            pred = predict(model, image[None], spec)[0]
+            hist += metrics.confusion_matrix(mask, pred, num_classes)
             if len(samples) < keep:
-                raw = images.decode_image(row.image)
-                samples.append((row.image_id, raw, mask, pred.cpu().numpy().astype(np.uint8)))
+                samples.append((row.image_id, image, mask, pred))
     finally:
         model.train(was_training)
     return hist, samples
 
 
-def evaluate(model, data, split, spec, num_classes, device, rank=0, world=1, **options):
+def evaluate(model, data, split, spec, num_classes, *, rank=0, world=1, limit=None, keep=0):
     """Scores of the whole split: this rank's shard, confusion summed over all processes.
 
-    Every process must call this (the all-reduce is collective). Returns (scores, hist, samples).
+    Every process of an initialized torch.distributed group must call this (the all-reduce is
+    collective). Returns (scores, hist, samples); `samples` are this rank's first `keep`.
     """
-    limit = options.pop("limit", None)
-    hist, samples = evaluate_shard(
-        model, shard_rows(data, split, rank, world, limit), spec, num_classes, device, **options
-    )
+    rows = shard_rows(data, split, rank, world, limit)
+    hist, samples = evaluate_shard(model, rows, spec, num_classes, keep)
     hist = metrics.all_reduce_confusion(hist)
     return metrics.scores(hist), hist, samples
-
-
-# --- the evaluation job ----------------------------------------------------------------------
-
-
-def worker_resources(cpus: float, gpu: bool) -> dict:
-    return {"CPU": cpus, "GPU": 1} if gpu else {"CPU": cpus}
-
-
-def eval_loop_per_worker(loop: dict) -> None:
-    """One evaluation worker: its shard of the split, confusion summed over all workers."""
-    import ray.train
-    import ray.train.torch
-
-    context = ray.train.get_context()
-    device = ray.train.torch.get_device()
-    torch.set_num_threads(max(1, int(loop["cpus_per_worker"])))
-    loaded = load_model(loop["model"], device)
-    model, config = loaded.model, loaded.config
-    scores, hist, _ = evaluate(
-        model, loop["data"], loop["split"], model.preprocessing, config["num_classes"], device,
-        rank=context.get_world_rank(), world=context.get_world_size(), limit=loop["limit"],
-    )  # fmt: skip
-    metrics_out = {**metrics.named_scores(scores, loaded.classes.names), "hist": hist.tolist()}
-    # Ray Train keeps only metrics that come with a checkpoint: rank 0 attaches a tiny one.
-    if context.get_world_rank() != 0:
-        ray.train.report(metrics_out)
-        return
-    directory = tempfile.mkdtemp(prefix="fcn-eval-")
-    with open(os.path.join(directory, "scores.json"), "w") as f:
-        json.dump(metrics_out, f)
-    ray.train.report(metrics_out, checkpoint=ray.train.Checkpoint.from_directory(directory))
-
-
-def run(config) -> dict:
-    """Evaluate `config.model` on `config.split` over `config.workers` Ray Train workers and log
-    an MLflow evaluation run. Returns the scores (and `hist`, `run_id`)."""
-    from ray.train import RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
-    from fcn import tracking
-    from fcn.config import to_dict
-    from fcn.runtime import init_ray
-
-    init_ray()
-    split_files(config.data, config.split)  # a clear error before any worker starts
-    uri = tracking.tracking_uri()
-    storage_path = config.storage or tempfile.mkdtemp(prefix="fcn-eval-")
-    filesystem = None
-    if storage.is_remote(storage_path):
-        filesystem, storage_path = storage.pyarrow_filesystem(storage_path)
-    run_id = tracking.start_run(config.experiment, f"evaluate-{config.split}", uri=uri)
-    status = "FAILED"
-    try:
-        tracking.log_params(run_id, to_dict(config), uri)
-        env = {"MLFLOW_TRACKING_URI": uri}
-        env.update({k: v for k, v in os.environ.items() if k.startswith(("AWS_", "MLFLOW_S3"))})
-        trainer = TorchTrainer(
-            eval_loop_per_worker,
-            train_loop_config={"model": config.model, "data": config.data, "split": config.split,
-                               "limit": config.limit, "cpus_per_worker": config.cpus_per_worker},
-            scaling_config=ScalingConfig(
-                num_workers=config.workers, use_gpu=config.gpu,
-                resources_per_worker=worker_resources(config.cpus_per_worker, config.gpu),
-            ),
-            run_config=RunConfig(
-                name=f"evaluate-{run_id}", storage_path=storage_path,
-                storage_filesystem=filesystem, worker_runtime_env={"env_vars": env},
-            ),
-        )  # fmt: skip
-        result = trainer.fit().metrics
-        values = {k: v for k, v in result.items() if k != "hist" and isinstance(v, int | float)}
-        tracking.log_metrics(run_id, values, 0, uri)
-        status = "FINISHED"
-        return {**values, "hist": np.asarray(result["hist"]), "run_id": run_id}
-    finally:
-        tracking.end_run(run_id, status, uri)

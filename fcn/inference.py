@@ -39,15 +39,52 @@ def load_model(uri: str, device: str | torch.device = "cpu") -> LoadedModel:
     On CPU the weights go channels_last: convolutions run ~7% faster in that layout there.
     """
     with tempfile.TemporaryDirectory(prefix="fcn-model-") as tmp:
-        state_dict, config = checkpoint.load(tracking.resolve_checkpoint(uri, tmp))
+        state_dict, config = checkpoint.load(_resolve(uri, tmp))
     classes = classes_of(config)
     model = build_from_config(config)
-    model.load_state_dict(state_dict, strict=True)
+    try:
+        model.load_state_dict(state_dict, strict=True)
+    except RuntimeError as err:  # torch lists every mismatched tensor: one line is enough
+        first = str(err).splitlines()[1].strip() if "\n" in str(err) else str(err)
+        raise checkpoint.ContractError(
+            f"checkpoint {uri}: {checkpoint.MODEL_FILE} does not fit its config.json (model "
+            f"{config['model']}, num_classes {config['num_classes']}, width "
+            f"{config.get('width') or 1}): {first}"
+        ) from None
     model.eval().to(device)
     if torch.device(device).type == "cpu":
         model = model.to(memory_format=torch.channels_last)
     model.preprocessing = config["preprocessing"]
     return LoadedModel(model, config, config["preprocessing"], classes)
+
+
+def check_model(uri: str) -> dict:
+    """The validated config.json of the model at `uri` (what `load_model` would load), without
+    building it: a job's driver calls this before Ray starts, so a wrong URI or a checkpoint
+    that breaks the contract fails once with one line instead of in every worker.
+
+    Raises FileNotFoundError (nothing at `uri`: no checkpoint, an unknown registered model,
+    alias or run) or `checkpoint.ContractError`.
+    """
+    with tempfile.TemporaryDirectory(prefix="fcn-model-") as tmp:
+        return checkpoint.check(_resolve(uri, tmp))
+
+
+def _resolve(uri: str, download_dir: str) -> str:
+    """`tracking.resolve_checkpoint`, with MLflow's "not found" as one line naming `uri`."""
+    if not tracking.is_mlflow_uri(uri):
+        return uri
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return tracking.resolve_checkpoint(uri, download_dir)
+    except MlflowException as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise FileNotFoundError(
+            f"{uri} does not resolve ({reason}) in the MLflow store at "
+            f"{tracking.tracking_uri()}: check the model name and alias (models:/NAME@ALIAS) "
+            "or the run id"
+        ) from None
 
 
 def predict(model, images, spec, scales=(1.0,), shift_and_stitch: bool = False) -> np.ndarray:

@@ -4,10 +4,11 @@
     ray job submit --working-dir . -- python jobs/evaluate.py --data s3://... --model s3://.../best
 
 Every image of the split is scored exactly once; the confusion matrix is summed over the
-workers. Logs an MLflow evaluation run (experiment --experiment) with the scores.
+workers. Logs an MLflow evaluation run (experiment --experiment) with the scores. The split,
+the model and the flags are checked before Ray starts: a problem exits with status 2 and one
+line saying what to fix.
 """
 
-import os
 import sys
 from pathlib import Path
 
@@ -17,16 +18,21 @@ from fcn.config import EvaluateConfig, parse  # noqa: E402
 
 
 def main(argv=None) -> int:
-    config = parse(EvaluateConfig, argv, description=__doc__)
-    from fcn import evaluate, tracking
-    from fcn.runtime import init_ray
+    try:
+        config = parse(EvaluateConfig, argv, description=__doc__)
+        from fcn import evaluate_job  # after parsing: --help needs no torch
 
-    needed = int(config.workers * config.cpus_per_worker + 1)
-    init_ray(num_cpus=max(os.cpu_count() or 1, needed))
-    scores = evaluate.run(config)
-    images = int(scores["hist"].sum())
-    print(f"{config.model} on {config.split}: {images} labeled pixels")
-    for name in ("pixel_acc", "mean_acc", "mean_iu", "fw_iu"):
+        config = evaluate_job.validate(config)
+    except (ValueError, FileNotFoundError) as err:  # the checks' own one-line messages
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    from fcn import tracking
+    from fcn.metrics import SCORE_NAMES
+
+    scores = evaluate_job.run(config)
+    pixels = int(scores["hist"].sum())
+    print(f"{config.model} on {config.split}: {pixels} labeled pixels")
+    for name in SCORE_NAMES:
         print(f"  {name:>9}: {scores[name]:.4f}")
     print(f"MLflow evaluation run {scores['run_id']} at {tracking.tracking_uri()}")
     return 0

@@ -1,4 +1,4 @@
-"""Input preprocessing that follows the weights (PAPER.md, "Input").
+"""Input preprocessing that follows the weights (docs/paper.md, "Input").
 
 Caffe-derived weights (the reference FCNs, pytorch-fcn's `*_from_caffe.pth`) expect BGR,
 0-255, the Caffe VGG mean subtracted; torchvision ImageNet weights expect RGB, 0-1, ImageNet

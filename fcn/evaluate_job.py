@@ -1,0 +1,118 @@
+"""The evaluate job: check everything in the driver, then score a split over Ray Train workers
+and log one MLflow evaluation run.
+
+`validate` runs before Ray starts and before any MLflow run exists, so a mistyped path, a
+wrong dataset, an unknown model alias or a checkpoint that breaks the contract costs one line
+and no cleanup. `run` takes the validated `EvaluateConfig`; the same frozen object goes to
+each worker (`eval_loop_per_worker`), which scores its shard with `fcn.evaluate.evaluate`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+
+import numpy as np
+import torch
+
+from fcn import metrics, storage, tracking
+from fcn.config import EvaluateConfig, to_dict
+from fcn.evaluate import check_split, evaluate
+from fcn.inference import check_model, load_model
+
+
+def absolute(uri: str) -> str:
+    """A local path made absolute (workers run in their own working directories); URIs with a
+    scheme (s3://, file://, models:/, runs:/) pass through."""
+    if "://" in uri or tracking.is_mlflow_uri(uri):
+        return uri
+    return os.path.abspath(os.path.expanduser(uri))
+
+
+def validate(config: EvaluateConfig) -> EvaluateConfig:
+    """The config with local paths absolute, after checking that the split exists with the
+    columns evaluation reads and that the model resolves to a checkpoint that keeps the
+    contract. Raises FileNotFoundError or ValueError with a one-line message."""
+    config = dataclasses.replace(
+        config,
+        data=absolute(config.data),
+        model=absolute(config.model),
+        storage=absolute(config.storage) if config.storage else None,
+    )
+    check_split(config.data, config.split)
+    check_model(config.model)
+    return config
+
+
+def worker_resources(cpus: float, gpu: bool) -> dict:
+    return {"CPU": cpus, "GPU": 1} if gpu else {"CPU": cpus}
+
+
+def eval_loop_per_worker(loop: dict) -> None:
+    """One evaluation worker: its shard of the split, confusion summed over all workers."""
+    import ray.train
+    import ray.train.torch
+
+    config: EvaluateConfig = loop["config"]
+    context = ray.train.get_context()
+    rank = context.get_world_rank()
+    torch.set_num_threads(max(1, int(config.cpus_per_worker)))
+    loaded = load_model(config.model, ray.train.torch.get_device())
+    scores, hist, _ = evaluate(
+        loaded.model, config.data, config.split, loaded.preprocessing, loaded.num_classes,
+        rank=rank, world=context.get_world_size(), limit=config.limit,
+    )  # fmt: skip
+    metrics_out = {**metrics.named_scores(scores, loaded.classes.names), "hist": hist.tolist()}
+    # Ray Train keeps only metrics that come with a checkpoint: rank 0 attaches a tiny one.
+    if rank != 0:
+        ray.train.report(metrics_out)
+        return
+    directory = tempfile.mkdtemp(prefix="fcn-eval-")
+    with open(os.path.join(directory, "scores.json"), "w") as f:
+        json.dump(metrics_out, f)
+    ray.train.report(metrics_out, checkpoint=ray.train.Checkpoint.from_directory(directory))
+
+
+def run(config: EvaluateConfig) -> dict:
+    """Evaluate `config.model` on `config.split` over `config.workers` Ray Train workers and log
+    an MLflow evaluation run. `config` comes from `validate`. Returns the scores (MLflow metric
+    names), `hist` (the summed confusion matrix) and `run_id`."""
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from fcn.runtime import init_ray
+
+    # A local Ray gets a CPU per worker and one for the driver, even on a smaller machine.
+    init_ray(num_cpus=max(os.cpu_count() or 1, int(config.workers * config.cpus_per_worker + 1)))
+    uri = tracking.tracking_uri()
+    storage_path = config.storage or tempfile.mkdtemp(prefix="fcn-eval-")
+    filesystem = None
+    if storage.is_remote(storage_path):
+        filesystem, storage_path = storage.pyarrow_filesystem(storage_path)
+    run_id = tracking.start_run(config.experiment, f"evaluate-{config.split}", uri=uri)
+    status = "FAILED"
+    try:
+        tracking.log_params(run_id, to_dict(config), uri)
+        env = {"MLFLOW_TRACKING_URI": uri}
+        env.update({k: v for k, v in os.environ.items() if k.startswith(("AWS_", "MLFLOW_S3"))})
+        trainer = TorchTrainer(
+            eval_loop_per_worker,
+            train_loop_config={"config": config},
+            scaling_config=ScalingConfig(
+                num_workers=config.workers, use_gpu=config.gpu,
+                resources_per_worker=worker_resources(config.cpus_per_worker, config.gpu),
+            ),
+            run_config=RunConfig(
+                name=f"evaluate-{run_id}", storage_path=storage_path,
+                storage_filesystem=filesystem, worker_runtime_env={"env_vars": env},
+            ),
+        )  # fmt: skip
+        result = trainer.fit().metrics
+        values = {k: v for k, v in result.items() if k != "hist" and isinstance(v, int | float)}
+        tracking.log_metrics(run_id, values, 0, uri)
+        status = "FINISHED"
+        return {**values, "hist": np.asarray(result["hist"]), "run_id": run_id}
+    finally:
+        tracking.end_run(run_id, status, uri)
