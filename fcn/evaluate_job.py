@@ -43,7 +43,8 @@ def validate(config: EvaluateConfig) -> EvaluateConfig:
     )
     check_split(config.data, config.split)
     check_model(config.model)
-    return config
+    # Every worker loads the version the alias names now, even if it moves mid-run.
+    return dataclasses.replace(config, model=tracking.pin_model_uri(config.model))
 
 
 def worker_resources(cpus: float, gpu: bool) -> dict:
@@ -91,10 +92,13 @@ def run(config: EvaluateConfig) -> dict:
     filesystem = None
     if storage.is_remote(storage_path):
         filesystem, storage_path = storage.pyarrow_filesystem(storage_path)
-    run_id = tracking.start_run(config.experiment, f"evaluate-{config.split}", uri=uri)
+    tags = {"model_uri": config.model}
+    run_id = tracking.start_run(config.experiment, f"evaluate-{config.split}", tags=tags, uri=uri)
     status = "FAILED"
     try:
         tracking.log_params(run_id, to_dict(config), uri)
+        split = {"eval": storage.join(config.data, config.split)}
+        tracking.log_split_inputs(run_id, split, {"eval": config.limit}, uri)
         env = {"MLFLOW_TRACKING_URI": uri}
         env.update({k: v for k, v in os.environ.items() if k.startswith(("AWS_", "MLFLOW_S3"))})
         trainer = TorchTrainer(

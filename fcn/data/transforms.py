@@ -81,12 +81,3 @@ class TrainTransform:
             return {"image": np.stack(images), "mask": np.stack(masks)}
         # Different sizes: Ray Data stores them as variable-shaped tensors.
         return {"image": images, "mask": masks}
-
-
-def eval_pair(image_bytes: bytes, mask_bytes: bytes, spec: dict):
-    """Whole image, normalized (3 x H x W float32), and its mask (H x W uint8)."""
-    image = normalize(decode_image(image_bytes), spec)
-    mask = decode_mask(mask_bytes)
-    if mask.shape != image.shape[1:]:
-        raise ValueError(f"mask {mask.shape} and image {image.shape[1:]} differ in size")
-    return image, mask
