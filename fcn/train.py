@@ -45,7 +45,7 @@ WARMUP_STEPS = 2
 RUN_FILE = "fcn_run.json"
 BEST_DIR = "best"
 STATE_FILE = "training_state.pt"
-# Test-only: names a module whose `make_hook(run_dir)` returns an object with `callbacks`
+# Test-only: names a module whose `make_hook(run_dir, config)` returns an object with `callbacks`
 # (ray.train.UserCallbacks for the controller) and `before_step(iteration, rank, world)`
 # (called in every worker before each step). The fault drill of the integration tests uses
 # it; production never sets it.
@@ -478,10 +478,10 @@ def _worker_env(tracking_uri: str) -> dict:
     return {**ALLOCATOR_ENV, **env, "MLFLOW_TRACKING_URI": tracking_uri}
 
 
-def _test_hook(run_dir: str):
+def _test_hook(run_dir: str, config: TrainConfig):
     """The test-only hook HOOK_ENV names (None in production)."""
     name = os.environ.get(HOOK_ENV)
-    return importlib.import_module(name).make_hook(run_dir) if name else None
+    return importlib.import_module(name).make_hook(run_dir, config) if name else None
 
 
 def _export_best(best, run_dir: str) -> tuple[str, str]:
@@ -563,7 +563,7 @@ def run(config: TrainConfig) -> TrainResult:
     status = "FAILED"
     try:
         context = RunContext(run_id, uri, run_dir, spec, classes, balanced_weights(config),
-                             _test_hook(run_dir))  # fmt: skip
+                             _test_hook(run_dir, config))  # fmt: skip
         result = _finish(config, context, _fit(config, recipe, context))
         status = "FINISHED"
         return result
