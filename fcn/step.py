@@ -42,11 +42,13 @@ def prepare(
         return model, model
     if not (dist.is_available() and dist.is_initialized()):
         raise RuntimeError("ddp=True needs an initialised torch.distributed process group")
-    ids = [device.index if device.index is not None else torch.cuda.current_device()]
+    ids = None
+    if device.type == "cuda":
+        ids = [device.index if device.index is not None else torch.cuda.current_device()]
     # Gradients as views into DDP's buckets: one copy of the gradients, not two (~0.5 GB
     # for FCN-VGG16).
     wrapped = nn.parallel.DistributedDataParallel(
-        model, device_ids=ids if device.type == "cuda" else None, gradient_as_bucket_view=True
+        model, device_ids=ids, gradient_as_bucket_view=True
     )
     return wrapped, model
 
