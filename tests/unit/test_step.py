@@ -135,7 +135,8 @@ def test_step_imports_and_runs_with_ray_and_mlflow_absent():
         assert "fcn.storage" not in sys.modules and "fcn.tracking" not in sys.modules
         print("ok", loss)
     """)
+    env = {**os.environ, "PYTHONPATH": REPO}
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          cwd=REPO, env={**os.environ, "PYTHONPATH": REPO}, timeout=120)  # fmt: skip
+                          cwd=REPO, env=env, timeout=120)  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("ok") and np.isfinite(float(done.stdout.split()[1]))

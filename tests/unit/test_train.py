@@ -2,6 +2,7 @@
 32s -> 16s -> 8s), and distributed evaluation equal to single-process evaluation."""
 
 import dataclasses
+import json
 import os
 
 import numpy as np
@@ -12,11 +13,12 @@ import torch.multiprocessing as mp
 from helpers_data import write_split
 from torch import nn
 
-from fcn import checkpoint, optim
+from fcn import checkpoint, metrics, optim, tracking
 from fcn.config import TrainConfig
+from fcn.data.classes import ClassList, classes_of
 from fcn.evaluate import evaluate, shard_rows
 from fcn.models import build_model, preprocess
-from fcn.train import build_initial_model, initial_preprocessing
+from fcn.train import build_initial_model, initial_preprocessing, resolve
 
 
 def config(**kw):
@@ -33,6 +35,23 @@ def test_presets_keep_the_published_recipes():
     fast = optim.recipe(config(preset="fast", lr=3e-4, batch_size=4, score_lr_mult=10.0))
     assert (fast.optimizer, fast.lr, fast.batch_size) == ("adam", 3e-4, 4)
     assert paper.score_lr_mult == 1.0 and fast.score_lr_mult == 10.0
+
+
+def test_heavy_alexnet_is_the_reference_alexnet_solver_and_googlenet_has_none():
+    assert optim.recipe(config(preset="heavy", model="fcn-alexnet")) == optim.PAPER
+    with pytest.raises(ValueError, match="no solver for fcn-googlenet"):
+        optim.recipe(config(preset="heavy", model="fcn-googlenet"))
+
+
+@pytest.mark.parametrize(
+    "bad", [{"iterations": 0}, {"eval_every": 0}, {"workers": 0}, {"num_classes": 256},
+            {"loss_sample": 1.0}, {"crop_size": 0}],
+)  # fmt: skip
+def test_validate_names_the_bad_setting(bad):
+    name = next(iter(bad)).replace("_", "-")
+    with pytest.raises(ValueError, match=f"--{name}"):
+        config(**bad).validate()
+    assert config().validate() == config()
 
 
 def test_biases_get_twice_the_lr_and_no_decay():
@@ -197,3 +216,62 @@ def test_cached_training_split_still_gets_new_crops_every_epoch(tmp_path, local_
     assert first.shape == second.shape == (4, 3, 24, 24)
     # Compared as sets (order-free): the same crops in another order would not count.
     assert sorted(x.tobytes() for x in first) != sorted(x.tobytes() for x in second)
+
+
+# --- class lists: data -> config -> checkpoint, metric names, panels ------------------------
+
+TINY = ClassList.from_names(["sky", "cat", "dog"], [(0, 0, 0), (10, 200, 30), (250, 5, 90)])
+
+
+def _dataset_with_classes(root, classes):
+    from fcn.data.ingest import SUCCESS
+
+    os.makedirs(root, exist_ok=True)
+    with open(os.path.join(root, SUCCESS), "w") as f:
+        json.dump({"classes": classes.to_dict()}, f)
+    return str(root)
+
+
+def test_the_class_list_comes_from_the_dataset(tmp_path):
+    data = _dataset_with_classes(tmp_path / "data", TINY)
+    resolved, classes, _ = resolve(TrainConfig(data=data))
+    assert classes == TINY and resolved.num_classes == 3
+    assert resolve(TrainConfig(data=data, num_classes=3))[1] == TINY
+    with pytest.raises(ValueError, match="--num-classes 21 disagrees .* 3 classes"):
+        resolve(TrainConfig(data=data, num_classes=21))
+
+
+def test_data_without_a_class_list_gets_voc_or_numbered_classes(tmp_path):
+    assert resolve(TrainConfig(data=str(tmp_path)))[1].names[15] == "person"
+    resolved, classes, _ = resolve(TrainConfig(data=str(tmp_path), num_classes=3))
+    assert classes.names == ("0", "1", "2") and resolved.num_classes == 3
+
+
+def test_checkpoint_metrics_and_panels_use_the_data_classes(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from fcn.train import RunContext, _checkpoint_dir, _log_validation
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.chdir(tmp_path)  # artifacts of a local store land under here
+    data = _dataset_with_classes(tmp_path / "data", TINY)
+    cfg, classes, recipe = resolve(TrainConfig(data=data, model="fcn32s", width=0.25))
+    run_id = tracking.start_run("classes", "tiny", uri=uri)
+    run = RunContext(run_id, uri, str(tmp_path), preprocess.TORCHVISION, classes, None)
+    model = build_model("fcn32s", cfg.num_classes, width=0.25)
+    directory = _checkpoint_dir(model, optim.build_optimizer(model, recipe), None, cfg, recipe,
+                                run, {"iteration": 1})  # fmt: skip
+    assert classes_of(checkpoint.load_config(directory)) == TINY
+
+    hist = np.array([[5, 0, 0], [0, 4, 0], [0, 0, 0]])  # dog absent: no IU, no metric
+    image = np.zeros((2, 2, 3), np.uint8)
+    truth, pred = np.array([[0, 1], [1, 255]]), np.array([[0, 1], [2, 2]])
+    _log_validation(run, 5, metrics.scores(hist), [("a", image, truth, pred)], {"extra": 1.0})
+    logged = tracking.client(uri).get_run(run_id).data.metrics
+    assert {"iu_sky", "iu_cat", "mean_iu", "extra"} <= set(logged) and "iu_dog" not in logged
+    panel_dir = tracking.client(uri).download_artifacts(run_id, "val_images", str(tmp_path))
+    (name,) = os.listdir(panel_dir)
+    colors = {
+        tuple(c) for c in np.asarray(Image.open(os.path.join(panel_dir, name))).reshape(-1, 3)
+    }
+    assert {(10, 200, 30), (250, 5, 90)} <= colors  # cat in truth, dog predicted
