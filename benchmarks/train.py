@@ -8,7 +8,8 @@ step) and total threads in every case. Prints images/s of each, the ratios (goal
 1 worker >= 0.9x the plain loop; 2 workers vs 1 reported), and the achieved GFLOP/s of a
 training step (FLOPs counted by torch's FlopCounterMode) as a share of the float32 matmul peak
 measured here in the same run (goal >= 65%). Seconds depend on the machine; compare ratios.
-Re-execs itself with the allocator settings of ENVIRONMENT.md (glibc reads them at start).
+Re-execs itself with the allocator settings of docs/environment.md (glibc reads them at
+start).
 """
 
 from __future__ import annotations
@@ -76,34 +77,29 @@ def step_flops(model_name: str, size: int) -> float:
 
 
 def plain_loop(args, data: str, device: str) -> float:
-    """images/s of a plain PyTorch loop: same decode/crop, model, loss and optimizer."""
+    """images/s of a plain PyTorch loop around the same step function (fcn.step.train_step),
+    decode/crop, model, loss and optimizer as the Ray Train workers."""
     import pyarrow.parquet as pq
     import torch
 
-    from fcn import optim
+    from fcn import optim, step
     from fcn.data.transforms import TrainTransform
     from fcn.models import build_model
 
     torch.set_num_threads(args.threads)
-    model = build_model(args.model, 21).to(device)
-    transform = TrainTransform(model.preprocessing, crop_size=args.size)
+    model, bare = step.prepare(build_model(args.model, 21), torch.device(device))
+    transform = TrainTransform(bare.preprocessing, crop_size=args.size)
     recipe = optim.Recipe("sgd", 1e-4, 0.9, 5e-4, 1, "mean")
-    optimizer = optim.build_optimizer(model, recipe)
+    optimizer = optim.build_optimizer(bare, recipe)
     table = pq.read_table(os.path.join(data, "train"))
     images, masks = table.column("image").to_pylist(), table.column("mask").to_pylist()
     seconds = 0.0
-    for step in range(args.steps + 2):
+    for i in range(args.steps + 2):
         tic = time.perf_counter()
-        i = step % len(images)
-        batch = transform({"image": [images[i]], "mask": [masks[i]]})
-        x = torch.from_numpy(batch["image"]).to(device)
-        y = torch.from_numpy(batch["mask"]).to(device).long()
-        optimizer.zero_grad(set_to_none=True)
-        optim.pixel_loss(model(x), y, "mean").backward()
-        optimizer.step()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        if step >= 2:
+        batch = transform({"image": [images[i % len(images)]], "mask": [masks[i % len(masks)]]})
+        image, mask = torch.from_numpy(batch["image"]), torch.from_numpy(batch["mask"])
+        step.train_step(model, optimizer, [(image, mask)], recipe)  # returns a float: synced
+        if i >= 2:
             seconds += time.perf_counter() - tic
     return args.steps / seconds
 

@@ -69,8 +69,10 @@ class TrainConfig:
 
     Optimizer settings left unset come from `--preset` (fcn/optim.py PRESETS): `paper` (SGD,
     lr 1e-4, momentum 0.9, batch 20, mean loss), `heavy` (the reference repo: SGD, lr
-    1e-10/1e-12/1e-14, momentum 0.99, batch 1, summed loss) or `fast` (Adam lr 1e-4, for
-    from-scratch CPU demos: the paper's recipes assume ImageNet weights and take days).
+    1e-10/1e-12/1e-14, momentum 0.99, batch 1, summed loss; for fcn-alexnet its AlexNet
+    solver, which is `paper`) or `fast` (Adam lr 1e-4, for from-scratch CPU demos: the
+    paper's recipes assume ImageNet weights and take days). The class list (names, colors,
+    count) comes from the dataset.
     """
 
     data: str = required("root of the ingested Parquet dataset (holds train/ and val/)")
@@ -85,7 +87,10 @@ class TrainConfig:
     registered_model: str | None = setting(
         "fcn", "register the best checkpoint under this MLflow model name (empty: don't)"
     )
-    num_classes: int = setting(21, "classes scored (VOC: 21 = background + 20)")
+    num_classes: int | None = setting(
+        None, "classes scored (default: the dataset's class list, which ingest records; VOC's "
+        "21 for data that records none); a number the dataset's list disagrees with is an error",
+    )  # fmt: skip
     init: str | None = setting(
         None,
         "initial weights: 'imagenet' (torchvision backbone), a pytorch-fcn .pth file, or a "
@@ -94,7 +99,11 @@ class TrainConfig:
     # --- schedule --------------------------------------------------------------------------
     iterations: int = setting(100, "optimizer steps in total (a resumed run continues to it)")
     eval_every: int = setting(50, "evaluate on val and checkpoint every this many iterations")
-    preset: str = setting("paper", "optimizer recipe", choices=("paper", "heavy", "fast"))
+    preset: str = setting(
+        "paper", "optimizer recipe; 'heavy' with fcn-alexnet is the reference repo's AlexNet "
+        "solver, i.e. 'paper'; fcn-googlenet has no 'heavy'",
+        choices=("paper", "heavy", "fast"),
+    )  # fmt: skip
     optimizer: str | None = setting(None, "override the preset", choices=("sgd", "adam"))
     lr: float | None = setting(None, "learning rate (default: the preset's)")
     momentum: float | None = setting(None, "SGD momentum (default: the preset's)")
@@ -147,6 +156,24 @@ class TrainConfig:
     channels_last: bool = setting(False, "channels_last memory format (faster convs on CPU/GPU)")
     max_failures: int = setting(3, "worker-group restarts from the last checkpoint")
     seed: int = setting(0, "seed of weights init and data order")
+
+    def validate(self) -> TrainConfig:
+        """Self; a ValueError naming the setting when one is out of range (the driver calls
+        this before Ray starts; optimizer settings are checked by `fcn.optim.recipe`)."""
+        at_least_one = ("iterations", "eval_every", "workers")
+        for name in at_least_one:
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
+        if self.num_classes is not None and not 1 <= self.num_classes <= 255:
+            raise ValueError("--num-classes must be in 1..255 (255 is void)")
+        if not 0 <= self.loss_sample < 1:
+            raise ValueError("--loss-sample must be in [0, 1)")
+        if self.cpus_per_worker <= 0 or self.val_images_logged < 0 or self.max_failures < 0:
+            raise ValueError("--cpus-per-worker must be > 0, --val-images-logged and "
+                             "--max-failures >= 0")  # fmt: skip
+        if self.crop_size is not None and self.crop_size < 1:
+            raise ValueError("--crop-size must be >= 1")
+        return self
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from fcn import metrics, storage, tracking
 from fcn.config import EvaluateConfig, to_dict
 from fcn.evaluate import check_split, evaluate
 from fcn.inference import check_model, load_model
+from fcn.runtime import init_ray, worker_resources
 
 
 def absolute(uri: str) -> str:
@@ -45,10 +46,6 @@ def validate(config: EvaluateConfig) -> EvaluateConfig:
     check_model(config.model)
     # Every worker loads the version the alias names now, even if it moves mid-run.
     return dataclasses.replace(config, model=tracking.pin_model_uri(config.model))
-
-
-def worker_resources(cpus: float, gpu: bool) -> dict:
-    return {"CPU": cpus, "GPU": 1} if gpu else {"CPU": cpus}
 
 
 def eval_loop_per_worker(loop: dict) -> None:
@@ -82,8 +79,6 @@ def run(config: EvaluateConfig) -> dict:
     names), `hist` (the summed confusion matrix) and `run_id`."""
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
-
-    from fcn.runtime import init_ray
 
     # A local Ray gets a CPU per worker and one for the driver, even on a smaller machine.
     init_ray(num_cpus=max(os.cpu_count() or 1, int(config.workers * config.cpus_per_worker + 1)))

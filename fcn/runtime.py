@@ -51,3 +51,8 @@ def init_ray(num_cpus: int | None = None) -> None:
         include_dashboard=True,
         runtime_env={"env_vars": ALLOCATOR_ENV},
     )
+
+
+def worker_resources(cpus: float, gpu: bool) -> dict:
+    """Ray resources of one training or evaluation worker: its CPUs, and one whole GPU if any."""
+    return {"CPU": cpus, "GPU": 1} if gpu else {"CPU": cpus}

@@ -4,12 +4,16 @@ Layout of a run under `<storage>/<name>/`: Ray Train's `checkpoint_<iteration>/`
 (the checkpoint contract plus `training_state.pt` for the optimizer and progress), `best/`
 (a copy of the best checkpoint by mean IU, what the segment job reads) and `fcn_run.json`
 (the MLflow run id, so a resubmitted job with the same name continues the same run).
+
+The step itself (DDP, AMP, accumulation, loss normalisation) is `fcn.step.train_step`, which
+runs without Ray; this module adds the data, restoring, evaluation, checkpoints and MLflow.
 """
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import functools
+import importlib
 import json
 import logging
 import os
@@ -17,19 +21,21 @@ import shutil
 import signal
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from fcn import checkpoint, images, optim, storage, tracking
-from fcn.config import TrainConfig, from_dict, to_dict
+from fcn import checkpoint, images, optim, step, storage, tracking
+from fcn.config import TrainConfig, to_dict
 from fcn.data import transforms
-from fcn.data.classes import default_classes
-from fcn.evaluate import evaluate, split_files, worker_resources
+from fcn.data.classes import ClassList, default_classes
+from fcn.evaluate import evaluate, split_files
+from fcn.inference import load_model
 from fcn.metrics import named_scores
-from fcn.models import build_from_config, build_model, preprocess
-from fcn.runtime import ALLOCATOR_ENV, init_ray
+from fcn.models import build_model, preprocess
+from fcn.runtime import ALLOCATOR_ENV, init_ray, worker_resources
 from fcn.visualize import png_bytes, sample_panel
 
 # Worker progress goes through logging, not print: Ray Train patches print() in workers and,
@@ -39,10 +45,11 @@ WARMUP_STEPS = 2
 RUN_FILE = "fcn_run.json"
 BEST_DIR = "best"
 STATE_FILE = "training_state.pt"
-# Fault injection for tests and drills: the last worker exits at this iteration, once per
-# run (a marker object in the run directory makes it happen only once).
-FAULT_ENV = "FCN_FAULT_AT_ITERATION"
-FAULT_MARKER = "_fault_injected"
+# Test-only: names a module whose `make_hook(run_dir, config)` returns an object with `callbacks`
+# (ray.train.UserCallbacks for the controller) and `before_step(iteration, rank, world)`
+# (called in every worker before each step). The fault drill of the integration tests uses
+# it; production never sets it.
+HOOK_ENV = "FCN_TRAIN_HOOK"
 
 
 @dataclass
@@ -54,6 +61,19 @@ class TrainResult:
     metrics: dict
     model_version: str | None
     champion: bool
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What the driver resolved once for every worker (pickled through Ray with the config)."""
+
+    run_id: str
+    tracking_uri: str
+    run_dir: str
+    spec: dict  # the input preprocessing of the initial weights
+    classes: ClassList
+    class_weights: tuple[float, ...] | None
+    hook: object | None = None  # test-only, see HOOK_ENV
 
 
 # --- initialization --------------------------------------------------------------------------
@@ -87,11 +107,12 @@ def initial_preprocessing(config: TrainConfig) -> dict:
         if _is_fcn_state(path):
             return preprocess.preprocessing_for(config.model, "pytorch-fcn")
         return preprocess.preprocessing_for(config.model, path)
-    return checkpoint.load_config(tracking.resolve_checkpoint(config.init))["preprocessing"]
+    return checkpoint.check(tracking.resolve_checkpoint(config.init))["preprocessing"]
 
 
 def build_initial_model(config: TrainConfig) -> torch.nn.Module:
-    """The model to train, from `config.init`; other architectures transplant (32s -> 16s)."""
+    """The model to train, from `config.init`; other architectures transplant (32s -> 16s).
+    `config.num_classes` must be resolved (see `resolve`)."""
     from fcn.models import surgery
 
     options = {"learnable_upsampling": config.learnable_upsampling, "width": config.width}
@@ -102,12 +123,18 @@ def build_initial_model(config: TrainConfig) -> torch.nn.Module:
         path = _local_file(init)
         if not _is_fcn_state(path):  # an ImageNet backbone file
             return build_model(config.model, config.num_classes, path, **options)
-        source, spec = surgery.import_pytorch_fcn(path)
+        # FCN-8s and at-once weights look alike; a file that does not say which is the model
+        # being trained (staging 8s -> 8s-atonce from a bare .pth makes no sense).
+        eight = config.model if config.model in ("fcn8s", "fcn8s-atonce") else None
+        try:
+            source, spec = surgery.import_pytorch_fcn(path)
+        except ValueError:
+            if eight is None:
+                raise
+            source, spec = surgery.import_pytorch_fcn(path, name=eight)
     else:
-        state, saved = checkpoint.load(tracking.resolve_checkpoint(init))
-        source = build_from_config(saved)
-        source.load_state_dict(state, strict=True)
-        spec = saved["preprocessing"]
+        loaded = load_model(init)
+        source, spec = loaded.model, loaded.preprocessing
         # Staged training keeps the previous stage's width unless told otherwise.
         options["width"] = config.width or getattr(source, "width", 1.0)
     target = build_model(config.model, config.num_classes, **options)
@@ -119,52 +146,67 @@ def build_initial_model(config: TrainConfig) -> torch.nn.Module:
 # --- the worker ------------------------------------------------------------------------------
 
 
-def _inject_fault(run_dir: str, iteration: int, rank: int, world: int, eval_every: int) -> None:
-    at = os.environ.get(FAULT_ENV)
-    if not at or int(at) != iteration or rank != world - 1 or world < 2:
-        return
-    marker = storage.join(run_dir, FAULT_MARKER)
-    if storage.exists(marker):
-        return
-    # The drill is "lose a worker after a checkpoint": wait until Ray Train's controller has
-    # registered the last one (its snapshot names it); a few fast steps may not be enough.
-    last = f"checkpoint_{iteration // eval_every * eval_every:06d}"
-    snapshot = storage.join(run_dir, "checkpoint_manager_snapshot.json")
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and iteration >= eval_every:
-        if storage.exists(snapshot) and last in storage.read_text(snapshot):
-            break
-        time.sleep(0.5)
-    storage.write_text(marker, f"worker {rank} exited at iteration {iteration}\n")
-    log.info(f"[fault injection] worker {rank} exits at iteration {iteration}")
-    os._exit(1)
+@dataclass(frozen=True)
+class Worker:
+    rank: int
+    world: int
+    device: torch.device
+    # Rank 0's batched MLflow logger (one client, one round trip per flush); None elsewhere.
+    logger: tracking.RunLogger | None = None
 
 
-def _batches(shard, micro_batch: int):
-    """Endless stream of (image, mask) batches; each pass over the shard is a new epoch (new
-    random crops). Every worker's shard has the same length (equal split), so all take the
-    same number of steps and DDP never waits on a worker that ran out."""
+def _micro_batches(shard, images_per_worker: int, crop_size) -> Iterator[list]:
+    """Endless stream of one step's micro-batches [(image, mask), ...]: crops go through as one
+    minibatch, whole images (different sizes) one at a time. Each pass over the shard is a new
+    epoch (new random crops). Every worker's shard has the same length (equal split), so all
+    take the same number of steps and DDP never waits on a worker that ran out."""
+    micro = images_per_worker if crop_size else 1
+    step_batches = []
     while True:
         seen = 0
-        for batch in shard.iter_torch_batches(batch_size=micro_batch, drop_last=True):
+        for batch in shard.iter_torch_batches(batch_size=micro, drop_last=True):
             seen += 1
-            yield batch["image"], batch["mask"]
+            step_batches.append((batch["image"], batch["mask"]))
+            if len(step_batches) * micro == images_per_worker:
+                yield step_batches
+                step_batches = []
         if seen == 0:
             raise RuntimeError(
-                f"this worker's training shard holds fewer than {micro_batch} images: "
+                f"this worker's training shard holds fewer than {micro} images: "
                 "use fewer workers or a larger training split"
             )
 
 
-def _checkpoint_dir(model, optimizer, scaler, loop: dict, progress: dict) -> str:
-    config: TrainConfig = from_dict(TrainConfig, loop["config"])
+def _restore(model, rank: int) -> tuple[int, float, dict | None]:
+    """(iteration, best mean IU, training state) of Ray Train's checkpoint, loaded into
+    `model`; (0, -inf, None) on a fresh start."""
+    import ray.train
+
+    restored = ray.train.get_checkpoint()
+    if restored is None:
+        return 0, float("-inf"), None
+    # as_directory: workers on one node share one download (two parallel 1.6 GB GETs
+    # stalled the test S3 server past pyarrow's low-speed timeout).
+    with restored.as_directory() as directory:
+        checkpoint.load_config(directory)  # a clear error if it is not a checkpoint
+        # mmap: tensors are read from the file as they are copied in, no second copy.
+        load = functools.partial(torch.load, map_location="cpu", weights_only=True, mmap=True)
+        model.load_state_dict(load(os.path.join(directory, checkpoint.MODEL_FILE)))
+        state = load(os.path.join(directory, STATE_FILE))
+    progress = state["progress"]
+    if rank == 0:
+        log.info(f"restored from checkpoint at iteration {progress['iteration']} ({restored.path})")
+    return progress["iteration"], progress["best_mean_iu"], state
+
+
+def _checkpoint_dir(model, optimizer, scaler, config, recipe, run: RunContext, progress) -> str:
     saved = {
         "model": config.model,
         "num_classes": config.num_classes,
         "width": getattr(model, "width", 1.0),
-        "preprocessing": loop["spec"],
-        "classes": default_classes(config.num_classes).to_dict(),
-        "train": tracking_params(config, loop["recipe"]),
+        "preprocessing": run.spec,
+        "classes": run.classes.to_dict(),
+        "train": tracking_params(config, recipe),
         **progress,
     }
     state = {"optimizer": optimizer.state_dict(), "progress": progress}
@@ -175,155 +217,173 @@ def _checkpoint_dir(model, optimizer, scaler, loop: dict, progress: dict) -> str
     return directory
 
 
-def train_loop_per_worker(loop: dict) -> None:
-    """One data-parallel worker: restore, train `iterations` steps, evaluate and checkpoint."""
+def _log_validation(
+    logger: tracking.RunLogger, run: RunContext, iteration: int, scores, samples, extra: dict
+) -> None:
+    """Rank 0: the scores under the data's class names, and panels in the data's colors."""
+    logger.log({**named_scores(scores, run.classes.names), **extra}, iteration)
+    palette = run.classes.palette()
+    for image_id, image, truth, pred in samples:
+        panel = png_bytes(sample_panel(image, truth, pred, palette))
+        logger.log_image(panel, f"val_images/{image_id}_iter{iteration:06d}.png")
+    logger.flush()  # the scores are in MLflow before the checkpoint is reported
+
+
+def _evaluate_and_report(model, optimizer, scaler, loop: dict, worker: Worker, iteration: int,
+                         best_mean_iu: float, reported: dict) -> float:  # fmt: skip
+    """Evaluate on val (every worker its shard), log, checkpoint (rank 0) and report to Ray
+    Train; returns the new best mean IU."""
+    import ray.train
+
+    config, recipe, run = loop["config"], loop["recipe"], loop["run"]
+    scores, _, samples = evaluate(
+        model, config.data, config.val_split, run.spec, config.num_classes,
+        rank=worker.rank, world=worker.world, limit=config.val_limit,
+        keep=config.val_images_logged,
+    )  # fmt: skip
+    best_mean_iu = max(best_mean_iu, scores["mean_iu"])
+    progress = {"iteration": iteration, "mean_iu": scores["mean_iu"],
+                "best_mean_iu": best_mean_iu, "mlflow_run_id": run.run_id}  # fmt: skip
+    reported = {**progress, **reported, "pixel_acc": scores["pixel_acc"]}
+    if worker.rank != 0:
+        ray.train.report(reported)
+        return best_mean_iu
+    extra = {"best_mean_iu": best_mean_iu, "images_per_s": reported["images_per_s"]}
+    _log_validation(worker.logger, run, iteration, scores, samples, extra)
+    log.info(f"iter {iteration} val mean_iu {scores['mean_iu']:.4f} pixel_acc "
+             f"{scores['pixel_acc']:.4f} (best {best_mean_iu:.4f})")  # fmt: skip
+    directory = _checkpoint_dir(model, optimizer, scaler, config, recipe, run, progress)
+    ray.train.report(
+        reported,
+        checkpoint=ray.train.Checkpoint.from_directory(directory),
+        checkpoint_dir_name=f"checkpoint_{iteration:06d}",
+    )
+    shutil.rmtree(directory, ignore_errors=True)  # uploaded (sync): free the disk
+    return best_mean_iu
+
+
+def _start_worker(config: TrainConfig, run: RunContext) -> Worker:
     import ray.train
     import ray.train.torch
-    import torch.distributed as dist
 
-    config: TrainConfig = from_dict(TrainConfig, loop["config"])
-    recipe = optim.Recipe(**loop["recipe"])
-    spec, run_id, uri = loop["spec"], loop["run_id"], loop["tracking_uri"]
     torch.set_num_threads(config.threads or max(1, int(config.cpus_per_worker)))
     torch.manual_seed(config.seed)
     context = ray.train.get_context()
-    rank, world = context.get_world_rank(), context.get_world_size()
-    device = ray.train.torch.get_device()
+    rank = context.get_world_rank()
+    logger = tracking.RunLogger(run.run_id, run.tracking_uri) if rank == 0 else None
+    return Worker(rank, context.get_world_size(), ray.train.torch.get_device(), logger)
 
+
+def train_loop_per_worker(loop: dict) -> None:
+    """One data-parallel worker: restore, train to `iterations` steps, evaluating, logging and
+    checkpointing every `eval_every`. `loop`: {"config": TrainConfig, "recipe": optim.Recipe,
+    "run": RunContext}."""
+    import ray.train
+
+    config, recipe, run = loop["config"], loop["recipe"], loop["run"]
+    worker = _start_worker(config, run)
     model = build_initial_model(config)
     if config.classifier_only:
         optim.freeze_all_but_classifier(model)
-    start, best_mean_iu, optimizer_state, scaler_state = 0, float("-inf"), None, None
-    restored = ray.train.get_checkpoint()
-    if restored is not None:
-        # as_directory: workers on one node share one download (two parallel 1.6 GB GETs
-        # stalled the test S3 server past pyarrow's low-speed timeout).
-        with restored.as_directory() as directory:
-            checkpoint.load_config(directory)  # a clear error if it is not a checkpoint
-            # mmap: tensors are read from the file as they are copied in, no second copy.
-            load = functools.partial(torch.load, map_location="cpu", weights_only=True, mmap=True)
-            model.load_state_dict(load(os.path.join(directory, checkpoint.MODEL_FILE)))
-            state = load(os.path.join(directory, STATE_FILE))
-            optimizer_state, scaler_state = state["optimizer"], state.get("scaler")
-        start, best_mean_iu = state["progress"]["iteration"], state["progress"]["best_mean_iu"]
-        if rank == 0:
-            log.info(f"restored from checkpoint at iteration {start} ({restored.path})")
-
-    model.to(device)
-    if config.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    # Gradients as views into DDP's buckets: one copy of the gradients, not two (~0.5 GB).
-    ddp = ray.train.torch.prepare_model(
-        model, move_to_device=False, parallel_strategy_kwargs={"gradient_as_bucket_view": True}
-    )
-    bare = ddp.module if hasattr(ddp, "module") else ddp
+    start, best_mean_iu, state = _restore(model, worker.rank)
+    ddp, bare = step.prepare(model, worker.device, config.channels_last, ddp=worker.world > 1)
     optimizer = optim.build_optimizer(bare, recipe)
-    if optimizer_state is not None:
-        optimizer.load_state_dict(optimizer_state)
-    use_amp = device.type == "cuda" and config.amp != "none"
-    amp_dtype = torch.bfloat16 if config.amp == "bf16" else torch.float16
-    scaler = torch.amp.GradScaler("cuda") if use_amp and config.amp == "fp16" else None
-    if scaler is not None and scaler_state is not None:
-        scaler.load_state_dict(scaler_state)
-    weights = loop.get("class_weights")
-    weights = torch.tensor(weights, dtype=torch.float32, device=device) if weights else None
-
-    per_worker = max(1, recipe.batch_size // world)
-    micro = per_worker if config.crop_size else 1  # whole images differ in size: one at a time
-    accumulate = per_worker // micro
-    stream = _batches(ray.train.get_dataset_shard("train"), micro)
-    stride = getattr(getattr(bare, "final", None), "stride", 32)  # final score map's stride
-    if rank == 0 and per_worker * world != recipe.batch_size:
-        log.info(f"batch {recipe.batch_size} over {world} workers: {per_worker * world} images "
-                 "per iteration")  # fmt: skip
-    print_every = max(1, min(10, config.eval_every // 2))
-    iteration, tic = start, time.perf_counter()
-    # Throughput of the steps (input pipeline waits included), leaving out the first steps
-    # after a (re)start, which build the pipeline and warm the allocator.
-    timed_steps, timed_seconds = 0, 0.0
-    while iteration < config.iterations:
-        _inject_fault(loop["run_dir"], iteration, rank, world, config.eval_every)
-        step_start = time.perf_counter()
-        optimizer.zero_grad(set_to_none=True)
-        total = torch.zeros((), device=device)
-        for k in range(accumulate):
-            image, mask = next(stream)
-            image, mask = image.to(device), mask.to(device).long()
-            if config.channels_last:
-                image = image.contiguous(memory_format=torch.channels_last)
-            mask = optim.sample_loss_cells(mask, config.loss_sample, cell=stride)
-            sync = k == accumulate - 1 or not hasattr(ddp, "no_sync")
-            with (
-                ddp.no_sync() if not sync else contextlib.nullcontext(),
-                torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp),
-            ):
-                logits = ddp(image)
-                loss = optim.pixel_loss(logits, mask, recipe.loss, weights)
-                # DDP averages gradients over workers: a mean stays the global mean, a sum
-                # is scaled back up to the sum over every worker's images.
-                loss = loss / accumulate if recipe.loss == "mean" else loss * world
-            (scaler.scale(loss) if scaler else loss).backward()
-            total += loss.detach() if recipe.loss == "mean" else loss.detach() / world
-        if scaler:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
-        iteration += 1
-        if iteration - start > WARMUP_STEPS:
-            timed_steps += 1
-            timed_seconds += time.perf_counter() - step_start
-        if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(total, op=dist.ReduceOp.SUM)
-            total /= world
-        train_loss = float(total)
-        if rank == 0:
-            tracking.log_metrics(run_id, {"train_loss": train_loss}, iteration, uri)
-            if iteration % print_every == 0 or iteration == config.iterations:
-                seconds = (time.perf_counter() - tic) / print_every
-                log.info(f"iter {iteration}/{config.iterations} train_loss {train_loss:.4f} "
-                         f"({seconds:.2f} s/iter)")  # fmt: skip
-                tic = time.perf_counter()
+    scaler = step.make_scaler(worker.device, config.amp)
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        if scaler is not None and state.get("scaler") is not None:
+            scaler.load_state_dict(state["scaler"])
+    weights = None
+    if run.class_weights is not None:
+        weights = torch.tensor(run.class_weights, dtype=torch.float32, device=worker.device)
+    per_worker = max(1, recipe.batch_size // worker.world)
+    if worker.rank == 0 and per_worker * worker.world != recipe.batch_size:
+        log.info(f"batch {recipe.batch_size} over {worker.world} workers: "
+                 f"{per_worker * worker.world} images per iteration")  # fmt: skip
+    batches = _micro_batches(ray.train.get_dataset_shard("train"), per_worker, config.crop_size)
+    meter = _Throughput(start, per_worker * worker.world, max(1, min(10, config.eval_every // 2)))
+    for iteration in range(start + 1, config.iterations + 1):
+        if run.hook is not None:
+            run.hook.before_step(iteration - 1, worker.rank, worker.world)
+        meter.start()
+        train_loss = step.train_step(
+            ddp, optimizer, next(batches), recipe, class_weights=weights, scaler=scaler,
+            amp=config.amp, channels_last=config.channels_last,
+            loss_sample=config.loss_sample, stride=bare.coarse_stride,
+        )  # fmt: skip
+        meter.stop(iteration)
+        if worker.logger is not None:
+            worker.logger.log({"train_loss": train_loss}, iteration)
+            meter.log(iteration, config.iterations, train_loss)
         if iteration % config.eval_every == 0 or iteration == config.iterations:
-            scores, _, samples = evaluate(
-                bare, config.data, config.val_split, spec, config.num_classes, device,
-                rank=rank, world=world, limit=config.val_limit,
-                channels_last=config.channels_last, keep=config.val_images_logged,
-            )  # fmt: skip
-            best_mean_iu = max(best_mean_iu, scores["mean_iu"])
-            progress = {"iteration": iteration, "mean_iu": scores["mean_iu"],
-                        "best_mean_iu": best_mean_iu, "mlflow_run_id": run_id}  # fmt: skip
-            speed = timed_steps * per_worker * world / timed_seconds if timed_steps else 0.0
-            reported = {**progress, "train_loss": train_loss, "pixel_acc": scores["pixel_acc"],
-                        "images_per_s": speed}  # fmt: skip
-            if rank != 0:
-                ray.train.report(reported)
-                continue
-            classes = default_classes(config.num_classes)
-            values = named_scores(scores, classes.names)
-            values.update(best_mean_iu=best_mean_iu, images_per_s=speed)
-            tracking.log_metrics(run_id, values, iteration, uri)
-            for image_id, image, truth, pred in samples:
-                panel = png_bytes(sample_panel(image, truth, pred, classes.palette()))
-                name = f"val_images/{image_id}_iter{iteration:06d}.png"
-                tracking.log_image(run_id, panel, name, uri)
-            log.info(f"iter {iteration} val mean_iu {scores['mean_iu']:.4f} pixel_acc "
-                     f"{scores['pixel_acc']:.4f} (best {best_mean_iu:.4f})")  # fmt: skip
-            directory = _checkpoint_dir(bare, optimizer, scaler, loop, progress)
-            ray.train.report(
-                reported,
-                checkpoint=ray.train.Checkpoint.from_directory(directory),
-                checkpoint_dir_name=f"checkpoint_{iteration:06d}",
-            )
-            shutil.rmtree(directory, ignore_errors=True)  # uploaded (sync): free the disk
+            reported = {"train_loss": train_loss, "images_per_s": meter.images_per_s()}
+            best_mean_iu = _evaluate_and_report(bare, optimizer, scaler, loop, worker, iteration,
+                                                best_mean_iu, reported)  # fmt: skip
+
+
+class _Throughput:
+    """images/s of the steps (input pipeline waits included), leaving out the first steps after
+    a (re)start, which build the pipeline and warm the allocator; and the progress line."""
+
+    def __init__(self, start: int, images_per_step: int, print_every: int):
+        self.first, self.images_per_step, self.print_every = start, images_per_step, print_every
+        self.steps, self.seconds, self.tic = 0, 0.0, 0.0
+        self.since_print = time.perf_counter()
+
+    def start(self) -> None:
+        self.tic = time.perf_counter()
+
+    def stop(self, iteration: int) -> None:
+        if iteration - self.first > WARMUP_STEPS:
+            self.steps += 1
+            self.seconds += time.perf_counter() - self.tic
+
+    def images_per_s(self) -> float:
+        return self.steps * self.images_per_step / self.seconds if self.steps else 0.0
+
+    def log(self, iteration: int, iterations: int, train_loss: float) -> None:
+        if iteration % self.print_every and iteration != iterations:
+            return
+        now = time.perf_counter()
+        seconds, self.since_print = (now - self.since_print) / self.print_every, now
+        log.info(f"iter {iteration}/{iterations} train_loss {train_loss:.4f} "
+                 f"({seconds:.2f} s/iter)")  # fmt: skip
 
 
 # --- the driver ------------------------------------------------------------------------------
 
 
-def tracking_params(config: TrainConfig, recipe: dict) -> dict:
+def tracking_params(config: TrainConfig, recipe: optim.Recipe) -> dict:
     """Every setting, the preset resolved (what actually trained): MLflow params, config.json."""
-    return {**to_dict(config), **{f"recipe.{k}": v for k, v in recipe.items()}}
+    recipe_fields = dataclasses.asdict(recipe)
+    return {**to_dict(config), **{f"recipe.{k}": v for k, v in recipe_fields.items()}}
+
+
+def dataset_classes(data: str) -> ClassList | None:
+    """The class list ingest recorded for the dataset at `data`; None for data that records
+    none (written by other tools, or before ingest recorded class lists)."""
+    from fcn.data import ingest
+
+    try:
+        return ingest.read_classes(data)
+    except (FileNotFoundError, KeyError):
+        return None
+
+
+def resolve(config: TrainConfig) -> tuple[TrainConfig, ClassList, optim.Recipe]:
+    """(config with num_classes filled in, the class list, the recipe): every check that needs
+    no Ray, so a bad setting fails in the driver with one line before Ray starts."""
+    config.validate()
+    recipe = optim.recipe(config)
+    classes = dataset_classes(config.data)
+    if classes is None:
+        classes = default_classes(config.num_classes or 21)
+    elif config.num_classes not in (None, classes.num_classes):
+        raise ValueError(
+            f"--num-classes {config.num_classes} disagrees with the dataset's "
+            f"{classes.num_classes} classes ({', '.join(classes.names)}); leave it out"
+        )
+    return dataclasses.replace(config, num_classes=classes.num_classes), classes, recipe
 
 
 def train_dataset(config: TrainConfig, spec: dict):
@@ -356,7 +416,7 @@ def transform_batch(batch: dict, spec: dict, crop_size, flip: bool) -> dict:
     return transforms.TrainTransform(spec, crop_size, flip)(batch)
 
 
-def balanced_weights(config: TrainConfig) -> list[float] | None:
+def balanced_weights(config: TrainConfig) -> tuple[float, ...] | None:
     """Class weights from the training masks' pixel counts (one pass on the driver): median
     frequency balancing, or its square root (`balanced-sqrt`); None for `none`."""
     if config.class_weights == "none":
@@ -371,7 +431,7 @@ def balanced_weights(config: TrainConfig) -> list[float] | None:
                 mask = images.decode_mask(cell)
                 counts += np.bincount(mask[mask < config.num_classes], minlength=config.num_classes)
     power = 0.5 if config.class_weights == "balanced-sqrt" else 1.0
-    return optim.median_frequency_weights(counts, power)
+    return tuple(optim.median_frequency_weights(counts, power))
 
 
 def _read_run_file(run_dir: str) -> dict:
@@ -400,7 +460,7 @@ def _start_tracking(config: TrainConfig, run_dir: str, params: dict) -> tuple[st
     return run_id, uri
 
 
-def _run_config(config: TrainConfig, env: dict):
+def _run_config(config: TrainConfig, env: dict, callbacks: list):
     import ray.train
 
     run_dir_fs = None
@@ -417,15 +477,22 @@ def _run_config(config: TrainConfig, env: dict):
             num_to_keep=2, checkpoint_score_attribute="mean_iu", checkpoint_score_order="max"
         ),
         worker_runtime_env={"env_vars": env},
+        callbacks=callbacks,
     )
 
 
 def _worker_env(tracking_uri: str) -> dict:
     passed = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID",
               "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "AWS_REGION",
-              "MLFLOW_S3_ENDPOINT_URL", FAULT_ENV)  # fmt: skip
+              "MLFLOW_S3_ENDPOINT_URL")  # fmt: skip
     env = {k: os.environ[k] for k in passed if k in os.environ}
     return {**ALLOCATOR_ENV, **env, "MLFLOW_TRACKING_URI": tracking_uri}
+
+
+def _test_hook(run_dir: str, config: TrainConfig):
+    """The test-only hook HOOK_ENV names (None in production)."""
+    name = os.environ.get(HOOK_ENV)
+    return importlib.import_module(name).make_hook(run_dir, config) if name else None
 
 
 def _export_best(best, run_dir: str) -> tuple[str, str]:
@@ -443,71 +510,78 @@ def _export_best(best, run_dir: str) -> tuple[str, str]:
     return target, export
 
 
+def _fit(config: TrainConfig, recipe: optim.Recipe, run: RunContext):
+    """Ray Train's result of the whole (possibly restarted) run."""
+    from ray.train import DataConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"config": config, "recipe": recipe, "run": run},
+        scaling_config=ScalingConfig(
+            num_workers=config.workers,
+            use_gpu=config.gpu,
+            resources_per_worker=worker_resources(config.cpus_per_worker, config.gpu),
+        ),
+        run_config=_run_config(
+            config, _worker_env(run.tracking_uri), run.hook.callbacks if run.hook else []
+        ),
+        datasets={"train": train_dataset(config, run.spec)},
+        dataset_config=DataConfig(datasets_to_split=["train"]),
+    )
+    return trainer.fit()
+
+
+def _finish(config: TrainConfig, run: RunContext, result) -> TrainResult:
+    """Export and register the best checkpoint of a finished fit."""
+    if not result.best_checkpoints:
+        raise RuntimeError(f"run {config.name!r} produced no checkpoint")
+    best, best_metrics = max(result.best_checkpoints, key=lambda pair: pair[1]["mean_iu"])
+    best_uri, export = _export_best(best, run.run_dir)
+    tracking.log_metrics(run.run_id, {"best_mean_iu": best_metrics["best_mean_iu"]},
+                         best_metrics["iteration"], run.tracking_uri)  # fmt: skip
+    version, champion = None, False
+    if config.registered_model:
+        version, champion = tracking.register_checkpoint(
+            run.run_id, export, config.registered_model, best_metrics["mean_iu"], run.tracking_uri
+        )
+    shutil.rmtree(export, ignore_errors=True)
+    latest = result.checkpoint
+    return TrainResult(
+        run_id=run.run_id,
+        best_checkpoint=best_uri,
+        latest_checkpoint=_with_scheme(config.storage, latest.path) if latest else None,
+        best_mean_iu=float(best_metrics["mean_iu"]),
+        metrics=dict(result.metrics or {}),
+        model_version=version,
+        champion=champion,
+    )
+
+
 def run(config: TrainConfig) -> TrainResult:
     """Train (or resume) run `config.name`; returns where the best checkpoint and the run are.
 
     Needs a Ray connection (`ray.init()` is called when none is open: RAY_ADDRESS or local).
     """
-    from ray.train import DataConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
-    if config.iterations < 1 or config.eval_every < 1 or config.workers < 1:
-        raise ValueError("iterations, eval_every and workers must be >= 1")
+    config, classes, recipe = resolve(config)
     init_ray()
-    recipe = optim.recipe(config)
     spec = initial_preprocessing(config)
     run_dir = storage.join(config.storage, config.name)
     storage.makedirs(run_dir)
-    params = {**tracking_params(config, recipe.__dict__), "preprocessing": spec["name"]}
+    params = {**tracking_params(config, recipe), "preprocessing": spec["name"]}
     run_id, uri = _start_tracking(config, run_dir, params)
+    tracking.log_classes(run_id, classes.to_dict(), uri)
+    splits = {"train": config.train_split, "val": config.val_split}
+    splits = {context: storage.join(config.data, split) for context, split in splits.items()}
+    tracking.log_split_inputs(run_id, splits, {"val": config.val_limit}, uri)
     previous_handler = _raise_on_sigterm()
     status = "FAILED"
     try:
-        loop = {
-            "config": to_dict(config),
-            "recipe": dict(recipe.__dict__),
-            "spec": spec,
-            "run_id": run_id,
-            "tracking_uri": uri,
-            "run_dir": run_dir,
-            "class_weights": balanced_weights(config),
-        }
-        trainer = TorchTrainer(
-            train_loop_per_worker,
-            train_loop_config=loop,
-            scaling_config=ScalingConfig(
-                num_workers=config.workers,
-                use_gpu=config.gpu,
-                resources_per_worker=worker_resources(config.cpus_per_worker, config.gpu),
-            ),
-            run_config=_run_config(config, _worker_env(uri)),
-            datasets={"train": train_dataset(config, spec)},
-            dataset_config=DataConfig(datasets_to_split=["train"]),
-        )
-        result = trainer.fit()
-        if not result.best_checkpoints:
-            raise RuntimeError(f"run {config.name!r} produced no checkpoint")
-        best, best_metrics = max(result.best_checkpoints, key=lambda pair: pair[1]["mean_iu"])
-        best_uri, export = _export_best(best, run_dir)
-        tracking.log_metrics(run_id, {"best_mean_iu": best_metrics["best_mean_iu"]},
-                             best_metrics["iteration"], uri)  # fmt: skip
-        version, champion = None, False
-        if config.registered_model:
-            version, champion = tracking.register_checkpoint(
-                run_id, export, config.registered_model, best_metrics["mean_iu"], uri
-            )
-        shutil.rmtree(export, ignore_errors=True)
+        context = RunContext(run_id, uri, run_dir, spec, classes, balanced_weights(config),
+                             _test_hook(run_dir, config))  # fmt: skip
+        result = _finish(config, context, _fit(config, recipe, context))
         status = "FINISHED"
-        return TrainResult(
-            run_id=run_id,
-            best_checkpoint=best_uri,
-            latest_checkpoint=_with_scheme(config.storage, result.checkpoint.path)
-            if result.checkpoint else None,
-            best_mean_iu=float(best_metrics["mean_iu"]),
-            metrics=dict(result.metrics or {}),
-            model_version=version,
-            champion=champion,
-        )  # fmt: skip
+        return result
     except (KeyboardInterrupt, SystemExit):
         status = "KILLED"
         raise
@@ -518,6 +592,8 @@ def run(config: TrainConfig) -> TrainResult:
 
 
 def _with_scheme(like: str, path: str) -> str:
+    # storage keeps its own copy private (storage._with_scheme); one public helper there
+    # would replace this.
     return f"{storage.scheme(like)}://{path}" if storage.is_remote(like) else path
 
 

@@ -23,6 +23,10 @@ def main(argv=None) -> int:
     from fcn import tracking, train
     from fcn.runtime import init_ray
 
+    try:  # a bad setting, or a class count the data disagrees with: one line, before Ray
+        train.resolve(config)
+    except ValueError as err:
+        sys.exit(f"error: {err}")
     # A local instance needs enough logical CPUs for the workers plus Ray Data's decode tasks,
     # whatever the core count (the workers' torch threads are set separately).
     needed = config.workers * config.cpus_per_worker + 2

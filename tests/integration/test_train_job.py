@@ -20,15 +20,20 @@ import re
 import subprocess
 import time
 
+import fault_drill  # this folder's test-only hook, imported here for its names
 import pytest
 from conftest import BIN, RAY_ENV
 from helpers_data import write_split
+
+from fcn import storage
+from fcn.train import HOOK_ENV
 
 pytestmark = pytest.mark.integration
 
 ITERATIONS, EVAL_EVERY = 300, 100
 CLASSES = (1, 2)  # background + 2 object classes
 MODEL_NAME = "fcn-it"
+DRILL = {HOOK_ENV: "tests.integration.fault_drill"}  # the test-only hook (a fault on demand)
 
 
 @pytest.fixture(scope="module")
@@ -78,8 +83,8 @@ def steps(client, run_id, metric):
 def test_train_with_worker_failure(ray_head, s3, data, env):
     rc, logs = ray_head.submit(
         train_args(data, s3, "accept", "--model", "fcn32s"),
-        # Two iterations past the first checkpoint: the controller has registered it by then.
-        env={**env, "FCN_FAULT_AT_ITERATION": str(EVAL_EVERY + 2)},
+        # Two iterations past the first checkpoint, once Ray Train has registered it.
+        env={**env, **DRILL, fault_drill.AT_ENV: str(EVAL_EVERY + 2)},
         timeout=900,
     )
     assert rc == 0, why(logs)
@@ -143,19 +148,13 @@ def test_staged_16s_stopped_and_resubmitted_resumes(ray_head, s3, data, env):
                       "--registered-model", "", "--val-limit", "3")  # fmt: skip
     args[args.index("--iterations") + 1] = "4"
     args[args.index("--eval-every") + 1] = "2"
+    env = {**env, **DRILL}  # no fault: the drill's callback only marks registered checkpoints
     job = _submit_no_wait(ray_head, args, env)
-    # Stop only once Ray Train has registered the checkpoint (its snapshot names it): a
-    # checkpoint folder alone is not yet one a restarted run would restore from.
-    snapshot = "train-it/runs/staged/checkpoint_manager_snapshot.json"
+    # Stop only once Ray Train has registered the checkpoint: a checkpoint folder alone is not
+    # yet one a restarted run would restore from.
+    marker = fault_drill.registered_marker(s3.uri("train-it/runs/staged"), 2)
     deadline = time.monotonic() + 600
-
-    def registered() -> bool:
-        if snapshot not in s3.keys("train-it/runs/staged/"):
-            return False
-        body = s3.client().get_object(Bucket=s3.bucket, Key=snapshot)["Body"].read()
-        return b"checkpoint_000002" in body
-
-    while not registered():
+    while not storage.exists(marker):
         assert time.monotonic() < deadline, "no registered checkpoint within 600 s"
         time.sleep(2)
     stop = [str(BIN / "ray"), "job", "stop", "--address", ray_head.address, job]

@@ -2,21 +2,20 @@
 32s -> 16s -> 8s), and distributed evaluation equal to single-process evaluation."""
 
 import dataclasses
+import json
 import os
 
 import numpy as np
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 from helpers_data import write_split
 from torch import nn
 
-from fcn import checkpoint, optim
+from fcn import checkpoint, metrics, optim, tracking
 from fcn.config import TrainConfig
-from fcn.evaluate import evaluate, shard_rows
+from fcn.data.classes import ClassList, classes_of
 from fcn.models import build_model, preprocess
-from fcn.train import build_initial_model, initial_preprocessing
+from fcn.train import build_initial_model, initial_preprocessing, resolve
 
 
 def config(**kw):
@@ -33,6 +32,23 @@ def test_presets_keep_the_published_recipes():
     fast = optim.recipe(config(preset="fast", lr=3e-4, batch_size=4, score_lr_mult=10.0))
     assert (fast.optimizer, fast.lr, fast.batch_size) == ("adam", 3e-4, 4)
     assert paper.score_lr_mult == 1.0 and fast.score_lr_mult == 10.0
+
+
+def test_heavy_alexnet_is_the_reference_alexnet_solver_and_googlenet_has_none():
+    assert optim.recipe(config(preset="heavy", model="fcn-alexnet")) == optim.PAPER
+    with pytest.raises(ValueError, match="no solver for fcn-googlenet"):
+        optim.recipe(config(preset="heavy", model="fcn-googlenet"))
+
+
+@pytest.mark.parametrize(
+    "bad", [{"iterations": 0}, {"eval_every": 0}, {"workers": 0}, {"num_classes": 256},
+            {"loss_sample": 1.0}, {"crop_size": 0}],
+)  # fmt: skip
+def test_validate_names_the_bad_setting(bad):
+    name = next(iter(bad)).replace("_", "-")
+    with pytest.raises(ValueError, match=f"--{name}"):
+        config(**bad).validate()
+    assert config().validate() == config()
 
 
 def test_biases_get_twice_the_lr_and_no_decay():
@@ -124,58 +140,6 @@ def test_from_scratch_uses_torchvision_normalization():
     assert initial_preprocessing(config())["name"] == "torchvision"
 
 
-# --- distributed evaluation ----------------------------------------------------------------
-
-
-class PixelNet(nn.Module):
-    """A tiny fixed per-pixel classifier: evaluation is what is under test, not the model."""
-
-    def __init__(self, num_classes):
-        super().__init__()
-        torch.manual_seed(1)
-        self.conv = nn.Conv2d(3, num_classes, 1)
-
-    def forward(self, x):
-        return self.conv(x)
-
-
-def test_shards_cover_every_image_once(tmp_path):
-    ids = write_split(str(tmp_path), "val", 7, size=(8, 8), files=3)
-    shards = [[r.image_id for r in shard_rows(str(tmp_path), "val", rank, 2)] for rank in (0, 1)]
-    assert sorted(shards[0] + shards[1]) == sorted(ids)
-    assert (len(shards[0]), len(shards[1])) == (4, 3)
-    assert [r.image_id for r in shard_rows(str(tmp_path), "val", 0, 1, limit=3)] == ids[:3]
-
-
-def _eval_worker(rank, world, port, root, out):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
-        for split in ("odd", "one"):
-            _, hist, _ = evaluate(PixelNet(4), root, split, preprocess.TORCHVISION, 4,
-                                  torch.device("cpu"), rank=rank, world=world)  # fmt: skip
-            np.save(os.path.join(out, f"{split}{rank}.npy"), hist)
-    finally:
-        dist.destroy_process_group()
-
-
-def test_two_worker_evaluation_equals_single_process(tmp_path):
-    """7 images (odd: 4 + 3) and 1 image (one worker has none): the reduced confusion matrix
-    of 2 gloo processes equals one process evaluating everything."""
-    root = str(tmp_path / "data")
-    write_split(root, "odd", 7, size=[9, 17], classes=(1, 2, 3), files=2)
-    write_split(root, "one", 1, size=[9, 17], classes=(1, 2, 3), files=1)
-    from conftest import free_port
-
-    mp.spawn(_eval_worker, args=(2, free_port(), root, str(tmp_path)), nprocs=2)
-    for split in ("odd", "one"):
-        _, single, _ = evaluate(PixelNet(4), root, split, preprocess.TORCHVISION, 4, "cpu")
-        assert single.sum() > 0
-        for rank in (0, 1):
-            assert np.array_equal(np.load(tmp_path / f"{split}{rank}.npy"), single)
-
-
 def test_recipe_rejects_nonsense():
     with pytest.raises(ValueError):
         optim.recipe(dataclasses.replace(config(), lr=-1.0))
@@ -197,3 +161,65 @@ def test_cached_training_split_still_gets_new_crops_every_epoch(tmp_path, local_
     assert first.shape == second.shape == (4, 3, 24, 24)
     # Compared as sets (order-free): the same crops in another order would not count.
     assert sorted(x.tobytes() for x in first) != sorted(x.tobytes() for x in second)
+
+
+# --- class lists: data -> config -> checkpoint, metric names, panels ------------------------
+
+TINY = ClassList.from_names(["sky", "cat", "dog"], [(0, 0, 0), (10, 200, 30), (250, 5, 90)])
+
+
+def _dataset_with_classes(root, classes):
+    from fcn.data.ingest import SUCCESS
+
+    os.makedirs(root, exist_ok=True)
+    with open(os.path.join(root, SUCCESS), "w") as f:
+        json.dump({"classes": classes.to_dict()}, f)
+    return str(root)
+
+
+def test_the_class_list_comes_from_the_dataset(tmp_path):
+    data = _dataset_with_classes(tmp_path / "data", TINY)
+    resolved, classes, _ = resolve(TrainConfig(data=data))
+    assert classes == TINY and resolved.num_classes == 3
+    assert resolve(TrainConfig(data=data, num_classes=3))[1] == TINY
+    with pytest.raises(ValueError, match="--num-classes 21 disagrees .* 3 classes"):
+        resolve(TrainConfig(data=data, num_classes=21))
+
+
+def test_data_without_a_class_list_gets_voc_or_numbered_classes(tmp_path):
+    assert resolve(TrainConfig(data=str(tmp_path)))[1].names[15] == "person"
+    resolved, classes, _ = resolve(TrainConfig(data=str(tmp_path), num_classes=3))
+    assert classes.names == ("0", "1", "2") and resolved.num_classes == 3
+
+
+def test_checkpoint_metrics_and_panels_use_the_data_classes(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from fcn.train import RunContext, _checkpoint_dir, _log_validation
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.chdir(tmp_path)  # artifacts of a local store land under here
+    data = _dataset_with_classes(tmp_path / "data", TINY)
+    cfg, classes, recipe = resolve(TrainConfig(data=data, model="fcn32s", width=0.25))
+    run_id = tracking.start_run("classes", "tiny", uri=uri)
+    run = RunContext(run_id, uri, str(tmp_path), preprocess.TORCHVISION, classes, None)
+    model = build_model("fcn32s", cfg.num_classes, width=0.25)
+    directory = _checkpoint_dir(model, optim.build_optimizer(model, recipe), None, cfg, recipe,
+                                run, {"iteration": 1})  # fmt: skip
+    assert classes_of(checkpoint.load_config(directory)) == TINY
+
+    hist = np.array([[5, 0, 0], [0, 4, 0], [0, 0, 0]])  # dog absent: no IU, no metric
+    image = np.zeros((2, 2, 3), np.uint8)
+    truth, pred = np.array([[0, 1], [1, 255]]), np.array([[0, 1], [2, 2]])
+    logger = tracking.RunLogger(run_id, uri)
+    _log_validation(
+        logger, run, 5, metrics.scores(hist), [("a", image, truth, pred)], {"extra": 1.0}
+    )
+    logged = tracking.client(uri).get_run(run_id).data.metrics
+    assert {"iu_sky", "iu_cat", "mean_iu", "extra"} <= set(logged) and "iu_dog" not in logged
+    panel_dir = tracking.client(uri).download_artifacts(run_id, "val_images", str(tmp_path))
+    (name,) = os.listdir(panel_dir)
+    colors = {
+        tuple(c) for c in np.asarray(Image.open(os.path.join(panel_dir, name))).reshape(-1, 3)
+    }
+    assert {(10, 200, 30), (250, 5, 90)} <= colors  # cat in truth, dog predicted
