@@ -139,7 +139,10 @@ def merge(output: Location, run_id: str) -> Location:
             continue
         name = path[len(legacy_runs) :]
         if path.startswith(legacy_runs) and "/" not in name:  # an old run's report: keep it
-            output.fs.mv(path, run_manifest(output, name[: -len(".parquet")]).path)
+            target = run_manifest(output, name[: -len(".parquet")]).path
+            if output.local:
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+            output.fs.mv(path, target)
         else:
             Location(output.fs, path, output.scheme).delete()
     _drop_empty_dirs(output)
