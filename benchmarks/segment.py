@@ -12,7 +12,9 @@ glibc settings if they are missing, so both sides get them):
      threads and batches of equal-size images, and one-image batches over one-thread actors.
      Steady images/s = images between the first and last batch's completion / that time
      (actor start-up and model load excluded; they show in the whole-job figure);
-  4. GFLOP/s inside the actors = model FLOPs x images / summed forward seconds (manifest);
+  4. GFLOP/s inside the actors = model FLOPs x images / summed forward seconds (manifest),
+     and the per-stage table: seconds per image in read, decode, the model actor and its
+     forward, encode, write, and the share of the model actor's busy time spent in forward;
   5. peak RSS of the driver and of the actors at 1x and `scale`x the images.
 Prints a table and writes results/segment.md. Timings depend on the machine and its load:
 compare the ratios, which come from one run.
@@ -115,7 +117,7 @@ class ActorPeak:
         while not self._stop.wait(0.5):
             for entry in Path("/proc").iterdir():
                 try:
-                    if "MapBatches(Predictor)" not in (entry / "cmdline").read_text():
+                    if "Predictor" not in (entry / "cmdline").read_text():
                         continue
                     for line in (entry / "status").read_text().splitlines():
                         if line.startswith("VmHWM:"):
@@ -138,8 +140,11 @@ def run_job(args: list[str], ray_address: str) -> tuple[dict, list[dict], float,
         raise RuntimeError(f"segment job failed:\n{out[-3000:]}\n{done.stderr[-3000:]}")
     result = json.loads(lines[0][7:])
     uri = next(line.split()[-1] for line in out.splitlines() if line.startswith("manifest:"))
-    rows = pq.read_table(io.BytesIO(storage.read_bytes(uri))).to_pylist()
+    rows = pq.read_table(io.BytesIO(storage.read_bytes(uri))).to_pylist()  # fcn.manifest
     return result, rows, result["rss_MiB"], actors.peak_kib / 1024
+
+
+STAGES = ("read", "decode", "model", "forward", "encode", "write")
 
 
 def steady_rate(rows: list[dict], actors: int) -> float:
@@ -160,6 +165,7 @@ def main() -> None:
     p.add_argument("--model", default="fcn32s")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--scale", type=int, default=10, help="the memory run uses this many x")
+    p.add_argument("--trials", type=int, default=3, help="job runs per layout (median, spread)")
     p.add_argument("--out", default=str(REPO / "results" / "segment.md"))
     args = p.parse_args()
     threads = os.cpu_count() or 1
@@ -204,28 +210,42 @@ def main() -> None:
                 "--batch-size", "1", "--concurrency", str(threads), "--cpus-per-actor", "1",
             ],
         }  # fmt: skip
-        rows = []
+        rows, stages = [], []
         for name, extra in layouts.items():
-            out = str(work / f"out-{len(rows)}")
-            common = ["--input", str(small), "--output", out, "--model", ckpt, "--no-class-counts"]
-            started = time.perf_counter()
-            _, manifest_rows, rss, actor_rss = run_job(common + extra, address)
-            wall = time.perf_counter() - started
-            ok = [r for r in manifest_rows if r["status"] == "ok"]
-            actors = int(extra[extra.index("--concurrency") + 1])
-            assert len(ok) == len(decoded), manifest_rows
+            trials = []
+            for trial in range(args.trials):
+                out = str(work / f"out-{len(rows)}-{trial}")
+                common = ["--input", str(small), "--output", out, "--model", ckpt]
+                started = time.perf_counter()
+                _, manifest_rows, rss, actor_rss = run_job(
+                    common + ["--no-class-counts"] + extra, address
+                )
+                wall = time.perf_counter() - started
+                ok = [r for r in manifest_rows if r["status"] == "ok"]
+                assert len(ok) == len(decoded), manifest_rows
+                actors = int(extra[extra.index("--concurrency") + 1])
+                trials.append(
+                    (steady_rate(manifest_rows, actors), len(ok) / wall, ok, rss, actor_rss)
+                )
+            steady = sorted(t[0] for t in trials)
+            median = trials[[t[0] for t in trials].index(steady[len(steady) // 2])]
+            ok = median[2]
             forward_s = sum(r["forward_seconds"] for r in ok)
+            stage = {s: sum(r[f"{s}_seconds"] or 0 for r in ok) / len(ok) for s in STAGES}
+            stage["forward share"] = forward_s / sum(r["model_seconds"] for r in ok)
+            stages.append((name, stage))
             rows.append(
                 {
                     "layout": name,
-                    "steady": steady_rate(manifest_rows, actors),
-                    "whole": len(ok) / wall,
+                    "steady": steady[len(steady) // 2],
+                    "spread": (steady[0], steady[-1]),
+                    "whole": median[1],
                     "gflops": gflop * len(ok) / (forward_s / actors),  # all actors together
-                    "rss": rss,
-                    "actor_rss": actor_rss,
+                    "rss": median[3],
+                    "actor_rss": median[4],
                 }
             )
-            print(rows[-1], flush=True)
+            print(rows[-1], stage, flush=True)
         # Memory growth: the first layout again on scale x the images.
         out = str(work / "out-big")
         common = ["--input", str(big), "--output", out, "--model", ckpt, "--no-class-counts"]
@@ -245,7 +265,8 @@ def main() -> None:
 
     first = rows[0]
     lines = [
-        "| run | steady img/s | vs plain loop | whole job img/s | GFLOP/s in actors "
+        "| run | steady img/s (median; min-max) | vs plain loop | whole job img/s "
+        "| GFLOP/s in actors "
         "| of matmul peak | driver RSS MiB | actor RSS MiB |",
         "|" + "---|" * 8,
         f"| plain loop ({threads} threads, batch {args.batch_size}) | {plain_rate:.3f} | 1.00x "
@@ -253,10 +274,19 @@ def main() -> None:
     ]
     for r in rows:
         lines.append(
-            f"| job: {r['layout']} | {r['steady']:.3f} | {r['steady'] / plain_rate:.2f}x "
+            f"| job: {r['layout']} | {r['steady']:.3f} ({r['spread'][0]:.3f}-{r['spread'][1]:.3f}) "
+            f"| {r['steady'] / plain_rate:.2f}x "
             f"| {r['whole']:.3f} | {r['gflops']:.0f} | {r['gflops'] / peak:.0%} "
             f"| {r['rss']:.0f} | {r['actor_rss']:.0f} |"
         )
+    lines += [
+        "",
+        "| layout | " + " | ".join(f"{s} s/img" for s in STAGES) + " | forward share of actor |",
+        "|" + "---|" * (len(STAGES) + 2),
+    ]
+    for name, stage in stages:
+        cells = " | ".join(f"{stage[s]:.3f}" for s in STAGES)
+        lines.append(f"| {name} | {cells} | {stage['forward share']:.0%} |")
     growth = big_rss / first["rss"]
     actor_growth = big_actor_rss / first["actor_rss"] if first["actor_rss"] else float("nan")
     verdict = [

@@ -86,12 +86,19 @@ def _resolve(uri: str, download_dir: str) -> str:
         ) from None
 
 
-def predict(model, images, spec, scales=(1.0,), shift_and_stitch: bool = False) -> np.ndarray:
-    """uint8 `N x H x W x 3` RGB -> class maps `N x H x W` (uint8 numpy), argmax of the logits.
+# A pixel whose best class has under even odds is a guess (the low-confidence statistic).
+LOW_CONFIDENCE = 0.5
+STATISTICS = ("mean_entropy", "mean_margin", "low_confidence_fraction")
+
+
+def predict(model, images, spec, scales=(1.0,), shift_and_stitch: bool = False, statistics=False):
+    """uint8 `N x H x W x 3` RGB -> class maps `N x H x W` (uint8 numpy), argmax of the scores;
+    with `statistics`, `(class maps, confidence_statistics of the class probabilities)`.
 
     `scales`: average the class probabilities over these input scales (1.0 alone: one plain
     forward). `shift_and_stitch`: dense logits from the model's coarse scores by
     shift-and-stitch (docs/paper.md) instead of its upsampling layers; stride^2 forwards.
+    The segment job's actor, evaluation, the MLflow model and benchmarks/gpu.py all call this.
     """
     device = next(model.parameters()).device
     x = normalize(images, spec).to(device)
@@ -105,13 +112,29 @@ def predict(model, images, spec, scales=(1.0,), shift_and_stitch: bool = False) 
 
     with torch.inference_mode():
         if tuple(scales) == (1.0,):
-            return logits_at(x).argmax(1).to(torch.uint8).cpu().numpy()
-        probs = 0
-        for scale in scales:
-            size = (max(1, round(height * scale)), max(1, round(width * scale)))
-            xs = x if size == (height, width) else F.interpolate(x, size=size, mode="bilinear")
-            logits = logits_at(xs)
-            if logits.shape[-2:] != (height, width):
-                logits = F.interpolate(logits, size=(height, width), mode="bilinear")
-            probs = probs + logits.softmax(1)
-        return probs.argmax(1).to(torch.uint8).cpu().numpy()
+            scores = logits_at(x)  # argmax of the logits = argmax of the probabilities
+            probs = scores.float().softmax(1) if statistics else None
+        else:
+            probs = 0
+            for scale in scales:
+                size = (max(1, round(height * scale)), max(1, round(width * scale)))
+                xs = x if size == (height, width) else F.interpolate(x, size=size, mode="bilinear")
+                logits = logits_at(xs)
+                if logits.shape[-2:] != (height, width):
+                    logits = F.interpolate(logits, size=(height, width), mode="bilinear")
+                probs = probs + logits.float().softmax(1) / len(scales)
+            scores = probs
+        classes = scores.argmax(1).to(torch.uint8).cpu().numpy()
+        return (classes, confidence_statistics(probs)) if statistics else classes
+
+
+def confidence_statistics(probs: torch.Tensor) -> dict[str, np.ndarray]:
+    """Per image of `probs` (N x C x H x W class probabilities): mean pixel entropy (nats), mean
+    margin between the best and second-best class, and the share of pixels whose best class has
+    a probability under LOW_CONFIDENCE. High entropy, low margin: the model is unsure there."""
+    entropy = -(probs * probs.clamp_min(1e-12).log()).sum(1)
+    top = probs.topk(min(2, probs.shape[1]), dim=1).values
+    margin = top[:, 0] - top[:, 1] if top.shape[1] > 1 else top[:, 0]
+    low = (top[:, 0] < LOW_CONFIDENCE).float()
+    values = (entropy, margin, low)
+    return {name: v.mean((1, 2)).cpu().numpy() for name, v in zip(STATISTICS, values, strict=True)}

@@ -1,32 +1,24 @@
-"""The segment job's manifest: one Parquet file per run under `<output>/_manifest/`.
+"""The segment job's per-run manifest: one row per image the run segmented or failed.
 
-Columns (ARCHITECTURE.md contract first): `uri`, `mask_uri`, `status` (`ok` | `error` |
-`skipped`), `error`, `model`, `seconds`; then what makes runs incremental (`etag`: the image
-version, `size:mtime` for objects, `sha256:...` for Parquet rows), the image size, per-stage
-timings, optional per-class pixel counts, and the run id.
-
-Crash safety: actors append small part files (`_manifest/_parts/<run>/*.parquet`, each written
-atomically) as batches finish; the driver folds them into `_manifest/<run>.parquet` at the end
-and drops the parts. A killed run leaves its parts behind, and the next run reads them like any
-manifest, so work finished before the kill is not redone.
+Columns (ARCHITECTURE.md contract first): `uri`, `mask_uri`, `status` (`ok` | `error`), `error`,
+`model` (the exact version: `models:/name/7`, never an alias), `seconds`; then the image version
+(`etag`: `size:mtime` for objects, `sha256:...` for Parquet rows), the image size, per-stage
+timings, the model's confidence on the image (`fcn.inference.confidence_statistics`: mean pixel
+entropy in nats, mean top-1 margin, share of pixels whose top-1 probability is under
+`LOW_CONFIDENCE`; and the classes present), optional per-class pixel counts, and the run id.
+Images left unchanged are counted in the run's summary, not listed. What is done across runs
+lives in `fcn.nightly.state`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import io
-import os
-import sys
 from collections.abc import Iterable
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from fcn import storage
-
-DIR = "_manifest"
-PARTS = "_parts"
-STATUSES = ("ok", "error", "skipped")
+from fcn.storage import Location
 
 SCHEMA = pa.schema(
     [
@@ -42,9 +34,14 @@ SCHEMA = pa.schema(
         ("width", pa.int32()),
         ("read_seconds", pa.float64()),
         ("decode_seconds", pa.float64()),
-        ("forward_seconds", pa.float64()),
+        ("forward_seconds", pa.float64()),  # the model alone
+        ("model_seconds", pa.float64()),  # the model actor in all: normalize, forward, stats
         ("encode_seconds", pa.float64()),
         ("write_seconds", pa.float64()),
+        ("mean_entropy", pa.float32()),
+        ("mean_margin", pa.float32()),
+        ("low_confidence_fraction", pa.float32()),
+        ("classes_present", pa.int32()),
         ("class_counts", pa.list_(pa.int64())),
         ("run_id", pa.string()),
         ("time", pa.float64()),
@@ -54,58 +51,25 @@ SCHEMA = pa.schema(
 
 def to_table(rows: Iterable[dict]) -> pa.Table:
     """Rows (dicts; missing columns are null) -> a table with SCHEMA."""
-    rows = list(rows)
     return pa.Table.from_pylist([{k: r.get(k) for k in SCHEMA.names} for r in rows], SCHEMA)
 
 
-def write(uri: str, table: pa.Table) -> None:
+def conform(table: pa.Table) -> pa.Table:
+    """`table`'s SCHEMA columns in SCHEMA's order and types; absent ones are null."""
+    columns = [
+        table.column(f.name).cast(f.type)
+        if f.name in table.column_names
+        else pa.nulls(table.num_rows, f.type)
+        for f in SCHEMA
+    ]
+    return pa.Table.from_arrays(columns, schema=SCHEMA)
+
+
+def write(where: Location, table: pa.Table) -> None:
     buffer = io.BytesIO()
     pq.write_table(table, buffer)
-    storage.write_bytes(uri, buffer.getvalue())  # whole file or nothing
+    where.write_bytes(buffer.getvalue())  # whole file or nothing
 
 
-def run_uri(output: str, run_id: str) -> str:
-    return storage.join(output, f"{DIR}/{run_id}.parquet")
-
-
-def parts_uri(output: str, run_id: str) -> str:
-    return storage.join(output, f"{DIR}/{PARTS}/{run_id}")
-
-
-def remove_empty_parts_dir(output: str) -> None:
-    """Local outputs keep directories: drop `_manifest/_parts/` once no killed run left parts."""
-    if storage.is_remote(output):
-        return
-    # OSError: not empty (a killed run's parts, kept on purpose) or already gone.
-    with contextlib.suppress(OSError):
-        os.rmdir(storage.strip_scheme(storage.join(output, f"{DIR}/{PARTS}")))
-
-
-def read_all(output: str) -> pa.Table:
-    """Every manifest row under `<output>/_manifest/` (parts of killed runs included).
-
-    An unreadable file is reported and left out: one bad file must not stop the night, and the
-    worst it costs is segmenting its images again.
-    """
-    tables = []
-    for info in storage.list_files(storage.join(output, DIR), extensions=(".parquet",)):
-        try:
-            table = pq.read_table(io.BytesIO(storage.read_bytes(info.uri)))
-            tables.append(table.select([n for n in SCHEMA.names if n in table.column_names]))
-        except Exception as err:  # noqa: BLE001 - any unreadable file is skipped, loudly
-            print(f"warning: ignoring unreadable manifest {info.uri}: {err}", file=sys.stderr)
-    if not tables:
-        return SCHEMA.empty_table()
-    return pa.concat_tables(tables, promote_options="permissive")
-
-
-def finished(manifest: pa.Table, retry_errors: bool) -> dict[tuple[str, str], dict]:
-    """(uri, etag) -> its latest `ok` (or, unless retrying, `error`) row: work not to redo."""
-    final = {"ok"} if retry_errors else {"ok", "error"}
-    done: dict[tuple[str, str], dict] = {}
-    columns = ["uri", "etag", "status", "mask_uri", "error", "time"]
-    present = [c for c in columns if c in manifest.column_names]
-    for row in sorted(manifest.select(present).to_pylist(), key=lambda r: r.get("time") or 0):
-        if row.get("status") in final and row.get("etag"):
-            done[(row["uri"], row["etag"])] = row
-    return done
+def read(where: Location) -> pa.Table:
+    return pq.read_table(io.BytesIO(where.read_bytes()))

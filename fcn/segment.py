@@ -1,143 +1,57 @@
 """Nightly batch segmentation: new or changed images under a prefix -> palette mask PNGs.
 
-Pipeline (`run`): list the input (or read an ingested Parquet split), drop what the manifests
-say is done, then Ray Data `map_batches` over an actor pool of `Predictor`s (the model loaded
-once per actor; CUDA when GPUs are asked for; `fcn.predictor`), which read, decode, segment
-and write masks, appending manifest parts as batches finish. The driver then writes the run's
-manifest, prints a summary and, with MLFLOW_TRACKING_URI set, logs an MLflow run.
+The driver (`run`) checks the model, lists the input and plans tonight's work against the
+state (`fcn.nightly`: Arrow tables, nothing per image in Python), then runs a Ray Data
+pipeline shaped like Ray's batch-inference examples: read + decode as CPU tasks, the model in
+an actor pool (`fcn.predictor`; CUDA when GPUs are asked for), PNG encode + object writes as
+CPU tasks, each batch's manifest part written right after its masks. At the end it writes the
+run's manifest (the images it segmented or failed), folds the parts into the state snapshot,
+prints a summary and, with MLFLOW_TRACKING_URI set, logs an MLflow run.
 
-Incremental: an image is done when a manifest row has its uri and etag (`size:mtime` of the
-object; `sha256` of the bytes for Parquet rows) with status `ok` (and its mask still exists),
-or `error` unless `--retry-errors`. Exactly once: masks go to a key fixed by the image key and
-are written whole, and finished batches are in the manifest parts before a kill can lose
-them, so a rerun redoes at most the batches in flight and never leaves two masks or a
-truncated one.
+Exactly once: a mask goes to a key fixed by the image key and is written whole, and finished
+batches are in the state's parts before a kill can lose them, so a rerun redoes at most the
+batches in flight and never leaves two masks or a truncated one. docs/nightly.md has the rest.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
-import re
 import sys
 import tempfile
 import time
 import uuid
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from fcn import checkpoint, images, manifest, masks, storage, tracking
+from fcn import checkpoint, manifest, storage, tracking
 from fcn.config import SegmentConfig, to_dict
+from fcn.data.classes import classes_of
+from fcn.nightly import plan as planning
+from fcn.nightly import stages, state
 from fcn.predictor import Predictor
 from fcn.runtime import ALLOCATOR_ENV, init_ray
 
-MAX_BLOCKS = 2000
+MAX_BLOCKS = 2000  # about one block per batch (a unit of scheduling), capped for huge nights
+IO_CPUS = 0.5  # the CPU stages wait on the store half the time: two share a core
 
 
-# --- planning (driver) -----------------------------------------------------------------------
+class NothingToSegment(ValueError):
+    """The input lists no images: a mistyped prefix must not look like a quiet night."""
 
 
-def etag_of(info: storage.FileInfo) -> str:
-    return f"{info.size}:{info.mtime}"
-
-
-def input_format(config: SegmentConfig) -> str:
+def input_format(config: SegmentConfig, input: storage.Location, output: storage.Location):
+    """'parquet' or 'images'; files under the output (masks, state) never count."""
     if config.input_format != "auto":
         return config.input_format
-    return "parquet" if storage.list_files(config.input, (".parquet",)) else "images"
+    return "parquet" if _parquet_files(input, output) else "images"
 
 
-def list_images(config: SegmentConfig) -> list[storage.FileInfo]:
-    """Images under the input prefix, minus anything under the output prefix (masks written
-    inside the input tree must not come back as images the next night)."""
-    input_path = storage.strip_scheme(config.input).rstrip("/")
-    output_path = storage.strip_scheme(config.output).rstrip("/")
-    if storage.scheme(config.input) == storage.scheme(config.output) and input_path == output_path:
-        raise ValueError("--output must differ from --input: masks would overwrite images")
-    found = storage.list_files(config.input, images.IMAGE_EXTENSIONS)
-    return [f for f in found if not storage.strip_scheme(f.uri).startswith(output_path + "/")]
-
-
-def plan(config: SegmentConfig, images, done, model: str, run_id: str):
-    """(todo rows for the actors, manifest rows decided here: skipped or refused keys)."""
-    todo, decided, claimed = [], [], {}
-    now = time.time()
-    for info in images:
-        base = {"uri": info.uri, "etag": etag_of(info), "size": info.size, "model": model}
-        base.update(run_id=run_id, time=now, seconds=0.0)
-        try:
-            mask_uri = storage.join(
-                config.output, masks.mask_key(storage.relative_key(config.input, info.uri))
-            )
-        except ValueError as err:
-            decided.append({**base, "status": "error", "error": f"bad object key: {err}"})
-            continue
-        base["mask_uri"] = mask_uri
-        if mask_uri in claimed:  # a/x.jpg and a/x.png both want a/x.png
-            reason = f"mask key {mask_uri} is already taken by {claimed[mask_uri]}"
-            decided.append({**base, "status": "error", "error": reason})
-            continue
-        claimed[mask_uri] = info.uri
-        previous = done.get((info.uri, base["etag"]))
-        if previous and not config.force:
-            if previous["status"] == "error":
-                note = f"unchanged since it failed: {previous.get('error')}"
-                decided.append({**base, "status": "skipped", "error": note})
-                continue
-            if previous.get("mask_uri") == mask_uri:
-                decided.append({**base, "status": "skipped"})
-                continue
-        todo.append({k: base[k] for k in ("uri", "mask_uri", "etag", "size")})
-    return todo, decided
-
-
-def pin_model_uri(uri: str) -> str:
-    """`models:/name@alias` -> `models:/name/<version>`: every actor loads the same version
-    even if the alias moves mid-run, and the manifest names the exact version."""
-    match = re.fullmatch(r"models:/([^/@]+)@([^/]+)", uri)
-    if not match:
-        return uri
-    from mlflow import MlflowClient
-
-    version = MlflowClient().get_model_version_by_alias(match[1], match[2]).version
-    return f"models:/{match[1]}/{version}"
-
-
-# --- the job (driver) ------------------------------------------------------------------------
-
-
-def _segment(config: SegmentConfig, fmt: str, todo, done, model: str, run_id: str) -> pa.Table:
-    import ray
-
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    settings = {**to_dict(config), "parts_uri": manifest.parts_uri(config.output, run_id)}
-    settings["scales"] = tuple(config.scales)
-    kwargs = {"model_uri": model, "settings": settings, "run_id": run_id}
-    if fmt == "parquet":
-        fs, path = storage.pyarrow_filesystem(config.input)
-        ds = ray.data.read_parquet(path, filesystem=fs).select_columns(["uri", "image"])
-        kwargs["done_ref"] = [ray.put(done)]  # in a list: handed over as a reference
-    else:
-        if not todo:
-            return manifest.SCHEMA.empty_table()
-        # About one block per batch (a block is a unit of scheduling), capped for huge nights.
-        blocks = min(MAX_BLOCKS, max(1, len(todo) // config.batch_size))
-        ds = ray.data.from_items(todo, override_num_blocks=blocks)
-    remote_args = {"num_cpus": config.cpus_per_actor, "num_gpus": config.gpus_per_actor}
-    if config.gpus_per_actor == 0:  # CPU actors: the allocator settings (fcn.runtime)
-        remote_args["runtime_env"] = {"env_vars": ALLOCATOR_ENV}
-    out = ds.map_batches(
-        Predictor,
-        fn_constructor_kwargs=kwargs,
-        batch_size=config.batch_size,
-        batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(size=config.concurrency),
-        **remote_args,
-    )
-    tables = [t for t in ray.get(out.to_arrow_refs()) if t.num_rows]
-    return (
-        pa.concat_tables(tables).cast(manifest.SCHEMA) if tables else manifest.SCHEMA.empty_table()
-    )
+def _parquet_files(input: storage.Location, output: storage.Location) -> list[str]:
+    found = planning.collect(input.walk((".parquet",))).column("path")
+    return pc.filter(found, pc.invert(pc.starts_with(found, output.path + "/"))).to_pylist()
 
 
 def absolute_paths(config: SegmentConfig) -> SegmentConfig:
@@ -153,45 +67,125 @@ def absolute_paths(config: SegmentConfig) -> SegmentConfig:
     )
 
 
-def validate(config: SegmentConfig) -> None:
-    """Refuse settings that cannot work before any listing or model download."""
-    if config.batch_size < 1 or config.concurrency < 1:
-        raise ValueError("--batch-size and --concurrency must be >= 1")
-    if not config.scales or any(s <= 0 for s in config.scales):
-        raise ValueError(f"--scales must be positive, got {config.scales}")
-    if not 0 <= config.max_error_fraction <= 1:
-        raise ValueError("--max-error-fraction must lie in [0, 1]")
+# --- the pipeline ----------------------------------------------------------------------------
+
+
+def _source(config, fmt, input, output, work, done, model):
+    """The Ray Data dataset of decoded rows (read + decode as CPU tasks)."""
+    import ray
+
+    io = {"batch_format": "pyarrow", "batch_size": config.batch_size, "num_cpus": IO_CPUS}
+    io["concurrency"] = config.io_concurrency
+    if fmt == "parquet":
+        files = _parquet_files(input, output)
+        fs = pa.fs.PyFileSystem(pa.fs.FSSpecHandler(input.fs))
+        ds = ray.data.read_parquet(files, filesystem=fs).select_columns(["uri", "image"])
+        older = []
+        if config.resegment_older_models:
+            older = planning.older_models(pc.unique(done.column("model")).to_pylist(), model)
+        kwargs = {"output": output, "state": [ray.put(done)], "older": older, "config": config}
+        return ds.map_batches(stages.decide_parquet, fn_kwargs=kwargs, **io)
+    todo = work.todo
+    chunk = math.ceil(todo.num_rows / min(MAX_BLOCKS, math.ceil(todo.num_rows / config.batch_size)))
+    ds = ray.data.from_arrow([todo.slice(i, chunk) for i in range(0, todo.num_rows, chunk)])
+    return ds.map_batches(stages.read_decode, fn_kwargs={"input": input, "config": config}, **io)
+
+
+def _segment(config, fmt, input, output, work, done, model, palette, run_id) -> pa.Table:
+    """Every row the pipeline produced (manifest.SCHEMA), `skipped` ones included."""
+    import ray
+
+    remote_args = {"num_cpus": config.cpus_per_actor, "num_gpus": config.gpus_per_actor}
+    if config.gpus_per_actor == 0:  # CPU actors: the allocator settings (fcn.runtime)
+        remote_args["runtime_env"] = {"env_vars": ALLOCATOR_ENV}
+    ds = _source(config, fmt, input, output, work, done, model).map_batches(
+        Predictor,
+        fn_constructor_kwargs={"model_uri": model, "config": config},
+        batch_size=config.batch_size,
+        batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(size=config.concurrency),
+        **remote_args,
+    )
+    parts = state.parts_dir(output, run_id)
+    kwargs = {"output": output, "palette": palette, "parts": parts, "model": model}
+    ds = ds.map_batches(
+        stages.encode_write,
+        fn_kwargs={**kwargs, "run_id": run_id},
+        batch_format="pyarrow",
+        batch_size=config.batch_size,
+        num_cpus=IO_CPUS,
+        concurrency=config.io_concurrency,
+    )
+    tables = [t for t in ds.iter_batches(batch_format="pyarrow", batch_size=None) if t.num_rows]
+    return pa.concat_tables(tables) if tables else manifest.SCHEMA.empty_table()
+
+
+# --- the job (driver) ------------------------------------------------------------------------
+
+
+def _check_model(config: SegmentConfig) -> tuple[str, object]:
+    """(the pinned model URI, its palette), checked before any Ray start."""
+    model = tracking.pin_model_uri(config.model)
+    with tempfile.TemporaryDirectory(prefix="fcn-segment-") as tmp:
+        ckpt_config = checkpoint.check(tracking.resolve_checkpoint(model, tmp))
+    return model, classes_of(ckpt_config).palette()
+
+
+def _plan(config, fmt, input, output, done, model):
+    if fmt == "parquet":
+        if config.max_images is not None:
+            raise ValueError("--max-images needs an image prefix: a Parquet split has no age")
+        if not _parquet_files(input, output) and not config.allow_empty:
+            raise NothingToSegment(f"--input {config.input} holds no Parquet files")
+        return None
+    listing = planning.list_images(input, output)
+    if not listing.num_rows and not config.allow_empty:
+        raise NothingToSegment(
+            f"--input {config.input} lists no images (jpg/png/bmp/webp): a mistyped prefix? "
+            "(--allow-empty accepts an empty night)"
+        )
+    existing = planning.existing_masks(output)
+    return planning.plan(listing, done, existing, input, output, config, model)
+
+
+def _done_for_actors(done: pa.Table, config: SegmentConfig, output: storage.Location):
+    """The state rows that make a Parquet row done: `ok` with its mask present, or `error`."""
+    if config.force:
+        return done.slice(0, 0)
+    ok = pc.and_(
+        pc.equal(done.column("status"), "ok"),
+        pc.is_in(done.column("mask_uri"), value_set=planning.existing_masks(output)),
+    )
+    keep = ok if config.retry_errors else pc.or_(ok, pc.equal(done.column("status"), "error"))
+    return done.filter(keep).select(["uri", "etag", "status", "error", "model"])
 
 
 def run(config: SegmentConfig) -> dict:
     """Segment what is new under `config.input`; returns the summary (also printed by jobs/)."""
-    validate(config)
+    config.validate()
     config = absolute_paths(config)
     started = time.time()
     run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:8]
-    model = pin_model_uri(config.model)
-    with tempfile.TemporaryDirectory(prefix="fcn-segment-") as tmp:  # fail early, clearly
-        checkpoint.check(tracking.resolve_checkpoint(model, tmp))
-    fmt = input_format(config)
-    previous = manifest.read_all(config.output)
-    done = {} if config.force else manifest.finished(previous, config.retry_errors)
-    # An `ok` row counts only while its mask is still there (someone may have deleted it).
-    existing = {f.uri for f in storage.list_files(config.output, (images.MASK_EXTENSION,))}
-    done = {k: v for k, v in done.items() if v["status"] == "error" or v["mask_uri"] in existing}
-    todo, decided = [], []
-    if fmt == "images":
-        todo, decided = plan(config, list_images(config), done, model, run_id)
-    if todo or fmt == "parquet":
-        init_ray()
+    model, palette = _check_model(config)  # fail early, clearly
+    input, output = storage.locate(config.input), storage.locate(config.output)
+    fmt = input_format(config, input, output)
+    done, sources = state.read(output)
+    work = _plan(config, fmt, input, output, done, model)
+    if fmt == "parquet":
+        done = _done_for_actors(done, config, output)
     pipeline_started = time.time()
-    results = _segment(config, fmt, todo, done, model, run_id)
+    results = manifest.SCHEMA.empty_table()
+    if fmt == "parquet" or work.todo.num_rows:
+        init_ray()
+        results = _segment(config, fmt, input, output, work, done, model, palette, run_id)
     pipeline_seconds = time.time() - pipeline_started
-    table = pa.concat_tables([manifest.to_table(decided), results])
-    manifest_uri = manifest.run_uri(config.output, run_id)
-    manifest.write(manifest_uri, table)
-    storage.delete(manifest.parts_uri(config.output, run_id), recursive=True)
-    manifest.remove_empty_parts_dir(config.output)
-    summary = summarize(table, config, model, run_id, manifest_uri)
+    refused = work.refused if work else None
+    table = _run_table(results, refused, model, run_id)
+    manifest_at = state.run_manifest(output, run_id)
+    manifest.write(manifest_at, table)
+    if table.num_rows or sources != _single_snapshot(sources):
+        state.merge(output, run_id)
+    summary = summarize(table, results, work, config, model, run_id, manifest_at.uri)
     summary["seconds"] = round(time.time() - started, 3)
     summary["images_per_s"] = (
         round(summary["done"] / pipeline_seconds, 3) if summary["done"] else 0.0
@@ -200,9 +194,33 @@ def run(config: SegmentConfig) -> dict:
     return summary
 
 
-def summarize(table: pa.Table, config: SegmentConfig, model: str, run_id: str, manifest_uri: str):
-    statuses = table.column("status").to_pylist()
-    done, failed, skipped = (statuses.count(s) for s in ("ok", "error", "skipped"))
+def _single_snapshot(sources: list[str]) -> list[str]:
+    """`sources` when they are one snapshot alone (nothing to fold), else an empty list."""
+    alone = len(sources) == 1 and f"/{state.STATE}/snapshot-" in sources[0]
+    return sources if alone else []
+
+
+def _run_table(results: pa.Table, refused, model: str, run_id: str) -> pa.Table:
+    """The run's manifest: what it segmented or failed (unchanged images are counts)."""
+    finished = results.filter(pc.not_equal(results.column("status"), "skipped"))
+    if refused is None or not refused.num_rows:
+        return finished
+    refused = refused.append_column("status", pa.array(["error"] * refused.num_rows))
+    now = time.time()
+    for name, value in (("model", model), ("run_id", run_id), ("time", now), ("seconds", 0.0)):
+        refused = refused.append_column(name, pa.array([value] * refused.num_rows))
+    return pa.concat_tables([manifest.conform(refused), finished])
+
+
+def summarize(table, results, work, config, model, run_id, manifest_uri) -> dict:
+    statuses = table.column("status")
+    done = pc.sum(pc.equal(statuses, "ok")).as_py() or 0
+    failed = pc.sum(pc.equal(statuses, "error")).as_py() or 0
+    if work is None:  # Parquet input: the actors decided what was unchanged
+        skipped = pc.sum(pc.equal(results.column("status"), "skipped")).as_py() or 0
+        deferred = resegmented = 0
+    else:
+        skipped, deferred, resegmented = work.unchanged, work.deferred, work.resegment
     fraction = failed / (done + failed) if done + failed else 0.0
     return {
         "run_id": run_id,
@@ -210,10 +228,12 @@ def summarize(table: pa.Table, config: SegmentConfig, model: str, run_id: str, m
         "input": config.input,
         "masks": config.output,
         "manifest": manifest_uri,
-        "total": len(statuses),
+        "total": done + failed + skipped + deferred,
         "done": done,
         "skipped": skipped,
         "failed": failed,
+        "deferred": deferred,
+        "resegmented": resegmented,
         "error_fraction": round(fraction, 4),
         "max_error_fraction": config.max_error_fraction,
         "ok": fraction <= config.max_error_fraction,
@@ -221,23 +241,25 @@ def summarize(table: pa.Table, config: SegmentConfig, model: str, run_id: str, m
 
 
 def log_to_mlflow(config: SegmentConfig, summary: dict) -> None:
+    """One MLflow run per night, when a tracking server is configured (a nightly job with no
+    server configured should not grow a local mlruns/ beside the code)."""
     if not os.environ.get("MLFLOW_TRACKING_URI"):
         return
-    import mlflow
-
-    mlflow.set_experiment(config.experiment)
-    with mlflow.start_run(run_name=f"segment-{summary['run_id']}"):
-        mlflow.log_params({k: str(v) for k, v in to_dict(config).items()})
-        mlflow.set_tags({"manifest": summary["manifest"], "model_version": summary["model"]})
-        keys = ("done", "skipped", "failed", "error_fraction", "images_per_s", "seconds")
-        mlflow.log_metrics({k: float(summary[k]) for k in keys})
+    keys = ("done", "skipped", "failed", "error_fraction", "images_per_s", "seconds")
+    tracking.log_run(
+        config.experiment,
+        f"segment-{summary['run_id']}",
+        to_dict(config),
+        {"manifest": summary["manifest"], "model_version": summary["model"]},
+        {k: float(summary[k]) for k in keys},
+    )
 
 
 def print_summary(summary: dict, file=sys.stdout) -> None:
     print(
         f"segment: {summary['done']} done, {summary['skipped']} skipped, {summary['failed']} "
-        f"failed of {summary['total']} images; {summary['images_per_s']} images/s; "
-        f"{summary['seconds']} s in all",
+        f"failed of {summary['total']} images; {summary['deferred']} left for the next night; "
+        f"{summary['images_per_s']} images/s; {summary['seconds']} s in all",
         file=file,
     )
     print(f"masks:    {summary['masks']}", file=file)

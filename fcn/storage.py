@@ -10,16 +10,20 @@ from __future__ import annotations
 import os
 import posixpath
 import tempfile
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import BinaryIO
 from urllib.parse import urlparse
 
 import fsspec
+import pyarrow as pa
 import pyarrow.fs as pafs
 
 _REMOTE_SCHEMES = ("s3", "s3a", "gs", "gcs", "az", "abfs")
+
+
+# What `Location.walk` yields: one row per file.
+WALK_SCHEMA = pa.schema([("path", pa.string()), ("size", pa.int64()), ("mtime", pa.float64())])
 
 
 @dataclass(frozen=True)
@@ -102,15 +106,8 @@ def pyarrow_filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
     return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), strip_scheme(uri)
 
 
-def _with_scheme(like: str, path: str) -> str:
-    """Put `like`'s scheme back on a filesystem path."""
-    if is_remote(like):
-        return f"{scheme(like)}://{path}"
-    return path
-
-
-def join(base: str, key: str) -> str:
-    """`base`/`key`, refusing any key that would land outside `base` (`../x`, `/etc/x`)."""
+def _check_key(key: str, base: str) -> str:
+    """`key` normalized, or a ValueError when it would land outside `base` (`../x`, `/etc/x`)."""
     if not key or "\\" in key or "\x00" in key:
         raise ValueError(f"refusing object key {key!r}: empty or holds a backslash or NUL")
     if key.startswith("/") or "://" in key:
@@ -118,7 +115,12 @@ def join(base: str, key: str) -> str:
     normalized = posixpath.normpath(key)
     if normalized in (".", "..") or normalized.startswith("../"):
         raise ValueError(f"refusing object key {key!r}: it escapes its prefix {base!r}")
-    return base.rstrip("/") + "/" + normalized
+    return normalized
+
+
+def join(base: str, key: str) -> str:
+    """`base`/`key`, refusing any key that would land outside `base` (`../x`, `/etc/x`)."""
+    return base.rstrip("/") + "/" + _check_key(key, base)
 
 
 def relative_key(base: str, uri: str) -> str:
@@ -144,15 +146,115 @@ def _mtime(info: dict) -> float | None:
     return None
 
 
+def _suffixes(extensions) -> tuple[str, ...]:
+    return tuple(e.lower() if e.startswith(".") else "." + e.lower() for e in extensions or ())
+
+
+@dataclass(frozen=True)
+class Location:
+    """A URI parsed once: its filesystem and path. Jobs resolve each URI at their edge and pass
+    the Location (it pickles, filesystem options included) to Ray tasks and actors, so nothing
+    downstream re-parses strings."""
+
+    fs: fsspec.AbstractFileSystem
+    path: str  # the filesystem path, no trailing slash
+    scheme: str  # `s3`, `file`, ...
+
+    @property
+    def local(self) -> bool:
+        return self.scheme == "file"
+
+    @property
+    def uri(self) -> str:
+        return self.uri_of(self.path)
+
+    def uri_of(self, path: str) -> str:
+        """The URI of another path on this filesystem (a listing result, a child)."""
+        return path if self.local else f"{self.scheme}://{path}"
+
+    def child(self, key: str) -> Location:
+        """`self`/`key`; refuses keys that escape it (see `join`)."""
+        return Location(self.fs, self.path + "/" + _check_key(key, self.uri), self.scheme)
+
+    def contains(self, path: str) -> bool:
+        return path.startswith(self.path + "/")
+
+    def exists(self) -> bool:
+        return self.fs.exists(self.path)
+
+    def read_bytes(self) -> bytes:
+        return self.fs.cat_file(self.path)  # one GET on S3 (open() + read() costs a HEAD too)
+
+    def write_bytes(self, data: bytes) -> None:
+        """Whole object or nothing (see `write_bytes`)."""
+        if self.local:
+            self.write_with(lambda f: f.write(data))
+        else:
+            self.fs.pipe_file(self.path, data)  # a single PUT is atomic
+
+    def write_with(self, write: Callable[[BinaryIO], object]) -> None:
+        """See `write_with`."""
+        if not self.local:
+            with tempfile.NamedTemporaryFile(prefix="fcn-upload-") as tmp:
+                write(tmp)
+                tmp.flush()
+                self.fs.put_file(tmp.name, self.path)
+            return
+        directory = os.path.dirname(self.path) or "."
+        os.makedirs(directory, exist_ok=True)
+        name = os.path.basename(self.path)
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                write(f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+    def delete(self, recursive: bool = False) -> None:
+        if self.fs.exists(self.path):
+            self.fs.rm(self.path, recursive=recursive)
+
+    def walk(self, extensions=None, chunk: int = 50_000):
+        """Files under this location as Arrow tables of at most `chunk` rows (`path`, `size`,
+        `mtime`), one directory listing at a time: a bucket of millions of keys never sits in
+        Python objects all at once. A missing prefix yields nothing; an unreachable store
+        raises."""
+        suffixes = _suffixes(extensions)
+        paths, sizes, mtimes = [], [], []
+        for _, _, files in self.fs.walk(self.path, detail=True):
+            for info in files.values():
+                if suffixes and not info["name"].lower().endswith(suffixes):
+                    continue
+                paths.append(info["name"])
+                sizes.append(int(info.get("size") or 0))
+                mtimes.append(_mtime(info))
+            if len(paths) >= chunk:
+                yield pa.table({"path": paths, "size": sizes, "mtime": mtimes}, schema=WALK_SCHEMA)
+                paths, sizes, mtimes = [], [], []
+        if paths:
+            yield pa.table({"path": paths, "size": sizes, "mtime": mtimes}, schema=WALK_SCHEMA)
+
+
+def locate(uri: str) -> Location:
+    """Parse `uri` once into its filesystem and path (see `Location`)."""
+    fs, path = filesystem(uri)
+    return Location(fs, path.rstrip("/") or path, scheme(uri))
+
+
 def list_files(uri: str, extensions: tuple[str, ...] | None = None) -> list[FileInfo]:
     """Every file under `uri` (recursive), sorted by URI; `extensions` match case-insensitively.
 
     A missing prefix lists as empty; an unreachable store raises.
     """
-    fs, path = filesystem(uri)
-    suffixes = tuple(e.lower() if e.startswith(".") else "." + e.lower() for e in extensions or ())
+    where = locate(uri)
+    suffixes = _suffixes(extensions)
     try:
-        found = fs.find(path, detail=True)
+        found = where.fs.find(where.path, detail=True)
     except FileNotFoundError:
         return []
     files = []
@@ -161,18 +263,16 @@ def list_files(uri: str, extensions: tuple[str, ...] | None = None) -> list[File
             continue
         if suffixes and not name.lower().endswith(suffixes):
             continue
-        files.append(FileInfo(_with_scheme(uri, name), int(info.get("size") or 0), _mtime(info)))
+        files.append(FileInfo(where.uri_of(name), int(info.get("size") or 0), _mtime(info)))
     return sorted(files, key=lambda f: f.uri)
 
 
 def exists(uri: str) -> bool:
-    fs, path = filesystem(uri)
-    return fs.exists(path)
+    return locate(uri).exists()
 
 
 def read_bytes(uri: str) -> bytes:
-    fs, path = filesystem(uri)
-    return fs.cat_file(path)  # one GET on S3 (open() + read() costs a HEAD as well)
+    return locate(uri).read_bytes()
 
 
 def read_text(uri: str) -> str:
@@ -191,11 +291,7 @@ def write_bytes(uri: str, data: bytes) -> None:
     Local: a temp file in the same directory, fsynced, then renamed over the target. S3: a
     single PUT is already atomic (an object appears only once complete).
     """
-    if is_remote(uri):
-        fs, path = filesystem(uri)
-        fs.pipe_file(path, data)
-        return
-    write_with(uri, lambda f: f.write(data))
+    locate(uri).write_bytes(data)
 
 
 def write_with(uri: str, write: Callable[[BinaryIO], object]) -> None:
@@ -203,27 +299,7 @@ def write_with(uri: str, write: Callable[[BinaryIO], object]) -> None:
     local file, which then replaces the target (local) or is uploaded (S3: a multipart upload
     appears only once complete). Either way readers see the whole object or nothing.
     """
-    if is_remote(uri):
-        fs, path = filesystem(uri)
-        with tempfile.NamedTemporaryFile(prefix="fcn-upload-") as tmp:
-            write(tmp)
-            tmp.flush()
-            fs.put_file(tmp.name, path)
-        return
-    path = strip_scheme(uri)
-    directory = os.path.dirname(path) or "."
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    locate(uri).write_with(write)
 
 
 def write_text(uri: str, text: str) -> None:
@@ -231,11 +307,4 @@ def write_text(uri: str, text: str) -> None:
 
 
 def delete(uri: str, recursive: bool = False) -> None:
-    fs, path = filesystem(uri)
-    if fs.exists(path):
-        fs.rm(path, recursive=recursive)
-
-
-def unique_name(prefix: str = "", suffix: str = "") -> str:
-    """A name no other writer picks (for temp objects and per-run files)."""
-    return f"{prefix}{uuid.uuid4().hex}{suffix}"
+    locate(uri).delete(recursive)

@@ -498,7 +498,7 @@ def _test_hook(run_dir: str, config: TrainConfig):
 def _export_best(best, run_dir: str) -> tuple[str, str]:
     """Copy the best checkpoint's model.pt and config.json (config.json last: it marks the copy
     complete) to `<run_dir>/best` and to a local dir for MLflow; the optimizer state stays."""
-    source = _with_scheme(run_dir, best.path)
+    source = storage.locate(run_dir).uri_of(best.path)
     target = storage.join(run_dir, BEST_DIR)
     export = tempfile.mkdtemp(prefix="fcn-register-")
     storage.makedirs(target)
@@ -550,7 +550,7 @@ def _finish(config: TrainConfig, run: RunContext, result) -> TrainResult:
     return TrainResult(
         run_id=run.run_id,
         best_checkpoint=best_uri,
-        latest_checkpoint=_with_scheme(config.storage, latest.path) if latest else None,
+        latest_checkpoint=storage.locate(config.storage).uri_of(latest.path) if latest else None,
         best_mean_iu=float(best_metrics["mean_iu"]),
         metrics=dict(result.metrics or {}),
         model_version=version,
@@ -589,12 +589,6 @@ def run(config: TrainConfig) -> TrainResult:
         tracking.end_run(run_id, status, uri)
         if previous_handler is not None:  # None: installed outside Python, leave it
             signal.signal(signal.SIGTERM, previous_handler)
-
-
-def _with_scheme(like: str, path: str) -> str:
-    # storage keeps its own copy private (storage._with_scheme); one public helper there
-    # would replace this.
-    return f"{storage.scheme(like)}://{path}" if storage.is_remote(like) else path
 
 
 def _raise_on_sigterm():

@@ -1,22 +1,33 @@
-"""Segment every new or changed image under a prefix; masks and a manifest go to --output.
+"""Segment every new or changed image under a prefix; masks, a state table and a per-run
+manifest go to --output.
 
     python jobs/segment.py --input s3://bucket/images/ --output s3://bucket/masks/ \
-        --model models:/fcn-voc@champion
+        --model models:/fcn-voc@champion --max-images 100000
 
 Runs on the Ray cluster named by RAY_ADDRESS (as a `ray job submit` entry point), or starts a
 local Ray when none is set. Exit status 1 when the error fraction exceeds
---max-error-fraction, so a scheduler sees a bad night.
+--max-error-fraction, so a scheduler sees a bad night; 2 with one line when the settings, the
+model or the input cannot work (checked before Ray starts). docs/nightly.md: the state, the
+nightly budget and the model-change option.
 """
 
 import sys
+from pathlib import Path
 
-from fcn.config import SegmentConfig, parse
-from fcn.segment import print_summary, run
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, unpackaged
+
+from fcn.config import SegmentConfig, parse  # noqa: E402
 
 
 def main(argv=None) -> int:
-    config = parse(SegmentConfig, argv)
-    summary = run(config)
+    config = parse(SegmentConfig, argv, description=__doc__)
+    from fcn.segment import print_summary, run
+
+    try:
+        summary = run(config)
+    except (ValueError, FileNotFoundError) as err:  # settings, model contract, empty input
+        print(f"segment: {err}", file=sys.stderr)
+        return 2
     print_summary(summary)
     return 0 if summary["ok"] else 1
 

@@ -3,6 +3,7 @@ predictor against a direct forward pass, and `run` end to end on a local in-proc
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 from pathlib import Path
@@ -20,6 +21,7 @@ from fcn.config import SegmentConfig
 from fcn.data.classes import voc_colormap
 from fcn.models import build_from_config
 from fcn.models.preprocess import normalize
+from fcn.nightly import plan, state
 
 NUM_CLASSES = 4
 
@@ -136,7 +138,7 @@ def test_mask_key_drops_the_extension():
     assert masks.mask_key("x.tar.jpeg") == "x.tar.png"
 
 
-# --- planning and manifest -----------------------------------------------------------------
+# --- planning, state and the stages ---------------------------------------------------------
 
 
 def cfg(tmp_path, **kw) -> SegmentConfig:
@@ -144,89 +146,155 @@ def cfg(tmp_path, **kw) -> SegmentConfig:
     return SegmentConfig(**{**base, **kw})
 
 
+def listing(rows) -> pa.Table:
+    """(path, size, mtime) rows as `Location.walk` gives them."""
+    return pa.Table.from_pylist(
+        [{"path": p, "size": s, "mtime": m} for p, s, m in rows], storage.WALK_SCHEMA
+    )
+
+
+def state_table(rows) -> pa.Table:
+    return pa.Table.from_pylist(rows, state.STATE_SCHEMA)
+
+
 def test_plan_skips_done_redoes_changed_and_refuses_colliding_keys(tmp_path):
     config = cfg(tmp_path)
-    a = storage.FileInfo(f"{config.input}/a.jpg", 10, 1.0)
-    a_png = storage.FileInfo(f"{config.input}/a.png", 10, 1.0)
-    b = storage.FileInfo(f"{config.input}/d/b.jpg", 20, 2.0)
-    bad = storage.FileInfo(f"{config.input}/bad.jpg", 0, 2.0)
-    done = {
-        (b.uri, "20:2.0"): {"status": "ok", "mask_uri": f"{config.output}/d/b.png"},
-        (bad.uri, "0:2.0"): {"status": "error", "error": "empty file (0 bytes)"},
-    }
-    todo, decided = manifest_plan(config, [a, a_png, b, bad], done)
-    assert [t["uri"] for t in todo] == [a.uri]
-    assert todo[0]["mask_uri"] == f"{config.output}/a.png"
-    by_uri = {r["uri"]: r for r in decided}
-    assert by_uri[a_png.uri]["status"] == "error" and "already taken" in by_uri[a_png.uri]["error"]
-    assert by_uri[b.uri]["status"] == "skipped"
-    assert (
-        by_uri[bad.uri]["status"] == "skipped"
-        and "unchanged since it failed" in by_uri[bad.uri]["error"]
+    src, out = storage.locate(config.input), storage.locate(config.output)
+    a, a_png, b, bad = (f"{src.path}/{k}" for k in ("a.jpg", "a.png", "d/b.jpg", "bad.jpg"))
+    done = state_table(
+        [
+            {"uri": b, "etag": "20:2", "status": "ok", "mask_uri": f"{out.path}/d/b.png"},
+            {"uri": bad, "etag": "0:2", "status": "error", "error": "empty file (0 bytes)"},
+        ]
     )
-    changed = storage.FileInfo(b.uri, 21, 3.0)  # new bytes: segmented again
-    todo, _ = manifest_plan(config, [changed], done)
-    assert [t["uri"] for t in todo] == [b.uri]
+    existing = pa.array([f"{out.path}/d/b.png"])
+    files = listing([(a, 10, 1.0), (a_png, 10, 1.0), (b, 20, 2.0), (bad, 0, 2.0)])
+    work = plan.plan(files, done, existing, src, out, config, "m")
+    assert work.todo.column("uri").to_pylist() == [a]
+    assert work.todo.column("mask_uri").to_pylist() == [f"{out.path}/a.png"]
+    assert work.refused.column("uri").to_pylist() == [a_png]
+    assert "already taken by" in work.refused.column("error")[0].as_py()
+    assert (work.listed, work.unchanged, work.deferred) == (4, 2, 0)
+    changed = listing([(b, 21, 3.0)])  # new bytes: segmented again
+    assert plan.plan(changed, done, existing, src, out, config, "m").todo.num_rows == 1
+    gone = plan.plan(files, done, pa.array([], pa.string()), src, out, config, "m")
+    assert b in gone.todo.column("uri").to_pylist()  # its mask was deleted: redone
+    retry = plan.plan(files, done, existing, src, out, cfg(tmp_path, retry_errors=True), "m")
+    assert sorted(retry.todo.column("uri").to_pylist()) == sorted([a, bad])
 
 
-def manifest_plan(config, images, done):
-    from fcn.segment import plan
+def test_plan_budget_takes_the_oldest_and_then_older_models_masks(tmp_path):
+    config = cfg(tmp_path, max_images=2, resegment_older_models=True)
+    src, out = storage.locate(config.input), storage.locate(config.output)
+    new = [(f"{src.path}/n{i}.jpg", 1, float(10 - i)) for i in range(3)]  # n2 is the oldest
+    old = [(f"{src.path}/o{i}.jpg", 1, 1.0) for i in range(2)]
+    MODELS = ["models:/f/1", "models:/f/3"]  # noqa: N806
+    done = state_table(
+        [
+            {"uri": p, "etag": "1:1", "status": "ok", "mask_uri": f"{out.path}/o{i}.png",
+             "model": model, "time": float(i)}
+            for i, ((p, _, _), model) in enumerate(zip(old, MODELS, strict=True))
+        ]
+    )  # fmt: skip
+    existing = pa.array([f"{out.path}/o0.png", f"{out.path}/o1.png"])
+    work = plan.plan(listing(new + old), done, existing, src, out, config, "models:/f/2")
+    assert work.todo.column("uri").to_pylist() == [new[2][0], new[1][0]]
+    assert (work.deferred, work.unchanged, work.resegment) == (2, 1, 0)
+    big = dataclasses.replace(config, max_images=10)
+    work = plan.plan(listing(new + old), done, existing, src, out, big, "models:/f/2")
+    # version 1 made o0's mask (older: redone last); version 3 is newer than 2: kept
+    assert work.todo.column("uri").to_pylist()[-1] == old[0][0]
+    assert (work.todo.num_rows, work.resegment, work.unchanged) == (4, 1, 1)
 
-    return plan(config, images, done, "m", "run")
+
+def test_odd_keys_are_refused_or_normalized(tmp_path):
+    config = cfg(tmp_path)
+    src, out = storage.locate(config.input), storage.locate(config.output)
+    files = listing([(f"{src.path}/a\\b.jpg", 1, 1.0), (f"{src.path}/x/.hidden.jpg", 1, 1.0)])
+    work = plan.plan(files, state.STATE_SCHEMA.empty_table(), pa.array([], pa.string()), src,
+                     out, config, "m")  # fmt: skip
+    assert "backslash" in work.refused.column("error")[0].as_py()
+    assert work.todo.column("mask_uri").to_pylist() == [f"{out.path}/x/.hidden.png"]
+
+
+def test_older_models_compares_registry_versions_of_one_name():
+    models = ["models:/f/1", "models:/f/3", "models:/g/1", "/ckpt", None, "models:/f/2"]
+    assert plan.older_models(models, "models:/f/2") == ["models:/f/1", "models:/g/1", "/ckpt"]
 
 
 def test_output_inside_input_is_not_listed_as_input(tmp_path):
-    from fcn.segment import list_images
-
     (tmp_path / "in" / "masks").mkdir(parents=True)
     (tmp_path / "in" / "x.jpg").write_bytes(b"x")
     (tmp_path / "in" / "masks" / "x.png").write_bytes(b"x")
-    config = SegmentConfig(str(tmp_path / "in"), str(tmp_path / "in" / "masks"), "m")
-    assert [Path(f.uri).name for f in list_images(config)] == ["x.jpg"]
+    src, out = storage.locate(str(tmp_path / "in")), storage.locate(str(tmp_path / "in/masks"))
+    found = plan.list_images(src, out).column("path").to_pylist()
+    assert [Path(p).name for p in found] == ["x.jpg"]
     with pytest.raises(ValueError, match="must differ"):
-        list_images(SegmentConfig(str(tmp_path / "in"), str(tmp_path / "in"), "m"))
+        plan.list_images(src, src)
 
 
-def test_unreadable_manifest_is_ignored(tmp_path, capsys):
-    out = str(tmp_path / "out")
-    manifest.write(manifest.run_uri(out, "r1"), manifest.to_table([{"uri": "u", "status": "ok"}]))
-    storage.write_bytes(manifest.run_uri(out, "r2"), b"PAR1 truncated")
-    table = manifest.read_all(out)
+def test_state_files_under_the_input_do_not_make_it_parquet(tmp_path):
+    from fcn.segment import input_format
+
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "x.jpg").write_bytes(b"x")
+    out = storage.locate(str(tmp_path / "in" / "masks"))
+    manifest.write(state.run_manifest(out, "r1"), manifest.to_table([{"uri": "u"}]))
+    config = SegmentConfig(str(tmp_path / "in"), out.path, "m")
+    assert input_format(config, storage.locate(config.input), out) == "images"
+
+
+def test_unreadable_state_file_is_ignored_and_kept(tmp_path, capsys):
+    out = storage.locate(str(tmp_path / "out"))
+    part = state.parts_dir(out, "r1").child("a.parquet")
+    manifest.write(part, manifest.to_table([{"uri": "u", "status": "ok", "time": 1.0}]))
+    broken = state.parts_dir(out, "r2").child("b.parquet")
+    broken.write_bytes(b"PAR1 truncated")
+    table, _ = state.read(out)
     assert table.column("uri").to_pylist() == ["u"]
-    assert "ignoring unreadable manifest" in capsys.readouterr().err
+    assert "ignoring unreadable state file" in capsys.readouterr().err
+    state.merge(out, "r3")
+    assert broken.exists() and not part.exists()  # never deleted: a person should look
 
 
-# --- the predictor, in process -------------------------------------------------------------
+# --- the model actor, in process -------------------------------------------------------------
 
 
 def test_predictor_masks_equal_a_direct_forward(tmp_path, model_dir):
+    from fcn.nightly import stages
     from fcn.predictor import Predictor
 
-    images = {"a.png": picture(64, 80, 1), "b.png": picture(64, 80, 2), "c.png": picture(72, 96, 3)}
+    pictures = {"a.png": picture(64, 80, 1), "b.png": picture(64, 80, 2)}
+    pictures["c.png"] = picture(72, 96, 3)
+    src, out = storage.locate(str(tmp_path / "in")), storage.locate(str(tmp_path / "m"))
     rows = []
-    for name, image in images.items():
-        (tmp_path / name).write_bytes(encode(image))
-        rows.append({"uri": str(tmp_path / name), "mask_uri": str(tmp_path / "m" / name)})
-        rows[-1].update(etag="e", size=1)
-    rows.append({"uri": str(tmp_path / "gone.png"), "mask_uri": str(tmp_path / "m/gone.png")})
-    rows[-1].update(etag="e", size=1)
-    settings = {**SegmentConfig("i", "o", "m").__dict__, "parts_uri": str(tmp_path / "parts")}
-    predictor = Predictor(model_dir, settings, "run")
-    out = predictor(pa.Table.from_pylist(rows)).to_pylist()
-    assert [r["status"] for r in out] == ["ok", "ok", "ok", "error"]
-    assert "read failed" in out[-1]["error"]
-    for name, image in images.items():
+    for name, image in pictures.items():
+        src.child(name).write_bytes(encode(image))
+        rows.append({"uri": name, "path": src.child(name).path})
+    rows.append({"uri": "gone.png", "path": src.child("gone.png").path})
+    for row in rows:
+        mask = out.child(masks.mask_key(row["uri"]))
+        row.update(mask_uri=mask.uri, mask_path=mask.path, etag="e", size=1)
+    config = SegmentConfig("i", "o", "m", max_batch_pixels=64 * 80)  # a and b: two forwards
+    decoded = stages.read_decode(pa.Table.from_pylist(rows), src, config)
+    classified = Predictor(model_dir, config)(decoded)
+    parts = storage.locate(str(tmp_path / "parts"))
+    palette = voc_colormap()
+    out_rows = stages.encode_write(classified, out, palette, parts, "m", "run").to_pylist()
+    assert [r["status"] for r in out_rows] == ["ok", "ok", "ok", "error"]
+    assert "read failed" in out_rows[-1]["error"]
+    for name, image in pictures.items():
         mask = np.asarray(Image.open(tmp_path / "m" / name))
         expected = direct(model_dir, image)
         assert mask.shape == image.shape[:2]
         assert len(np.unique(expected)) > 1  # the test model really varies
         assert np.array_equal(mask, expected)
-    assert (
-        out[0]["class_counts"]
-        == np.bincount(direct(model_dir, images["a.png"]).ravel(), minlength=NUM_CLASSES).tolist()
-    )
-    parts = storage.list_files(str(tmp_path / "parts"))
-    assert len(parts) == 1  # the part is written with the batch (crash safety)
+    counts = np.bincount(direct(model_dir, pictures["a.png"]).ravel(), minlength=NUM_CLASSES)
+    assert out_rows[0]["class_counts"] == counts.tolist()
+    assert out_rows[0]["classes_present"] == int((counts > 0).sum())
+    assert 0 < out_rows[0]["mean_margin"] <= 1 and out_rows[0]["mean_entropy"] > 0
+    assert 0 <= out_rows[0]["low_confidence_fraction"] <= 1
+    assert len(storage.list_files(parts.uri)) == 1  # the part is written with the batch
 
 
 def test_multi_scale_averages_to_full_size_masks(model_dir):

@@ -1,0 +1,212 @@
+"""Tonight's work for an image prefix: the listing joined with the state, all in Arrow.
+
+An image is done when the state has its `uri` with the same `etag` (`size:mtime` of the
+object) and status `ok` with its mask still present at the key it maps to, or status `error`
+(unless `--retry-errors`). What is not done is tonight's work, oldest first (by the object's
+mtime), then, with `--resegment-older-models`, the unchanged images whose mask an older model
+made (oldest mask first); `--max-images` cuts the list and the rest waits for the next night.
+The driver holds a few Arrow columns per listed image and no Python object per image, so 1M+
+keys plan in bounded memory.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from fcn import images, masks
+from fcn.config import SegmentConfig
+from fcn.storage import WALK_SCHEMA, Location
+
+TODO_COLUMNS = ("uri", "path", "mask_uri", "mask_path", "etag", "size")
+# Keys the vectorized mapping cannot take as they are: odd characters, `.`/`..` segments,
+# hidden basenames, doubled slashes. They go through fcn.storage's checks one by one.
+ODD_KEY = r"\\|\x00|(^|/)\.|//"
+REGISTRY_VERSION = re.compile(r"models:/([^/@]+)/(\d+)")
+
+
+@dataclass
+class Plan:
+    todo: pa.Table  # TODO_COLUMNS, in the order to segment them
+    refused: pa.Table  # uri, etag, size, mask_uri, error: keys that cannot get a mask
+    listed: int
+    unchanged: int
+    deferred: int  # over --max-images: waits for the next night
+    resegment: int  # of `todo`: unchanged images whose mask came from an older model
+
+
+def collect(chunks) -> pa.Table:
+    """One table from `Location.walk` chunks."""
+    tables = list(chunks)
+    return pa.concat_tables(tables) if tables else WALK_SCHEMA.empty_table()
+
+
+def list_images(input: Location, output: Location) -> pa.Table:
+    """`path`, `size`, `mtime` of the images under `input`, minus anything under `output`
+    (masks written inside the input tree must not come back as images the next night)."""
+    if input.fs.protocol == output.fs.protocol and input.path == output.path:
+        raise ValueError("--output must differ from --input: masks would overwrite images")
+    found = collect(input.walk(images.IMAGE_EXTENSIONS))
+    inside = pc.starts_with(found.column("path"), output.path + "/")
+    return found.filter(pc.invert(inside))
+
+
+def existing_masks(output: Location) -> pa.Array:
+    """URIs of the mask PNGs under `output` (an `ok` row counts only while its mask exists)."""
+    paths = collect(output.walk((images.MASK_EXTENSION,))).column("path")
+    return _uris(output, paths).combine_chunks()
+
+
+def _uris(where: Location, paths) -> pa.ChunkedArray:
+    if where.local:
+        return paths
+    return pc.binary_join_element_wise(f"{where.scheme}://", paths, "")
+
+
+def older_models(models: list[str | None], current: str) -> list[str]:
+    """Of the models that made masks, those older than `current`: a lower registry version of
+    the same registered model, or any other model URI (checkpoints carry no order)."""
+    mine = REGISTRY_VERSION.fullmatch(current)
+    older = []
+    for model in models:
+        if model is None or model == current:
+            continue
+        theirs = REGISTRY_VERSION.fullmatch(model)
+        if mine and theirs and theirs[1] == mine[1] and int(theirs[2]) > int(mine[2]):
+            continue  # made by a newer version (an alias rolled back): not older
+        older.append(model)
+    return older
+
+
+def _mask_keys(input: Location, keys: pa.ChunkedArray) -> tuple[pa.Array, pa.Array]:
+    """(mask key or null, the refusal reason or null) for each image key."""
+    keys = keys.combine_chunks()
+    mask_keys = pc.replace_substring_regex(keys, r"\.[^./]*$", images.MASK_EXTENSION)
+    odd = pc.match_substring_regex(keys, ODD_KEY)
+    reasons = pa.nulls(len(keys), pa.string())
+    odd_rows = np.flatnonzero(odd.to_numpy(zero_copy_only=False))
+    if len(odd_rows):
+        fixed, why = [], []
+        for key in keys.take(pa.array(odd_rows)).to_pylist():
+            try:
+                normalized = input.child(key).path[len(input.path) + 1 :]
+                fixed.append(masks.mask_key(normalized))
+                why.append(None)
+            except ValueError as err:
+                fixed.append(None)
+                why.append(f"bad object key: {err}")
+        mask_keys = pc.replace_with_mask(mask_keys, odd, pa.array(fixed, pa.string()))
+        reasons = pc.replace_with_mask(reasons, odd, pa.array(why, pa.string()))
+    return mask_keys, reasons
+
+
+def _taken(table: pa.Table) -> pa.Table:
+    """Sorted by (mask_uri, uri), with `error` set where an earlier image already took the
+    mask key (`a/x.jpg` and `a/x.png` both want `a/x.png`: the first in key order wins)."""
+    table = table.sort_by([("mask_uri", "ascending"), ("uri", "ascending")])
+    mask_uri = table.column("mask_uri").combine_chunks()
+    n = len(mask_uri)
+    if n < 2:
+        return table
+    dup = np.concatenate(  # row i repeats row i - 1's mask key
+        [
+            [False],
+            pc.fill_null(pc.equal(mask_uri.slice(1), mask_uri.slice(0, n - 1)), False).to_numpy(
+                zero_copy_only=False
+            ),
+        ]
+    )
+    if not dup.any():
+        return table
+    first = np.maximum.accumulate(np.where(dup, 0, np.arange(n)))
+    uris = table.column("uri")
+    reasons = [
+        f"mask key {mask_uri[int(i)].as_py()} is already taken by {uris[int(first[i])].as_py()}"
+        for i in np.flatnonzero(dup)
+    ]
+    error = pc.replace_with_mask(
+        table.column("error").combine_chunks(), pa.array(dup), pa.array(reasons, pa.string())
+    )
+    return table.set_column(table.column_names.index("error"), "error", error)
+
+
+def _candidates(listing: pa.Table, input: Location, output: Location) -> pa.Table:
+    """The listing with its uri, etag, mask location and any refusal reason."""
+    paths = listing.column("path")
+    keys = pc.utf8_slice_codeunits(paths, len(input.path) + 1)
+    mask_keys, reasons = _mask_keys(input, keys)
+    mtime = pc.fill_null(pc.cast(listing.column("mtime"), pa.string()), "None")
+    etag = pc.binary_join_element_wise(pc.cast(listing.column("size"), pa.string()), mtime, ":")
+    table = pa.table(
+        {
+            "uri": _uris(input, paths),
+            "path": paths,
+            "mask_uri": pc.binary_join_element_wise(output.uri + "/", mask_keys, ""),
+            "mask_path": pc.binary_join_element_wise(output.path + "/", mask_keys, ""),
+            "etag": etag,
+            "size": listing.column("size"),
+            "mtime": pc.fill_null(listing.column("mtime"), 0.0),
+            "error": reasons,
+        }
+    )
+    return _taken(table)
+
+
+def _decide(table: pa.Table, existing: pa.Array, config: SegmentConfig, model: str) -> pa.Table:
+    """`table` (candidates joined with the state, `prev_*`) with `todo` and `older` columns."""
+    prev_status = table.column("prev_status")
+    same = pc.fill_null(pc.equal(table.column("prev_etag"), table.column("etag")), False)
+    mask_ok = pc.and_(
+        pc.equal(table.column("prev_mask_uri"), table.column("mask_uri")),
+        pc.is_in(table.column("mask_uri"), value_set=existing),
+    )
+    ok = pc.fill_null(pc.and_(pc.equal(prev_status, "ok"), mask_ok), False)
+    failed = pc.fill_null(pc.equal(prev_status, "error"), False)
+    done = pc.and_(same, pc.or_(ok, failed) if not config.retry_errors else ok)
+    if config.force:
+        done = pc.and_(done, False)
+    older = pc.and_(done, False)
+    if config.resegment_older_models:
+        models = pc.unique(table.column("prev_model")).to_pylist()
+        stale = pa.array(older_models(models, model), pa.string())
+        older = pc.and_(ok, pc.fill_null(pc.is_in(table.column("prev_model"), stale), False))
+        older = pc.and_(done, older)
+    return table.append_column("todo", pc.invert(done)).append_column("older", older)
+
+
+def plan(
+    listing: pa.Table,
+    state: pa.Table,
+    existing: pa.Array,
+    input: Location,
+    output: Location,
+    config: SegmentConfig,
+    model: str,
+) -> Plan:
+    """Tonight's work (see the module docstring); `existing`: from `existing_masks`."""
+    candidates = _candidates(listing, input, output)
+    bad = pc.is_valid(candidates.column("error"))
+    refused = candidates.filter(bad).select(["uri", "etag", "size", "mask_uri", "error"])
+    candidates = candidates.filter(pc.invert(bad))
+    prev = state.select(["uri", "etag", "mask_uri", "status", "model", "time"])
+    prev = prev.rename_columns(["uri"] + [f"prev_{n}" for n in prev.column_names[1:]])
+    table = _decide(candidates.join(prev, "uri", join_type="left outer"), existing, config, model)
+    fresh = table.filter(table.column("todo")).sort_by(
+        [("mtime", "ascending"), ("uri", "ascending")]
+    )
+    older = table.filter(table.column("older"))
+    older = older.sort_by([("prev_time", "ascending"), ("uri", "ascending")])
+    todo = pa.concat_tables([fresh.select(TODO_COLUMNS), older.select(TODO_COLUMNS)])
+    budget = todo.num_rows if config.max_images is None else config.max_images
+    return Plan(
+        todo=todo.slice(0, budget),
+        refused=refused,
+        listed=listing.num_rows,
+        unchanged=table.num_rows - todo.num_rows,
+        deferred=max(0, todo.num_rows - budget),
+        resegment=max(0, min(budget, todo.num_rows) - fresh.num_rows),
+    )
