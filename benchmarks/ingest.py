@@ -27,6 +27,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from benchmarks.common import start_s3_server, stop_server  # noqa: E402
 from fcn.runtime import LOCAL_RAY_ENV  # noqa: E402
 
 for key, value in LOCAL_RAY_ENV.items():
@@ -136,39 +137,6 @@ def ingest_in_process(voc: str, output: str) -> tuple[float, dict]:
     return time.perf_counter() - start, summary
 
 
-def start_moto() -> tuple[subprocess.Popen, str]:
-    import socket
-    import urllib.request
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    binary = str(Path(sys.executable).parent / "moto_server")
-    proc = subprocess.Popen(
-        [binary, "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    endpoint = f"http://127.0.0.1:{port}"
-    for _ in range(100):
-        try:
-            urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=1)
-            break
-        except OSError:
-            time.sleep(0.1)
-    os.environ.update(
-        AWS_ENDPOINT_URL=endpoint,
-        AWS_ACCESS_KEY_ID="testing",
-        AWS_SECRET_ACCESS_KEY="testing",
-        AWS_DEFAULT_REGION="us-east-1",
-    )
-    import boto3
-
-    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="bench")
-    return proc, "s3://bench"
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--images", type=int, default=100, help="images in the 1x input")
@@ -184,7 +152,7 @@ def main() -> None:
     moto = None
     try:
         if args.store == "s3":
-            moto, base = start_moto()
+            moto, base = start_s3_server("bench")
         else:
             base = str(work / "store")
         print(f"generating {args.images} VOC-size images (+ {args.scale}x copies) ...", flush=True)
@@ -221,8 +189,7 @@ def main() -> None:
         ray.shutdown()
     finally:
         if moto is not None:
-            moto.terminate()
-            moto.wait(timeout=10)
+            stop_server(moto)
         shutil.rmtree(work, ignore_errors=True)
 
     growth = rows[1]["driver_rss_MiB"] / rows[0]["driver_rss_MiB"]

@@ -36,6 +36,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from benchmarks.common import forward_gflop, matmul_peak  # noqa: E402
 from fcn.runtime import ALLOCATOR_ENV, LOCAL_RAY_ENV  # noqa: E402
 
 if any(os.environ.get(k) != v for k, v in ALLOCATOR_ENV.items()):  # glibc reads them at start
@@ -61,27 +62,6 @@ code = main(sys.argv[1:])
 hwm = next(l for l in open("/proc/self/status") if l.startswith("VmHWM:")).split()[1]
 print("RESULT " + json.dumps({"rc": code, "rss_MiB": int(hwm) / 1024}))
 """
-
-
-def matmul_peak(threads: int, n: int = 2048, repeats: int = 5) -> float:
-    torch.set_num_threads(threads)
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    torch.mm(a, b)
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        torch.mm(a, b)
-        best = min(best, time.perf_counter() - start)
-    return 2 * n**3 / best / 1e9
-
-
-def forward_gflop(model, size: int) -> float:
-    from torch.utils.flop_counter import FlopCounterMode
-
-    counter = FlopCounterMode(display=False)
-    with torch.inference_mode(), counter:
-        model(torch.zeros(1, 3, size, size))
-    return counter.get_total_flops() / 1e9
 
 
 def plain_loop(model, spec, decoded: list[np.ndarray], batch: int, threads: int) -> float:

@@ -25,6 +25,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
+from benchmarks.common import matmul_peak, step_gflop  # noqa: E402
+from fcn.models import build_model  # noqa: E402
 from fcn.runtime import ALLOCATOR_ENV as MALLOC_ENV  # noqa: E402
 from fcn.runtime import LOCAL_RAY_ENV as RAY_ENV  # noqa: E402
 
@@ -38,42 +40,6 @@ def parse_args(argv=None):
     p.add_argument("--gpu", action="store_true", help="one GPU per worker (and for the loop)")
     p.add_argument("--output", default=str(REPO / "results" / "train.md"))
     return p.parse_args(argv)
-
-
-def matmul_peak(threads: int, device: str, n: int = 2048, repeats: int = 10) -> float:
-    import torch
-
-    torch.set_num_threads(threads)
-    a = torch.randn(n, n, device=device)
-    b = torch.randn(n, n, device=device)
-    for _ in range(2):
-        a @ b
-    best = float("inf")
-    for _ in range(repeats):
-        if device == "cuda":
-            torch.cuda.synchronize()
-        tic = time.perf_counter()
-        a @ b
-        if device == "cuda":
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - tic)
-    return 2 * n**3 / best / 1e9
-
-
-def step_flops(model_name: str, size: int) -> float:
-    """FLOPs of one training step (forward + backward) on one size x size image."""
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from fcn import optim
-    from fcn.models import build_model
-
-    model = build_model(model_name, 21)
-    x = torch.randn(1, 3, size, size)
-    y = torch.randint(0, 21, (1, size, size))
-    with FlopCounterMode(display=False) as counter:
-        optim.pixel_loss(model(x), y, "mean").backward()
-    return float(counter.get_total_flops())
 
 
 def plain_loop(args, data: str, device: str) -> float:
@@ -142,7 +108,7 @@ def main(argv=None) -> int:
     write_split(data, "val", 1, size=(args.size, args.size), classes=(1, 2, 3), seed=1)
 
     peak = matmul_peak(args.threads, device)
-    flops = step_flops(args.model, args.size)
+    flops = step_gflop(build_model(args.model, 21), args.size, 21) * 1e9
     loop = plain_loop(args, data, device)
     init_ray(num_cpus=args.threads + 2)  # the jobs' own start-up: workers get ALLOCATOR_ENV
     one = ray_train(args, data, 1, root)
