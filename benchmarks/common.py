@@ -147,3 +147,12 @@ def stop_server(proc: subprocess.Popen) -> None:
         proc.wait(timeout=10)
     except (ProcessLookupError, subprocess.TimeoutExpired):
         os.killpg(proc.pid, signal.SIGKILL)
+
+
+def write_report(text: str, path: str | Path) -> None:
+    """Print a benchmark's Markdown report and write it to `path` (results/<name>.md)."""
+    print(text)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    print(f"wrote {path}")

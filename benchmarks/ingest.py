@@ -27,7 +27,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from benchmarks.common import start_s3_server, stop_server  # noqa: E402
+from benchmarks.common import start_s3_server, stop_server, write_report  # noqa: E402
 from fcn.runtime import LOCAL_RAY_ENV  # noqa: E402
 
 for key, value in LOCAL_RAY_ENV.items():
@@ -227,10 +227,7 @@ def main() -> None:
             "",
         ]
     )
-    print(text)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text)
-    print(f"written: {args.out}")
+    write_report(text, args.out)
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from benchmarks.common import forward_gflop, matmul_peak  # noqa: E402
+from benchmarks.common import forward_gflop, matmul_peak, write_report  # noqa: E402
 from fcn.runtime import ALLOCATOR_ENV, LOCAL_RAY_ENV  # noqa: E402
 
 if any(os.environ.get(k) != v for k, v in ALLOCATOR_ENV.items()):  # glibc reads them at start
@@ -296,10 +296,7 @@ def main() -> None:
             "",
         ]
     )
-    print(text)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text)
-    print(f"wrote {args.out}")
+    write_report(text, args.out)
 
 
 if __name__ == "__main__":
