@@ -394,6 +394,7 @@ def _bad(source: str, split: str, image_id: str, reason: str) -> dict:
     return {"source": source, "split": split, "image_id": image_id, "reason": reason}
 
 
+# long: one table of planted cases per source, read top to bottom like a test fixture.
 def plant_bad_inputs(
     voc: str | Path | None = None,
     sbd: str | Path | None = None,

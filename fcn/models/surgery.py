@@ -4,7 +4,7 @@
 - `copy_vgg16` / `copy_alexnet` / `copy_googlenet`: a torchvision ImageNet net -> FCN backbone;
 - `load_pretrained_backbone`: those weights from the local torch hub cache or a given file
   (never downloaded, never silently replaced by random weights);
-- `transplant`, `fcn16s_from_fcn32s`, `fcn8s_from_fcn16s`: staged training (PAPER.md);
+- `transplant`, `fcn16s_from_fcn32s`, `fcn8s_from_fcn16s`: staged training (docs/paper.md);
 - `import_pytorch_fcn`: wkentaro/pytorch-fcn checkpoints, Caffe-converted ones included;
   `infer_model_name` and `load_exactly` serve it and the .caffemodel import (fcn/models/caffe.py).
 """
@@ -166,7 +166,7 @@ def transplant(source: nn.Module, target: nn.Module) -> list[str]:
 
 
 def fcn16s_from_fcn32s(fcn32s: vgg.FCNVGG16, learnable_upsampling: bool = False):
-    """A new FCN-16s starting from a trained FCN-32s (PAPER.md: staged training)."""
+    """A new FCN-16s starting from a trained FCN-32s (docs/paper.md: staged training)."""
     target = vgg.fcn16s(fcn32s.num_classes, learnable_upsampling, fcn32s.width)
     transplant(fcn32s, target)
     return target
