@@ -40,7 +40,8 @@ def test_streamed_checkpoint_round_trip_on_s3(s3):
     uri = s3.uri("storage-test/ckpt")
     state = {"w": torch.arange(6.0).reshape(2, 3)}
     extra = {"training_state.pt": {"progress": {"iteration": 7}, "m": torch.ones(2)}}
-    checkpoint.save(state, {"model": "fcn32s", "num_classes": 2}, uri, extra=extra)
+    config = {"model": "fcn32s", "num_classes": 2, "preprocessing": "torchvision"}
+    checkpoint.save(state, config, uri, extra=extra)
     assert s3.keys("storage-test/ckpt/") == [
         "storage-test/ckpt/config.json", "storage-test/ckpt/model.pt",
         "storage-test/ckpt/training_state.pt",

@@ -16,6 +16,7 @@ Sizes are chosen for 2 CPU cores: 64 px images, FCN-32s from scratch at --width 
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import time
@@ -25,7 +26,7 @@ import pytest
 from conftest import BIN, RAY_ENV
 from helpers_data import write_split
 
-from fcn import storage
+from fcn import checkpoint, storage, tracking
 from fcn.train import HOOK_ENV
 
 pytestmark = pytest.mark.integration
@@ -108,11 +109,12 @@ def test_train_with_worker_failure(ray_head, s3, data, env):
         assert name in run.data.metrics
     artifacts = [a.path for a in client.list_artifacts(run_id, "val_images")]
     assert artifacts and all(p.endswith(".png") for p in artifacts)
-    assert {a.path for a in client.list_artifacts(run_id, "checkpoint")} == {
-        "checkpoint/config.json", "checkpoint/model.pt",
-    }  # fmt: skip
     version = client.get_model_version_by_alias(MODEL_NAME, "champion")
-    assert version.run_id == run_id and version.source == f"runs:/{run_id}/checkpoint"
+    assert version.run_id == run_id
+    # The version is an MLflow model whose artifact is the checkpoint directory.
+    resolved = tracking.resolve_checkpoint(f"models:/{MODEL_NAME}/{version.version}")
+    assert sorted(os.listdir(resolved)) == ["config.json", "model.pt"]
+    assert checkpoint.check(resolved)["num_classes"] == 3
     keys = s3.keys("train-it/runs/accept/")
     assert "train-it/runs/accept/best/config.json" in keys
     assert any(k.endswith(f"checkpoint_{ITERATIONS:06d}/training_state.pt") for k in keys)
