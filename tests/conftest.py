@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -165,10 +166,10 @@ def s3(tmp_path_factory):
     proc = start([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)], {}, log)
     endpoint = f"http://127.0.0.1:{port}"
     env = {"AWS_ENDPOINT_URL": endpoint, "AWS_DEFAULT_REGION": "us-east-1"}
-    credentials = {
-        "AWS_ACCESS_KEY_ID": "FCNTESTKEYID7Q3Z",
-        "AWS_SECRET_ACCESS_KEY": "fcn-test-secret-9f4c2e7a51",
-        "AWS_SESSION_TOKEN": "fcn-test-token-3b8d6a0c27",
+    credentials = {  # drawn per session: not even the uploaded sources hold them
+        "AWS_ACCESS_KEY_ID": f"FCNTEST{secrets.token_hex(6).upper()}",
+        "AWS_SECRET_ACCESS_KEY": f"fcn-test-secret-{secrets.token_hex(12)}",
+        "AWS_SESSION_TOKEN": f"fcn-test-token-{secrets.token_hex(12)}",
     }
     saved = {k: os.environ.get(k) for k in {**env, **credentials}}
     os.environ.update({**env, **credentials})  # in-process fcn.storage / boto3 calls
