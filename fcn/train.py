@@ -448,6 +448,15 @@ def _start_tracking(config: TrainConfig, run_dir: str, params: dict) -> tuple[st
     run_id = None
     if previous:
         try:
+            # Still RUNNING: its job died as a whole (no process was left to end it). Marked
+            # KILLED first, so its end time records the interruption (MLflow keeps it while
+            # the run is continued, until the run ends again). One job per name at a time.
+            if tracking.client(uri).get_run(previous).info.status == "RUNNING":
+                tracking.end_run(previous, "KILLED", uri)
+                print(
+                    f"MLflow run {previous} was left RUNNING by a dead job: marked KILLED",
+                    flush=True,
+                )
             run_id = tracking.start_run(config.experiment, config.name, previous, uri=uri)
             print(f"continuing MLflow run {run_id}", flush=True)
         except MlflowException:

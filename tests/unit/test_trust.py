@@ -94,3 +94,22 @@ def test_ingest_owns_its_split_directories(local_ray, tmp_path):
     assert (out / "README.txt").exists()
     for split in splits:  # a split declared done reads
         assert pq.read_table(out / split).num_rows == first["splits"][split]["written"]
+
+
+def test_a_run_left_running_by_a_dead_job_is_marked_killed_then_continued(
+    tmp_path, capsys, monkeypatch
+):
+    from fcn.config import TrainConfig
+    from fcn.train import _start_tracking
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    run_dir = str(tmp_path / "runs" / "r")
+    config = TrainConfig(data=str(tmp_path / "data"), name="r", experiment="trust")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    run_id, _ = _start_tracking(config, run_dir, {"a": 1})  # the job then dies as a whole
+    assert tracking.client(uri).get_run(run_id).info.end_time is None
+    again, _ = _start_tracking(config, run_dir, {"a": 1})
+    assert again == run_id
+    info = tracking.client(uri).get_run(run_id).info
+    assert info.status == "RUNNING" and info.end_time is not None  # the kill, on record
+    assert "marked KILLED" in capsys.readouterr().out
