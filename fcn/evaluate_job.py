@@ -94,8 +94,8 @@ def run(config: EvaluateConfig) -> dict:
         tracking.log_params(run_id, to_dict(config), uri)
         split = {"eval": storage.join(config.data, config.split)}
         tracking.log_split_inputs(run_id, split, {"eval": config.limit}, uri)
-        env = {"MLFLOW_TRACKING_URI": uri}
-        env.update({k: v for k, v in os.environ.items() if k.startswith(("AWS_", "MLFLOW_S3"))})
+        # Settings only: credentials reach workers from their node (docs/trust.md).
+        env = {**storage.forwarded_env(), **tracking.tracking_env(uri)}
         trainer = TorchTrainer(
             eval_loop_per_worker,
             train_loop_config={"config": config},

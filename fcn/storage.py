@@ -22,6 +22,15 @@ import pyarrow.fs as pafs
 _REMOTE_SCHEMES = ("s3", "s3a", "gs", "gcs", "az", "abfs")
 
 
+# The object-store settings a job may hand its workers in a runtime environment. Credentials
+# (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN) never: Ray writes runtime
+# environments into its session logs and shows them on its dashboard. Workers get credentials
+# from their node (see docs/trust.md).
+FORWARDED_ENV = (
+    "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION", "AWS_REGION",
+    "MLFLOW_S3_ENDPOINT_URL",
+)  # fmt: skip
+
 # What `Location.walk` yields: one row per file.
 WALK_SCHEMA = pa.schema([("path", pa.string()), ("size", pa.int64()), ("mtime", pa.float64())])
 
@@ -34,10 +43,18 @@ class FileInfo:
 
 
 def scheme(uri: str) -> str:
-    """`s3`, `file`, ...; a plain path is `file`."""
-    parsed = urlparse(uri)
+    """`s3`, `file`, ...; a plain path is `file`. Refuses an object-store URI that carries
+    credentials (`s3://KEY:SECRET@bucket`) without echoing it: credentials come from the
+    environment (see docs/trust.md), and a URI gets printed, logged and stored."""
+    proto = urlparse(uri).scheme
     # A one-letter scheme is a Windows drive, not a protocol.
-    return parsed.scheme if len(parsed.scheme) > 1 else "file"
+    proto = proto if len(proto) > 1 else "file"
+    if proto in _REMOTE_SCHEMES and "@" in uri.split("://", 1)[-1].split("/", 1)[0]:
+        raise ValueError(
+            f"refusing a {proto}:// URI with credentials in it (user:secret@): give "
+            "credentials through the environment, never in a URI"
+        )
+    return proto
 
 
 def is_remote(uri: str) -> bool:
@@ -47,11 +64,29 @@ def is_remote(uri: str) -> bool:
 def strip_scheme(uri: str) -> str:
     """The filesystem path of a URI: `bucket/key` for s3, an absolute path for local."""
     if is_remote(uri):
-        parsed = urlparse(uri)
-        return f"{parsed.netloc}{parsed.path}".rstrip("/") or parsed.netloc
+        # Everything after `s3://` is bucket and key, literally: URL parsing would cut a key
+        # at `#` or `?` (`photo #1.png` is a key S3 allows) and read another object.
+        path = uri.split("://", 1)[1]
+        return path.rstrip("/") or path
     if uri.startswith("file://"):
         uri = uri[len("file://") :]
     return os.path.abspath(os.path.expanduser(uri))
+
+
+def forwarded_env() -> dict:
+    """This process's non-secret object-store settings (`FORWARDED_ENV`), for workers."""
+    return {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
+
+
+def _read_umask() -> int:
+    # The umask can only be read by setting it: done once, at import, before any thread of
+    # this module writes a file.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
 
 
 def _endpoint_url() -> str | None:
@@ -115,6 +150,10 @@ def _check_key(key: str, base: str) -> str:
     normalized = posixpath.normpath(key)
     if normalized in (".", "..") or normalized.startswith("../"):
         raise ValueError(f"refusing object key {key!r}: it escapes its prefix {base!r}")
+    if normalized != key.rstrip("/"):
+        # `a/./b`, `a//b`, `a/x/../b` name other objects than `a/b` on S3 but the same file
+        # locally (and the same mask): read literally they would be another image's mask.
+        raise ValueError(f"refusing object key {key!r}: it is another spelling of {normalized!r}")
     return normalized
 
 
@@ -205,6 +244,10 @@ class Location:
         name = os.path.basename(self.path)
         fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".tmp")
         try:
+            # mkstemp creates the file 0600; the target gets what any new file gets (0644
+            # under the usual umask 022), so other readers of the output (a web server, a
+            # colleague's job) can read it.
+            os.fchmod(fd, 0o666 & ~_UMASK)
             with os.fdopen(fd, "wb") as f:
                 write(f)
                 f.flush()

@@ -113,6 +113,13 @@ def redact(value):
     return _USERINFO.sub("", value) if isinstance(value, str) else value
 
 
+def tracking_env(uri: str) -> dict:
+    """`MLFLOW_TRACKING_URI` for a worker's runtime environment, or nothing when the URI holds
+    a password (`http://user:PASSWORD@host`): Ray logs runtime environments, so such a worker
+    reads it from its node's environment (better: MLFLOW_TRACKING_USERNAME/PASSWORD there)."""
+    return {} if _USERINFO.search(uri) else {"MLFLOW_TRACKING_URI": uri}
+
+
 def _param_text(value) -> str:
     return str(redact(value))[:_MAX_PARAM]
 

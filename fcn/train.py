@@ -448,10 +448,20 @@ def _start_tracking(config: TrainConfig, run_dir: str, params: dict) -> tuple[st
     run_id = None
     if previous:
         try:
+            # Still RUNNING: its job died as a whole (no process was left to end it). Marked
+            # KILLED first, so its end time records the interruption (MLflow keeps it while
+            # the run is continued, until the run ends again). One job per name at a time.
+            if tracking.client(uri).get_run(previous).info.status == "RUNNING":
+                tracking.end_run(previous, "KILLED", uri)
+                print(
+                    f"MLflow run {previous} was left RUNNING by a dead job: marked KILLED",
+                    flush=True,
+                )
             run_id = tracking.start_run(config.experiment, config.name, previous, uri=uri)
             print(f"continuing MLflow run {run_id}", flush=True)
         except MlflowException:
-            print(f"MLflow run {previous} is not in {uri}; starting a new run", flush=True)
+            where = tracking.redact(uri)
+            print(f"MLflow run {previous} is not in {where}; starting a new run", flush=True)
     if run_id is None:
         tags = {tracking.TAG_STORAGE: tracking.redact(run_dir)}
         run_id = tracking.start_run(config.experiment, config.name, tags=tags, uri=uri)
@@ -482,11 +492,8 @@ def _run_config(config: TrainConfig, env: dict, callbacks: list):
 
 
 def _worker_env(tracking_uri: str) -> dict:
-    passed = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID",
-              "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "AWS_REGION",
-              "MLFLOW_S3_ENDPOINT_URL")  # fmt: skip
-    env = {k: os.environ[k] for k in passed if k in os.environ}
-    return {**ALLOCATOR_ENV, **env, "MLFLOW_TRACKING_URI": tracking_uri}
+    """Settings only: credentials reach workers from their node (docs/trust.md)."""
+    return {**ALLOCATOR_ENV, **storage.forwarded_env(), **tracking.tracking_env(tracking_uri)}
 
 
 def _test_hook(run_dir: str, config: TrainConfig):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -128,7 +129,10 @@ def local_ray():
 class S3Server:
     endpoint_url: str
     bucket: str
-    env: dict = field(default_factory=dict)
+    env: dict = field(default_factory=dict)  # settings only: what a job may be handed
+    # Distinctive fakes (moto takes any), so a test can grep for leaks. Only the node's
+    # environment (this process, the Ray head, the MLflow server) holds them.
+    credentials: dict = field(default_factory=dict)
 
     def uri(self, key: str = "") -> str:
         return f"s3://{self.bucket}/{key}".rstrip("/")
@@ -161,17 +165,17 @@ def s3(tmp_path_factory):
     log = tmp_path_factory.mktemp("s3") / "moto.log"
     proc = start([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)], {}, log)
     endpoint = f"http://127.0.0.1:{port}"
-    env = {
-        "AWS_ENDPOINT_URL": endpoint,
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
+    env = {"AWS_ENDPOINT_URL": endpoint, "AWS_DEFAULT_REGION": "us-east-1"}
+    credentials = {  # drawn per session: not even the uploaded sources hold them
+        "AWS_ACCESS_KEY_ID": f"FCNTEST{secrets.token_hex(6).upper()}",
+        "AWS_SECRET_ACCESS_KEY": f"fcn-test-secret-{secrets.token_hex(12)}",
+        "AWS_SESSION_TOKEN": f"fcn-test-token-{secrets.token_hex(12)}",
     }
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)  # in-process fcn.storage / boto3 calls see the same server
+    saved = {k: os.environ.get(k) for k in {**env, **credentials}}
+    os.environ.update({**env, **credentials})  # in-process fcn.storage / boto3 calls
     try:
         wait_http(f"{endpoint}/moto-api/", 30, proc, log)
-        server = S3Server(endpoint, "fcn-test", env)
+        server = S3Server(endpoint, "fcn-test", env, credentials)
         server.client().create_bucket(Bucket=server.bucket)
         yield server
     finally:
@@ -203,6 +207,7 @@ def mlflow_server(s3, tmp_path_factory):
     ]  # fmt: skip
     env = {
         **s3.env,
+        **s3.credentials,
         "MLFLOW_S3_ENDPOINT_URL": s3.endpoint_url,
         "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
     }
@@ -271,7 +276,7 @@ def wait_job_agent(head: RayHead, proc: subprocess.Popen, log: Path, timeout: fl
 
 
 @pytest.fixture(scope="session")
-def ray_head():
+def ray_head(s3):
     # A short temp dir: Ray's unix socket paths must stay under ~107 characters.
     temp_dir = tempfile.mkdtemp(prefix="fcnray", dir="/tmp")
     dashboard_port = free_port()
@@ -291,6 +296,10 @@ def ray_head():
     ]  # fmt: skip
     env = {
         **RAY_ENV,
+        # The node's environment: workers and job drivers get S3 credentials from it, never
+        # from a runtime environment (Ray logs those).
+        **s3.env,
+        **s3.credentials,
         "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",
         # job entry points say `python`: make it this environment's interpreter
         "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",

@@ -16,8 +16,11 @@ segmentation use, so what ingest accepts they can decode, and `height`/`width` a
 as displayed (EXIF orientation applied): a mask must match the picture people drew it on.
 
 Re-runs: shard names and contents depend only on the input, so a second run over the same
-input rewrites the same files with the same bytes (overwrite, no duplicates); shards a
-previous run left that this run did not write are deleted. Each file is written whole or not
+input rewrites the same files with the same bytes (overwrite, no duplicates). The split
+directories it writes and `_errors/` are the run's alone: any other file in them (an earlier
+run's extra shards, a foreign `old-export.parquet`, a leftover temp file) is deleted before
+`_SUCCESS` is written (logged, counted as `stale_shards_removed`), so a split declared done
+always reads; files elsewhere under the output are left alone. Each file is written whole or not
 at all (`storage.write_bytes`), and `_SUCCESS` is removed first and written last, so a reader
 never takes an interrupted run for a complete one.
 
@@ -466,12 +469,17 @@ def _write_batch(batch: dict, **kwargs) -> dict:
 # --- the job ------------------------------------------------------------------------------
 
 
-def _remove_stale(output: str, keep: set[str]) -> list[str]:
-    """Delete shard files under `output` that this run did not write (earlier, larger runs)."""
+def _remove_stale(output: str, keep: set[str], owned: set[str]) -> list[str]:
+    """Delete what this run did not write: any file at all in the directories it owns (`owned`:
+    its splits and `_errors/`; a foreign export or a leftover temp file there would break a
+    reader of the split), and shards of earlier runs' splits. Other files are left alone."""
     removed = []
-    for info in storage.list_files(output, extensions=(".parquet",)):
+    for info in storage.list_files(output):
         key = storage.relative_key(output, info.uri)
-        if _SHARD_RE.match(key) and key not in keep:
+        if key in keep:
+            continue
+        if _SHARD_RE.match(key) or ("/" in key and key.split("/", 1)[0] in owned):
+            log.info("ingest: removing %s (not written by this run)", key)
             storage.delete(info.uri)
             removed.append(key)
     return removed
@@ -516,7 +524,7 @@ def run(config: IngestConfig) -> dict:
     executed = time.perf_counter()
 
     keep = {s.key for s in shards} | {r["error_file"] for r in results if r["error_file"]}
-    removed = _remove_stale(output, keep)
+    removed = _remove_stale(output, keep, {s.split for s in shards} | set(records) | {ERRORS})
     summary = _summary(config, classes, records, shards, results, notes, removed)
     text = json.dumps(summary, indent=2) + "\n"
     storage.write_text(storage.join(output, SUCCESS), text)

@@ -1,10 +1,14 @@
 """Tonight's work for an image prefix: the listing joined with the state, all in Arrow.
 
-An image is done when the state has its `uri` with the same `etag` (`size:mtime` of the
-object) and status `ok` with its mask still present at the key it maps to, or status `error`
-(unless `--retry-errors`). What is not done is tonight's work, oldest first (by the object's
-mtime), then, with `--resegment-older-models`, the unchanged images whose mask an older model
-made (oldest mask first); `--max-images` cuts the list and the rest waits for the next night.
+Each image key maps to one mask key (`fcn.masks.mask_key`); a key that is another spelling
+of a key (`a/./b.png`, `a//b.png`) is refused, and of two images wanting one mask key the one
+whose mask it already is keeps it (else the first in key order): the other is an error row,
+never a takeover. An image is done when the state has its `uri` with the same `etag`
+(`size:mtime` of the object) and status `ok` with its mask still present at the key it maps
+to, or status `error` (unless `--retry-errors`). What is not done is tonight's work, oldest
+first (by the object's mtime), then, with `--resegment-older-models`, the unchanged images
+whose mask an older model made (oldest mask first); `--max-images` cuts the list and the rest
+waits for the next night.
 The driver holds a few Arrow columns per listed image and no Python object per image, so 1M+
 keys plan in bounded memory.
 """
@@ -104,10 +108,24 @@ def _mask_keys(input: Location, keys: pa.ChunkedArray) -> tuple[pa.Array, pa.Arr
     return mask_keys, reasons
 
 
+def _owners(table: pa.Table, state: pa.Table) -> pa.Table:
+    """`table` with an `owner` column: True where the state says this image's mask is at its
+    mask key (`ok` on an earlier night), so a newcomer never takes an existing mask over."""
+    owned = state.filter(pc.equal(state.column("status"), "ok")).select(["uri", "mask_uri"])
+    owned = owned.append_column("owner", pa.array(np.ones(owned.num_rows, dtype=bool)))
+    table = table.join(owned, ["uri", "mask_uri"], join_type="left outer")
+    return table.set_column(
+        table.column_names.index("owner"), "owner", pc.fill_null(table.column("owner"), False)
+    )
+
+
 def _taken(table: pa.Table) -> pa.Table:
-    """Sorted by (mask_uri, uri), with `error` set where an earlier image already took the
-    mask key (`a/x.jpg` and `a/x.png` both want `a/x.png`: the first in key order wins)."""
-    table = table.sort_by([("mask_uri", "ascending"), ("uri", "ascending")])
+    """Sorted by mask_uri, with `error` set where another image already took the mask key
+    (`a/x.jpg` and `a/x.png` both want `a/x.png`): its owner in the state wins, else the first
+    in key order; the others are error rows, tonight and on every later night."""
+    table = table.sort_by(
+        [("mask_uri", "ascending"), ("owner", "descending"), ("uri", "ascending")]
+    )
     mask_uri = table.column("mask_uri").combine_chunks()
     n = len(mask_uri)
     if n < 2:
@@ -134,7 +152,7 @@ def _taken(table: pa.Table) -> pa.Table:
     return table.set_column(table.column_names.index("error"), "error", error)
 
 
-def _candidates(listing: pa.Table, input: Location, output: Location) -> pa.Table:
+def _candidates(listing: pa.Table, state: pa.Table, input: Location, output: Location):
     """The listing with its uri, etag, mask location and any refusal reason."""
     paths = listing.column("path")
     keys = pc.utf8_slice_codeunits(paths, len(input.path) + 1)
@@ -153,7 +171,7 @@ def _candidates(listing: pa.Table, input: Location, output: Location) -> pa.Tabl
             "error": reasons,
         }
     )
-    return _taken(table)
+    return _taken(_owners(table, state))
 
 
 def _decide(table: pa.Table, existing: pa.Array, config: SegmentConfig, model: str) -> pa.Table:
@@ -188,7 +206,7 @@ def plan(
     model: str,
 ) -> Plan:
     """Tonight's work (see the module docstring); `existing`: from `existing_masks`."""
-    candidates = _candidates(listing, input, output)
+    candidates = _candidates(listing, state, input, output)
     bad = pc.is_valid(candidates.column("error"))
     refused = candidates.filter(bad).select(["uri", "etag", "size", "mask_uri", "error"])
     candidates = candidates.filter(pc.invert(bad))

@@ -63,9 +63,16 @@ def test_keys_that_escape_their_prefix_are_refused(key):
         storage.join("s3://bucket/masks", key)
 
 
-def test_join_keeps_harmless_keys_under_the_prefix():
-    assert storage.join("s3://bucket/masks/", "a/./b.png") == "s3://bucket/masks/a/b.png"
-    assert storage.join("/data", "a/b/../c.png") == "/data/a/c.png"
+@pytest.mark.parametrize("key", ["a/./b.png", "a//b.png", "a/b/../b.png", "./b.png"])
+def test_join_refuses_another_spelling_of_a_key(key):
+    # On S3 each is its own object; read as `a/b.png` it would be another image's data.
+    with pytest.raises(ValueError, match="another spelling"):
+        storage.join("s3://bucket/masks/", key)
+
+
+def test_join_takes_a_plain_key_and_a_trailing_slash():
+    assert storage.join("s3://bucket/masks/", "a/b.png") == "s3://bucket/masks/a/b.png"
+    assert storage.join("/data", "train/") == "/data/train"
 
 
 def test_relative_key_refuses_uris_outside_the_base():
@@ -97,3 +104,42 @@ def test_unreachable_store_is_an_error_not_an_empty_listing(monkeypatch):
     with pytest.raises(Exception) as caught:
         storage.list_files("s3://bucket/prefix")
     assert not isinstance(caught.value, FileNotFoundError)
+
+
+def test_local_writes_get_the_umask_mode_not_0600(tmp_path):
+    old = os.umask(0o022)
+    try:
+        storage.write_bytes(str(tmp_path / "a.bin"), b"x")
+        storage.write_with(str(tmp_path / "b.bin"), lambda f: f.write(b"y"))
+    finally:
+        os.umask(old)
+    for name in ("a.bin", "b.bin"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o666 & ~storage._UMASK
+
+
+@pytest.mark.parametrize(
+    "uri", ["s3://AKIAKEY:topsecret@bucket/data", "s3://topsecret@bucket", "gs://u:topsecret@b/x"]
+)
+def test_a_uri_with_credentials_is_refused_without_echoing_them(uri):
+    for call in (storage.locate, storage.pyarrow_filesystem, storage.strip_scheme):
+        with pytest.raises(ValueError, match="credentials") as err:
+            call(uri)
+        assert "topsecret" not in str(err.value)
+
+
+def test_an_at_sign_in_a_key_is_not_userinfo():
+    assert storage.strip_scheme("s3://bucket/me@home/x.png") == "bucket/me@home/x.png"
+
+
+@pytest.mark.parametrize("key", ["photo #1.png", "what?.png", "a b/c\td\re.png", "Ünï/çødé.png"])
+def test_an_s3_key_is_taken_literally_not_as_a_url(key):
+    assert storage.strip_scheme(f"s3://bucket/in/{key}") == f"bucket/in/{key}"
+    assert storage.join("s3://bucket/in", key) == f"s3://bucket/in/{key}"
+
+
+@pytest.mark.parametrize("key", ["photo #1.png", "what?x=1.png", "tab\there.png"])
+def test_local_keys_with_url_characters_round_trip(tmp_path, key):
+    storage.write_bytes(storage.join(str(tmp_path), key), b"k")
+    [found] = storage.list_files(str(tmp_path))
+    assert storage.relative_key(str(tmp_path), found.uri) == key
+    assert storage.read_bytes(found.uri) == b"k"
