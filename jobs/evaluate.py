@@ -34,7 +34,7 @@ def main(argv=None) -> int:
     print(f"{config.model} on {config.split}: {pixels} labeled pixels")
     for name in SCORE_NAMES:
         print(f"  {name:>9}: {scores[name]:.4f}")
-    print(f"MLflow evaluation run {scores['run_id']} at {tracking.tracking_uri()}")
+    print(f"MLflow evaluation run {scores['run_id']} at {tracking.redact(tracking.tracking_uri())}")
     return 0
 
 
