@@ -31,8 +31,9 @@ from fcn import checkpoint, images, optim, step, storage, tracking
 from fcn.config import TrainConfig, to_dict
 from fcn.data import transforms
 from fcn.data.classes import ClassList, default_classes
-from fcn.evaluate import evaluate, split_files
-from fcn.inference import load_model
+from fcn.evaluate import check_split, evaluate, split_files
+from fcn.evaluate_job import absolute
+from fcn.inference import check_model, load_model
 from fcn.metrics import named_scores
 from fcn.models import build_model, preprocess
 from fcn.runtime import ALLOCATOR_ENV, init_ray, worker_resources
@@ -371,9 +372,15 @@ def dataset_classes(data: str) -> ClassList | None:
 
 
 def resolve(config: TrainConfig) -> tuple[TrainConfig, ClassList, optim.Recipe]:
-    """(config with num_classes filled in, the class list, the recipe): every check that needs
-    no Ray, so a bad setting fails in the driver with one line before Ray starts."""
+    """(config with num_classes filled in and local paths absolute, the class list, the
+    recipe): the settings' own checks, no data read but the class list (see `validate`)."""
     config.validate()
+    config = dataclasses.replace(
+        config,
+        data=absolute(config.data),
+        storage=absolute(config.storage),
+        init=absolute(config.init) if config.init and config.init != "imagenet" else config.init,
+    )
     recipe = optim.recipe(config)
     classes = dataset_classes(config.data)
     if classes is None:
@@ -384,6 +391,64 @@ def resolve(config: TrainConfig) -> tuple[TrainConfig, ClassList, optim.Recipe]:
             f"{classes.num_classes} classes ({', '.join(classes.names)}); leave it out"
         )
     return dataclasses.replace(config, num_classes=classes.num_classes), classes, recipe
+
+
+def validate(config: TrainConfig) -> tuple[TrainConfig, ClassList, optim.Recipe]:
+    """`resolve`, then every input checked: the splits exist with the columns training reads,
+    the train split has rows for every worker, the initial weights exist (a models:/ alias is
+    pinned to its version). The driver calls this before Ray starts or an MLflow run exists,
+    so a problem costs one line (ValueError or FileNotFoundError). Nothing a worker reads is
+    left unchecked: Ray Train's FailureConfig restarts workers, and a configuration error
+    would fail every restart the same way.
+    """
+    config, classes, recipe = resolve(config)
+    _check_training_split(config, recipe)
+    check_split(config.data, config.val_split, columns=("image", "mask"))
+    return _check_init(config), classes, recipe
+
+
+def _check_training_split(config: TrainConfig, recipe: optim.Recipe) -> None:
+    """The train split has the columns training reads and rows enough for one step on every
+    worker (a worker with an empty shard would fail, and be retried, in every attempt)."""
+    import pyarrow.parquet as pq
+
+    rows = 0
+    for uri in check_split(config.data, config.train_split, columns=("image", "mask")):
+        fs, path = storage.pyarrow_filesystem(uri)
+        rows += pq.read_metadata(fs.open_input_file(path)).num_rows
+    per_worker = max(1, recipe.batch_size // config.workers) if config.crop_size else 1
+    if rows < config.workers * per_worker:
+        raise ValueError(
+            f"split {config.train_split!r} of {config.data} holds {rows} rows, fewer than "
+            f"{config.workers * per_worker} ({config.workers} workers x {per_worker} images per "
+            "step): use fewer --workers or a smaller --batch-size"
+        )
+
+
+def _check_init(config: TrainConfig) -> TrainConfig:
+    """The config with `init` pinned (a models:/ alias -> its version, so every worker and
+    every restart loads the same weights), after checking that the weights exist."""
+    from fcn.models import surgery
+
+    init = config.init
+    if init in (None, ""):
+        return config
+    if init == "imagenet":
+        # The backbone each model name builds on (fcn.models keeps the table; the lead may
+        # want a public accessor for it).
+        from fcn.models import _BUILDERS
+
+        try:
+            surgery.find_backbone_weights(_BUILDERS[config.model][1])
+        except FileNotFoundError as err:
+            raise FileNotFoundError(f"--init imagenet: {err}") from None
+    elif _is_weights_file(init):
+        if not storage.exists(init):
+            raise FileNotFoundError(f"--init {init}: no such weights file")
+    else:
+        check_model(init)
+        return dataclasses.replace(config, init=tracking.pin_model_uri(init))
+    return config
 
 
 def train_dataset(config: TrainConfig, spec: dict):
@@ -563,7 +628,7 @@ def run(config: TrainConfig) -> TrainResult:
 
     Needs a Ray connection (`ray.init()` is called when none is open: RAY_ADDRESS or local).
     """
-    config, classes, recipe = resolve(config)
+    config, classes, recipe = validate(config)
     init_ray()
     spec = initial_preprocessing(config)
     run_dir = storage.join(config.storage, config.name)
