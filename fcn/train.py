@@ -315,7 +315,7 @@ def train_loop_per_worker(loop: dict) -> None:
         meter.stop(iteration)
         if worker.logger is not None:
             worker.logger.log({"train_loss": train_loss}, iteration)
-            meter.log(iteration, config.iterations, train_loss)
+            meter.log(iteration, config.iterations, train_loss, optimizer.param_groups[0]["lr"])
         if iteration % config.eval_every == 0 or iteration == config.iterations:
             reported = {"train_loss": train_loss, "images_per_s": meter.images_per_s()}
             best_mean_iu = _evaluate_and_report(bare, optimizer, scaler, loop, worker, iteration,
@@ -329,7 +329,7 @@ class _Throughput:
     def __init__(self, start: int, images_per_step: int, print_every: int):
         self.first, self.images_per_step, self.print_every = start, images_per_step, print_every
         self.steps, self.seconds, self.tic = 0, 0.0, 0.0
-        self.since_print = time.perf_counter()
+        self.began = time.perf_counter()
 
     def start(self) -> None:
         self.tic = time.perf_counter()
@@ -342,13 +342,27 @@ class _Throughput:
     def images_per_s(self) -> float:
         return self.steps * self.images_per_step / self.seconds if self.steps else 0.0
 
-    def log(self, iteration: int, iterations: int, train_loss: float) -> None:
+    def log(self, iteration: int, iterations: int, train_loss: float, lr: float) -> None:
         if iteration % self.print_every and iteration != iterations:
             return
-        now = time.perf_counter()
-        seconds, self.since_print = (now - self.since_print) / self.print_every, now
-        log.info(f"iter {iteration}/{iterations} train_loss {train_loss:.4f} "
-                 f"({seconds:.2f} s/iter)")  # fmt: skip
+        log.info(self.line(iteration, iterations, train_loss, lr, time.perf_counter()))
+
+    def line(self, iteration: int, iterations: int, train_loss: float, lr: float, now: float):
+        """`iter 6/12 (50%) loss 0.4457 lr 1e-04 3.1 images/s elapsed 0:07 eta 0:07`; the ETA
+        is the remaining steps at this (re)start's mean pace, evaluations included."""
+        elapsed = now - self.began
+        done = iteration - self.first
+        eta = _clock(elapsed / done * (iterations - iteration)) if done else "?"
+        return (f"iter {iteration}/{iterations} ({100 * iteration // iterations}%) "
+                f"loss {train_loss:.4f} lr {lr:.3g} {self.images_per_s():.1f} images/s "
+                f"elapsed {_clock(elapsed)} eta {eta}")  # fmt: skip
+
+
+def _clock(seconds: float) -> str:
+    """h:mm:ss, or m:ss under an hour."""
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
 # --- the driver ------------------------------------------------------------------------------

@@ -150,3 +150,14 @@ def test_flags_are_grouped():
     ingest = build_parser(IngestConfig)
     data = next(g for g in ingest._action_groups if g.title == "data")
     assert "preset" in [a.dest for a in data._group_actions]
+
+
+def test_training_progress_line_has_eta_lr_and_rate():
+    from fcn.train import _Throughput
+
+    meter = _Throughput(start=0, images_per_step=4, print_every=1)
+    meter.steps, meter.seconds = 10, 20.0  # 2 images/s after warm-up
+    line = meter.line(6, 12, 0.4457, 1e-4, now=meter.began + 30)
+    assert line == "iter 6/12 (50%) loss 0.4457 lr 0.0001 2.0 images/s elapsed 0:30 eta 0:30"
+    resumed = _Throughput(start=100, images_per_step=4, print_every=1)
+    assert resumed.line(110, 4000, 0.1, 1e-4, now=resumed.began + 10).endswith("eta 1:04:50")
