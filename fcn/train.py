@@ -459,6 +459,15 @@ def _check_init(config: TrainConfig) -> TrainConfig:
     elif _is_weights_file(init):
         if not storage.exists(init):
             raise FileNotFoundError(f"--init {init}: no such weights file")
+        try:  # reads the file as the workers will: a corrupt one fails here, once
+            initial_preprocessing(config)
+        except (ValueError, FileNotFoundError):
+            raise
+        except Exception as err:  # torch's unpickling and zip errors, many lines each
+            reason = (str(err).strip().splitlines() or [""])[0][:200]
+            raise ValueError(
+                f"--init {init}: not a weights file torch can load ({type(err).__name__}: {reason})"
+            ) from None
     else:
         check_model(init)
         return dataclasses.replace(config, init=tracking.pin_model_uri(init))

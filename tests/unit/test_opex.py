@@ -78,6 +78,13 @@ def test_train_refuses_bad_settings_in_the_driver(data, tracking, flags, named, 
     _no_runs(tracking)
 
 
+def test_train_refuses_a_corrupt_weights_file(data, tracking, capsys):
+    corrupt = Path(tracking.removeprefix("sqlite:///")).parent / "vgg16.pth"
+    corrupt.write_bytes(b"not a torch file")
+    err = _refused("train", ["--data", data, "--init", str(corrupt)], capsys)
+    assert f"--init {corrupt}: not a weights file torch can load" in err
+
+
 def test_train_refuses_missing_data_and_a_wrong_schema(tmp_path, tracking, capsys):
     assert "no Parquet files" in _refused("train", ["--data", "/nonexistent/parquet"], capsys)
     buffer = io.BytesIO()
