@@ -175,6 +175,12 @@ class TrainConfig:
                              "--max-failures >= 0")  # fmt: skip
         if self.crop_size is not None and self.crop_size < 1:
             raise ValueError("--crop-size must be >= 1")
+        if self.width not in (None, 1.0):  # what fcn.models.build_model would refuse
+            if self.width <= 0 or self.model in ("fcn-alexnet", "fcn-googlenet"):
+                raise ValueError(f"--width must be > 0 and applies to the VGG16 models only, "
+                                 f"not {self.model}")  # fmt: skip
+            if self.init == "imagenet":
+                raise ValueError("--init imagenet: ImageNet weights exist for --width 1 only")
         return self
 
 

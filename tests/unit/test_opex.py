@@ -66,6 +66,8 @@ def _no_runs(tracking: str) -> None:
         (["--workers", "0"], "--workers must be >= 1"),
         (["--iterations", "-5"], "--iterations must be >= 1"),
         (["--crop-size", "0"], "--crop-size"),
+        (["--model", "fcn-alexnet", "--width", "0.25"], "VGG16 models only, not fcn-alexnet"),
+        (["--init", "imagenet", "--width", "0.5"], "--width 1 only"),
         (["--workers", "3", "--crop-size", "32", "--batch-size", "6"], "holds 4 rows"),
         (["--val-split", "missing"], "'missing'"),
         (["--init", "nowhere/weights.pth"], "nowhere/weights.pth: no such weights file"),
