@@ -330,11 +330,14 @@ class _Throughput:
         self.first, self.images_per_step, self.print_every = start, images_per_step, print_every
         self.steps, self.seconds, self.tic = 0, 0.0, 0.0
         self.began = time.perf_counter()
+        self.paced: tuple[int, float] | None = None  # (iteration, time) at the first step's end
 
     def start(self) -> None:
         self.tic = time.perf_counter()
 
     def stop(self, iteration: int) -> None:
+        if self.paced is None:
+            self.paced = (iteration, time.perf_counter())
         if iteration - self.first > WARMUP_STEPS:
             self.steps += 1
             self.seconds += time.perf_counter() - self.tic
@@ -348,11 +351,13 @@ class _Throughput:
         log.info(self.line(iteration, iterations, train_loss, lr, time.perf_counter()))
 
     def line(self, iteration: int, iterations: int, train_loss: float, lr: float, now: float):
-        """`iter 6/12 (50%) loss 0.4457 lr 1e-04 3.1 images/s elapsed 0:07 eta 0:07`; the ETA
-        is the remaining steps at this (re)start's mean pace, evaluations included."""
+        """`iter 6/12 (50%) loss 0.4457 lr 0.0001 3.1 images/s elapsed 0:07 eta 0:07`; the ETA
+        is the remaining steps at the mean pace since the first step of this (re)start ended
+        (the pipeline and model set-up before it are not a step's cost), evaluations included."""
         elapsed = now - self.began
-        done = iteration - self.first
-        eta = _clock(elapsed / done * (iterations - iteration)) if done else "?"
+        start_iteration, start_time = self.paced or (iteration, now)
+        done = iteration - start_iteration
+        eta = _clock((now - start_time) / done * (iterations - iteration)) if done else "?"
         return (f"iter {iteration}/{iterations} ({100 * iteration // iterations}%) "
                 f"loss {train_loss:.4f} lr {lr:.3g} {self.images_per_s():.1f} images/s "
                 f"elapsed {_clock(elapsed)} eta {eta}")  # fmt: skip

@@ -165,8 +165,11 @@ def test_training_progress_line_has_eta_lr_and_rate():
     from fcn.train import _Throughput
 
     meter = _Throughput(start=0, images_per_step=4, print_every=1)
+    assert meter.line(1, 12, 0.5, 1e-4, now=meter.began + 1).endswith("eta ?")
     meter.steps, meter.seconds = 10, 20.0  # 2 images/s after warm-up
-    line = meter.line(6, 12, 0.4457, 1e-4, now=meter.began + 30)
-    assert line == "iter 6/12 (50%) loss 0.4457 lr 0.0001 2.0 images/s elapsed 0:30 eta 0:30"
+    meter.paced = (1, meter.began + 20)  # the first step ended after 20 s of set-up
+    line = meter.line(6, 12, 0.4457, 1e-4, now=meter.began + 30)  # 5 steps in 10 s
+    assert line == "iter 6/12 (50%) loss 0.4457 lr 0.0001 2.0 images/s elapsed 0:30 eta 0:12"
     resumed = _Throughput(start=100, images_per_step=4, print_every=1)
-    assert resumed.line(110, 4000, 0.1, 1e-4, now=resumed.began + 10).endswith("eta 1:04:50")
+    resumed.paced = (101, resumed.began)
+    assert resumed.line(111, 4000, 0.1, 1e-4, now=resumed.began + 10).endswith("eta 1:04:49")
