@@ -17,7 +17,12 @@ export MALLOC_ARENA_MAX := 1
 
 .PHONY: demo test lint format clean-demo
 
+# pyproject.toml requires Python 3.11 (torch and Ray wheels are pinned for it): say so at
+# once, and how to point make at one, instead of a pip resolver error minutes later.
 $(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || $(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) \
+		else "$(PYTHON) is Python %d.%d; this project needs 3.11: make PYTHON=python3.11 ..." \
+		% sys.version_info[:2])'
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet -e ".[dev]"
 	touch $@

@@ -47,6 +47,7 @@ class IngestConfig:
         "'reference': train = SBD train (SBD labels), val = VOC val (or each --split list) "
         "minus SBD train ids, i.e. seg11valid on VOC2011; no image in both",
         choices=("reference",),
+        group="data",
     )
     voc_splits: tuple[str, ...] = setting(
         ("train", "val"), "VOC ImageSets/Segmentation lists to ingest (trainval is their union)"
@@ -102,7 +103,7 @@ class TrainConfig:
     preset: str = setting(
         "paper", "optimizer recipe; 'heavy' with fcn-alexnet is the reference repo's AlexNet "
         "solver, i.e. 'paper'; fcn-googlenet has no 'heavy'",
-        choices=("paper", "heavy", "fast"),
+        choices=("paper", "heavy", "fast"), group="optimisation",
     )  # fmt: skip
     optimizer: str | None = setting(None, "override the preset", choices=("sgd", "adam"))
     lr: float | None = setting(None, "learning rate (default: the preset's)")
@@ -111,6 +112,7 @@ class TrainConfig:
     batch_size: int | None = setting(
         None, "images per iteration over all workers (default: the preset's); whole images "
         "are accumulated one at a time, crops go through as one minibatch",
+        group="optimisation",
     )  # fmt: skip
     loss: str | None = setting(
         None, "per-pixel loss reduction: 'sum' (reference) or 'mean'", choices=("sum", "mean")
@@ -173,6 +175,12 @@ class TrainConfig:
                              "--max-failures >= 0")  # fmt: skip
         if self.crop_size is not None and self.crop_size < 1:
             raise ValueError("--crop-size must be >= 1")
+        if self.width not in (None, 1.0):  # what fcn.models.build_model would refuse
+            if self.width <= 0 or self.model in ("fcn-alexnet", "fcn-googlenet"):
+                raise ValueError(f"--width must be > 0 and applies to the VGG16 models only, "
+                                 f"not {self.model}")  # fmt: skip
+            if self.init == "imagenet":
+                raise ValueError("--init imagenet: ImageNet weights exist for --width 1 only")
         return self
 
 
@@ -333,12 +341,56 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
         return f"{text} (default: %(default)s)"
 
 
-def build_parser(cls, description: str | None = None) -> argparse.ArgumentParser:
+# Each flag's --help group, by field name (one vocabulary across the jobs); a field's
+# `metadata["group"]` overrides it, and a name in none of them stays under "options".
+GROUPS = {
+    "data": (
+        "data", "input", "output", "input_format", "voc", "sbd", "unlabeled", "split",
+        "classes", "voc_splits", "train_split", "val_split", "limit", "val_limit", "crop_size",
+        "flip", "cache_reads", "rows_per_shard", "rows_per_row_group", "max_pixels",
+        "allow_empty", "max_images", "force", "retry_errors", "resegment_older_models", "source",
+    ),
+    "model": (
+        "model", "init", "num_classes", "width", "learnable_upsampling", "classifier_only",
+        "scales", "shift_and_stitch", "max_bytes",
+    ),
+    "optimisation": (
+        "iterations", "eval_every", "optimizer", "lr", "momentum", "weight_decay", "loss",
+        "score_lr_mult", "class_weights", "loss_sample", "seed",
+    ),
+    "cluster": (
+        "workers", "gpu", "cpus_per_worker", "threads", "amp", "channels_last", "max_failures",
+        "concurrency", "read_threads", "cpus_per_actor", "gpus_per_actor", "io_concurrency",
+        "max_batch_pixels",
+    ),
+    "tracking": (
+        "storage", "name", "experiment", "registered_model", "val_images_logged",
+        "tracking_uri", "log_artifacts", "champion", "promote", "top",
+    ),
+}  # fmt: skip
+_GROUP_OF = {name: group for group, names in GROUPS.items() for name in names}
+
+
+def _group(parser, groups: dict, f: dataclasses.Field):
+    """The argument group `f`'s flag goes in (created in GROUPS' order on first use)."""
+    name = f.metadata.get("group") or _GROUP_OF.get(f.name)
+    if name is None:
+        return parser
+    if name not in groups:
+        groups[name] = parser.add_argument_group(name)
+    return groups[name]
+
+
+def build_parser(
+    cls, description: str | None = None, epilog: str | None = None
+) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=description or (cls.__doc__ or "").strip(),
+        epilog=epilog,
         formatter_class=_HelpFormatter,
     )
     hints = typing.get_type_hints(cls)
+    groups: dict = {}
     for f in dataclasses.fields(cls):
         tp, optional = _unwrap_optional(hints[f.name])
         kwargs: dict = {"help": f.metadata.get("help", ""), "dest": f.name}
@@ -365,13 +417,14 @@ def build_parser(cls, description: str | None = None) -> argparse.ArgumentParser
             kwargs["type"] = tp
         if optional and "default" not in kwargs and not kwargs.get("required"):
             kwargs["default"] = None
-        parser.add_argument(_flag(f.name), **kwargs)
+        _group(parser, groups, f).add_argument(_flag(f.name), **kwargs)
     return parser
 
 
-def parse(cls, argv: list[str] | None = None, description: str | None = None):
-    """Parse `argv` (default: sys.argv[1:]) into a `cls` instance."""
-    values = vars(build_parser(cls, description).parse_args(argv))
+def parse(cls, argv: list[str] | None = None, description: str | None = None, epilog=None):
+    """Parse `argv` (default: sys.argv[1:]) into a `cls` instance; `epilog`: examples shown
+    after the flags in --help."""
+    values = vars(build_parser(cls, description, epilog).parse_args(argv))
     hints = typing.get_type_hints(cls)
     for name, value in values.items():
         tp, _ = _unwrap_optional(hints[name])

@@ -31,8 +31,9 @@ from fcn import checkpoint, images, optim, step, storage, tracking
 from fcn.config import TrainConfig, to_dict
 from fcn.data import transforms
 from fcn.data.classes import ClassList, default_classes
-from fcn.evaluate import evaluate, split_files
-from fcn.inference import load_model
+from fcn.evaluate import check_split, evaluate, split_files
+from fcn.evaluate_job import absolute
+from fcn.inference import check_model, load_model
 from fcn.metrics import named_scores
 from fcn.models import build_model, preprocess
 from fcn.runtime import ALLOCATOR_ENV, init_ray, worker_resources
@@ -314,7 +315,7 @@ def train_loop_per_worker(loop: dict) -> None:
         meter.stop(iteration)
         if worker.logger is not None:
             worker.logger.log({"train_loss": train_loss}, iteration)
-            meter.log(iteration, config.iterations, train_loss)
+            meter.log(iteration, config.iterations, train_loss, optimizer.param_groups[0]["lr"])
         if iteration % config.eval_every == 0 or iteration == config.iterations:
             reported = {"train_loss": train_loss, "images_per_s": meter.images_per_s()}
             best_mean_iu = _evaluate_and_report(bare, optimizer, scaler, loop, worker, iteration,
@@ -328,12 +329,15 @@ class _Throughput:
     def __init__(self, start: int, images_per_step: int, print_every: int):
         self.first, self.images_per_step, self.print_every = start, images_per_step, print_every
         self.steps, self.seconds, self.tic = 0, 0.0, 0.0
-        self.since_print = time.perf_counter()
+        self.began = time.perf_counter()
+        self.paced: tuple[int, float] | None = None  # (iteration, time) at the first step's end
 
     def start(self) -> None:
         self.tic = time.perf_counter()
 
     def stop(self, iteration: int) -> None:
+        if self.paced is None:
+            self.paced = (iteration, time.perf_counter())
         if iteration - self.first > WARMUP_STEPS:
             self.steps += 1
             self.seconds += time.perf_counter() - self.tic
@@ -341,13 +345,29 @@ class _Throughput:
     def images_per_s(self) -> float:
         return self.steps * self.images_per_step / self.seconds if self.steps else 0.0
 
-    def log(self, iteration: int, iterations: int, train_loss: float) -> None:
+    def log(self, iteration: int, iterations: int, train_loss: float, lr: float) -> None:
         if iteration % self.print_every and iteration != iterations:
             return
-        now = time.perf_counter()
-        seconds, self.since_print = (now - self.since_print) / self.print_every, now
-        log.info(f"iter {iteration}/{iterations} train_loss {train_loss:.4f} "
-                 f"({seconds:.2f} s/iter)")  # fmt: skip
+        log.info(self.line(iteration, iterations, train_loss, lr, time.perf_counter()))
+
+    def line(self, iteration: int, iterations: int, train_loss: float, lr: float, now: float):
+        """`iter 6/12 (50%) loss 0.4457 lr 0.0001 3.1 images/s elapsed 0:07 eta 0:07`; the ETA
+        is the remaining steps at the mean pace since the first step of this (re)start ended
+        (the pipeline and model set-up before it are not a step's cost), evaluations included."""
+        elapsed = now - self.began
+        start_iteration, start_time = self.paced or (iteration, now)
+        done = iteration - start_iteration
+        eta = _clock((now - start_time) / done * (iterations - iteration)) if done else "?"
+        return (f"iter {iteration}/{iterations} ({100 * iteration // iterations}%) "
+                f"loss {train_loss:.4f} lr {lr:.3g} {self.images_per_s():.1f} images/s "
+                f"elapsed {_clock(elapsed)} eta {eta}")  # fmt: skip
+
+
+def _clock(seconds: float) -> str:
+    """h:mm:ss, or m:ss under an hour."""
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
 # --- the driver ------------------------------------------------------------------------------
@@ -371,9 +391,15 @@ def dataset_classes(data: str) -> ClassList | None:
 
 
 def resolve(config: TrainConfig) -> tuple[TrainConfig, ClassList, optim.Recipe]:
-    """(config with num_classes filled in, the class list, the recipe): every check that needs
-    no Ray, so a bad setting fails in the driver with one line before Ray starts."""
+    """(config with num_classes filled in and local paths absolute, the class list, the
+    recipe): the settings' own checks, no data read but the class list (see `validate`)."""
     config.validate()
+    config = dataclasses.replace(
+        config,
+        data=absolute(config.data),
+        storage=absolute(config.storage),
+        init=absolute(config.init) if config.init and config.init != "imagenet" else config.init,
+    )
     recipe = optim.recipe(config)
     classes = dataset_classes(config.data)
     if classes is None:
@@ -384,6 +410,73 @@ def resolve(config: TrainConfig) -> tuple[TrainConfig, ClassList, optim.Recipe]:
             f"{classes.num_classes} classes ({', '.join(classes.names)}); leave it out"
         )
     return dataclasses.replace(config, num_classes=classes.num_classes), classes, recipe
+
+
+def validate(config: TrainConfig) -> tuple[TrainConfig, ClassList, optim.Recipe]:
+    """`resolve`, then every input checked: the splits exist with the columns training reads,
+    the train split has rows for every worker, the initial weights exist (a models:/ alias is
+    pinned to its version). The driver calls this before Ray starts or an MLflow run exists,
+    so a problem costs one line (ValueError or FileNotFoundError). Nothing a worker reads is
+    left unchecked: Ray Train's FailureConfig restarts workers, and a configuration error
+    would fail every restart the same way.
+    """
+    config, classes, recipe = resolve(config)
+    _check_training_split(config, recipe)
+    check_split(config.data, config.val_split, columns=("image", "mask"))
+    return _check_init(config), classes, recipe
+
+
+def _check_training_split(config: TrainConfig, recipe: optim.Recipe) -> None:
+    """The train split has the columns training reads and rows enough for one step on every
+    worker (a worker with an empty shard would fail, and be retried, in every attempt)."""
+    import pyarrow.parquet as pq
+
+    rows = 0
+    for uri in check_split(config.data, config.train_split, columns=("image", "mask")):
+        fs, path = storage.pyarrow_filesystem(uri)
+        rows += pq.read_metadata(fs.open_input_file(path)).num_rows
+    per_worker = max(1, recipe.batch_size // config.workers) if config.crop_size else 1
+    if rows < config.workers * per_worker:
+        raise ValueError(
+            f"split {config.train_split!r} of {config.data} holds {rows} rows, fewer than "
+            f"{config.workers * per_worker} ({config.workers} workers x {per_worker} images per "
+            "step): use fewer --workers or a smaller --batch-size"
+        )
+
+
+def _check_init(config: TrainConfig) -> TrainConfig:
+    """The config with `init` pinned (a models:/ alias -> its version, so every worker and
+    every restart loads the same weights), after checking that the weights exist."""
+    from fcn.models import surgery
+
+    init = config.init
+    if init in (None, ""):
+        return config
+    if init == "imagenet":
+        # The backbone each model name builds on (fcn.models keeps the table; the lead may
+        # want a public accessor for it).
+        from fcn.models import _BUILDERS
+
+        try:
+            surgery.find_backbone_weights(_BUILDERS[config.model][1])
+        except FileNotFoundError as err:
+            raise FileNotFoundError(f"--init imagenet: {err}") from None
+    elif _is_weights_file(init):
+        if not storage.exists(init):
+            raise FileNotFoundError(f"--init {init}: no such weights file")
+        try:  # reads the file as the workers will: a corrupt one fails here, once
+            initial_preprocessing(config)
+        except (ValueError, FileNotFoundError):
+            raise
+        except Exception as err:  # torch's unpickling and zip errors, many lines each
+            reason = (str(err).strip().splitlines() or [""])[0][:200]
+            raise ValueError(
+                f"--init {init}: not a weights file torch can load ({type(err).__name__}: {reason})"
+            ) from None
+    else:
+        check_model(init)
+        return dataclasses.replace(config, init=tracking.pin_model_uri(init))
+    return config
 
 
 def train_dataset(config: TrainConfig, spec: dict):
@@ -570,7 +663,7 @@ def run(config: TrainConfig) -> TrainResult:
 
     Needs a Ray connection (`ray.init()` is called when none is open: RAY_ADDRESS or local).
     """
-    config, classes, recipe = resolve(config)
+    config, classes, recipe = validate(config)
     init_ray()
     spec = initial_preprocessing(config)
     run_dir = storage.join(config.storage, config.name)

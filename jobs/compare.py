@@ -1,8 +1,5 @@
 """Compare an experiment's training runs: a table sorted by best mean IU, plots, champion.
 
-    python jobs/compare.py --experiment fcn-voc --output s3://bucket/reports/fcn-voc
-    python jobs/compare.py --experiment fcn-voc --promote   # champion -> best finished run
-
 --promote moves the alias only between versions validated on the same data (their val digest);
 otherwise it says why and exits with 2, after writing the comparison.
 
@@ -14,13 +11,19 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, unpackaged
 
-from fcn.compare import compare, to_markdown  # noqa: E402
 from fcn.config import CompareConfig, parse  # noqa: E402
+
+EXAMPLES = """examples:
+  python jobs/compare.py --experiment fcn-demo --output demo/compare   # after make demo
+  python jobs/compare.py --experiment fcn-voc --output s3://bucket/reports/fcn-voc
+  python jobs/compare.py --experiment fcn-voc --promote   # champion -> best finished run"""
 
 
 def main(argv=None) -> int:
-    config = parse(CompareConfig, argv, description=__doc__)
+    config = parse(CompareConfig, argv, description=__doc__, epilog=EXAMPLES)
     from mlflow.exceptions import MlflowException
+
+    from fcn.compare import compare, to_markdown
 
     try:
         result = compare(config)

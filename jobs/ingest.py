@@ -1,9 +1,8 @@
 """Ingest VOC / SBD / unlabeled images into validated Parquet shards (Ray Data).
 
-    python jobs/ingest.py --voc ROOT --sbd ROOT --unlabeled URI --output URI
-    ray job submit --working-dir . -- python jobs/ingest.py --sbd s3://... --output s3://...
-
 Any source may be given alone. Connects to RAY_ADDRESS when set, else starts Ray locally.
+The sources and the flags are checked before Ray starts: a missing source exits with status 2
+and one line, and leaves --output untouched.
 """
 
 import json
@@ -14,12 +13,25 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, unpackaged
 
 from fcn.config import IngestConfig, parse  # noqa: E402
-from fcn.data.ingest import ERRORS, SUCCESS, run  # noqa: E402
+
+EXAMPLES = """examples:
+  python jobs/ingest.py --voc data/VOC2012 --sbd data/SBD --unlabeled data/unlabeled \\
+      --output demo/parquet
+  python jobs/ingest.py --voc s3://b/VOC2011 --sbd s3://b/SBD --preset reference \\
+      --output s3://b/voc-reference        # the paper's train / seg11valid split
+  ray job submit --working-dir . -- python jobs/ingest.py --sbd s3://... --output s3://..."""
 
 
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    config = parse(IngestConfig, argv, description=__doc__)
+    config = parse(IngestConfig, argv, description=__doc__, epilog=EXAMPLES)
+    from fcn.data.ingest import ERRORS, SUCCESS, check_config, run
+
+    try:
+        config = check_config(config)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     summary = run(config)
     output = config.output.rstrip("/")
     print(json.dumps({k: summary[k] for k in ("written", "rejected", "rejected_by_reason")}))

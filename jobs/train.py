@@ -1,12 +1,9 @@
 """Train an FCN with Ray Train (data-parallel), checkpointing to --storage and logging to MLflow.
 
-    python jobs/train.py --data DATA_URI --model fcn32s --storage URI --name RUN_NAME
-    ray job submit --working-dir . -- python jobs/train.py --data s3://... --storage s3://...
-
 The same --name again resumes that run (same checkpoints, same MLflow run). Connects to
 RAY_ADDRESS when set, else starts Ray locally; logs to MLFLOW_TRACKING_URI, else to the local
-default (./mlflow.db and ./mlruns). From scratch on a CPU (no ImageNet weights):
---preset fast --width 0.25 --class-weights balanced-sqrt, as the demo does.
+default (./mlflow.db and ./mlruns). The dataset, the initial weights and the flags are checked
+before Ray starts: a problem exits with status 2 and one line saying what to fix.
 """
 
 import os
@@ -17,16 +14,27 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from fcn.config import TrainConfig, parse  # noqa: E402
 
+EXAMPLES = """examples:
+  python jobs/train.py --data demo/parquet --name demo --experiment fcn-demo \\
+      --preset fast --width 0.25 --class-weights balanced-sqrt --crop-size 96 \\
+      --registered-model fcn-demo          # from scratch on a CPU, as the demo does
+  python jobs/train.py --data s3://bucket/voc --storage s3://bucket/runs --init imagenet \\
+      --model fcn32s --name voc-32s --workers 4 --gpu   # the paper's recipe
+  ray job submit --working-dir . -- python jobs/train.py --data s3://... --storage s3://..."""
+
 
 def main(argv=None) -> int:
-    config = parse(TrainConfig, argv, description=__doc__)
-    from fcn import tracking, train
+    config = parse(TrainConfig, argv, description=__doc__, epilog=EXAMPLES)
+    from fcn import train
+
+    try:  # a bad setting, a missing or wrong dataset, missing weights: one line, before Ray
+        config, _, _ = train.validate(config)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    from fcn import tracking
     from fcn.runtime import init_ray
 
-    try:  # a bad setting, or a class count the data disagrees with: one line, before Ray
-        train.resolve(config)
-    except ValueError as err:
-        sys.exit(f"error: {err}")
     # A local instance needs enough logical CPUs for the workers plus Ray Data's decode tasks,
     # whatever the core count (the workers' torch threads are set separately).
     needed = config.workers * config.cpus_per_worker + 2
@@ -36,11 +44,36 @@ def main(argv=None) -> int:
     print(f"best checkpoint: {result.best_checkpoint}")
     if result.latest_checkpoint:
         print(f"latest checkpoint (resume state): {result.latest_checkpoint}")
-    print(f"MLflow run {result.run_id} at {tracking.tracking_uri()}")
+    uri = tracking.tracking_uri()
+    print(f"MLflow run {result.run_id} at {uri}")
     if result.model_version:
-        role = " (champion)" if result.champion else ""
-        print(f"registered model {config.registered_model} version {result.model_version}{role}")
+        name, version = config.registered_model, result.model_version
+        print(f"registered model {name} version {version}")
+        if result.champion:
+            print(f"champion alias: models:/{name}@champion is version {version}")
+        else:
+            champion = tracking.champion_version(name, uri)
+            held = f"version {champion.version}" if champion else "no version"
+            print(f"champion alias not moved: models:/{name}@champion stays on {held}")
+    for line in tracking_links(uri, result.run_id, config.registered_model,
+                               result.model_version):  # fmt: skip
+        print(line)
     return 0
+
+
+def tracking_links(uri: str, run_id: str, model: str | None, version: str | None) -> list[str]:
+    """The MLflow UI's pages of the run (and model version) when `uri` is a tracking server;
+    for a local store, the command that serves the UI."""
+    if not uri.startswith(("http://", "https://")):
+        return [f"MLflow UI: mlflow ui --backend-store-uri {uri}  (then http://127.0.0.1:5000)"]
+    from fcn import tracking
+
+    server = uri.rstrip("/")
+    experiment = tracking.client(uri).get_run(run_id).info.experiment_id
+    links = [f"MLflow run: {server}/#/experiments/{experiment}/runs/{run_id}"]
+    if model and version:
+        links.append(f"MLflow model version: {server}/#/models/{model}/versions/{version}")
+    return links
 
 
 if __name__ == "__main__":

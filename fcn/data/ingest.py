@@ -40,7 +40,7 @@ import time
 from collections import Counter, defaultdict, deque
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import pyarrow as pa
@@ -485,13 +485,40 @@ def _remove_stale(output: str, keep: set[str], owned: set[str]) -> list[str]:
     return removed
 
 
+def check_config(config: IngestConfig) -> IngestConfig:
+    """The config with local paths absolute (Ray tasks read them from their own working
+    directories), after checking the settings and that every source given exists (an
+    unlabeled prefix must hold images): a mistyped path fails in the driver with one line
+    (ValueError) before Ray starts or `<output>` is touched, instead of a "successful"
+    empty dataset."""
+    for name in ("rows_per_shard", "rows_per_row_group", "max_pixels", "read_threads"):
+        if getattr(config, name) < 1:
+            raise ValueError(
+                f"--{name.replace('_', '-')} must be >= 1, got {getattr(config, name)}"
+            )
+
+    def absolute(uri):
+        return storage.strip_scheme(uri) if uri and not storage.is_remote(uri) else uri
+
+    paths = ("output", "voc", "sbd", "unlabeled", "classes")
+    config = replace(config, **{name: absolute(getattr(config, name)) for name in paths})
+    for flag in ("voc", "sbd", "unlabeled"):
+        uri = getattr(config, flag)
+        if uri is not None and not storage.exists(uri):
+            raise ValueError(f"--{flag} {uri} does not exist")
+    if config.unlabeled is not None:
+        found = next(storage.locate(config.unlabeled).walk(images.IMAGE_EXTENSIONS, chunk=1), None)
+        if found is None:
+            kinds = ", ".join(images.IMAGE_EXTENSIONS)
+            raise ValueError(f"--unlabeled {config.unlabeled} holds no images ({kinds})")
+    return config
+
+
 def run(config: IngestConfig) -> dict:
     """Ingest per `config`; return the summary that is also written to `<output>/_SUCCESS`."""
     import ray
 
-    for name in ("rows_per_shard", "rows_per_row_group", "max_pixels", "read_threads"):
-        if getattr(config, name) < 1:
-            raise ValueError(f"{name} must be >= 1, got {getattr(config, name)}")
+    config = check_config(config)
     started = time.perf_counter()
     init_ray()
     classes = load_classes(config)

@@ -47,3 +47,20 @@ def test_help_shows_every_default(capsys):
         parse(Example, ["--help"])
     shown = capsys.readouterr().out
     assert "(default: (1.0,))" in shown and "(default: 100)" in shown
+
+
+def test_help_groups_flags_and_ends_with_the_examples(capsys):
+    @dataclass(frozen=True)
+    class Grouped:
+        data: str = required("where the data is")
+        lr: float | None = setting(None, "learning rate")
+        data_thing: int = setting(1, "a data knob", group="data")
+        odd: int = setting(2, "in no group")
+
+    with pytest.raises(SystemExit):
+        parse(Grouped, ["--help"], epilog="examples:\n  python jobs/x.py --data d")
+    shown = capsys.readouterr().out.split("\noptions:")[1]  # after the usage line
+    data, optimisation = shown.index("\ndata:"), shown.index("\noptimisation:")
+    assert data < shown.index("--data-thing") < optimisation < shown.index("--lr LR")
+    assert shown.index("--odd") < data  # ungrouped flags stay under "options"
+    assert shown.rstrip().endswith("python jobs/x.py --data d")
