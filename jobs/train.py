@@ -45,7 +45,7 @@ def main(argv=None) -> int:
     if result.latest_checkpoint:
         print(f"latest checkpoint (resume state): {result.latest_checkpoint}")
     uri = tracking.tracking_uri()
-    print(f"MLflow run {result.run_id} at {uri}")
+    print(f"MLflow run {result.run_id} at {tracking.redact(uri)}")
     if result.model_version:
         name, version = config.registered_model, result.model_version
         print(f"registered model {name} version {version}")
