@@ -1,0 +1,148 @@
+"""The nightly insight's statistics, distances, references and queue against hand-computed
+values (docs/insight.md)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from fcn import manifest, storage
+from fcn.config import SegmentConfig
+from fcn.data.classes import ClassList
+from fcn.nightly import drift, insight, state
+
+CLASSES = ClassList.from_names(("background", "car", "tree"))
+
+
+def night(counts, status=None, entropy=None, prefix="img") -> pa.Table:
+    """A run manifest: one row per class-count list (None: no counts recorded)."""
+    rows = []
+    for i, c in enumerate(counts):
+        rows.append({
+            "uri": f"s3://b/{prefix}{i}.jpg", "mask_uri": f"s3://b/m/{prefix}{i}.png",
+            "status": (status or ["ok"] * len(counts))[i], "class_counts": c,
+            "mean_entropy": None if entropy is None else entropy[i],
+        })  # fmt: skip
+    return manifest.to_table(rows)
+
+
+def test_js_distance_hand_computed():
+    assert drift.js_distance([1, 0], [0, 1]) == pytest.approx(1.0)  # disjoint: the bound
+    assert drift.js_distance([0.2, 0.8, 0], [0.2, 0.8, 0]) == 0.0  # an empty class on both
+    # m = (0.75, 0.25); KL(p||m) = 0.5 log2(2/3) + 0.5 log2(2) = 0.207519;
+    # KL(q||m) = log2(4/3) = 0.415037; JS = 0.311278; distance = sqrt = 0.557923
+    assert drift.js_distance([0.5, 0.5], [1, 0]) == pytest.approx(0.557923, abs=1e-6)
+    assert drift.js_distance([1, 0], [0.5, 0.5]) == drift.js_distance([0.5, 0.5], [1, 0])
+
+
+def test_per_class_is_this_class_against_the_rest():
+    out = drift.per_class(np.array([0.5, 0.5, 0.0]), np.array([1.0, 0.0, 0.0]))
+    assert out == pytest.approx([0.557923, 0.557923, 0.0], abs=1e-6)
+
+
+def test_manifest_distribution_counts_ok_rows_with_counts_only():
+    table = night([[3, 1, 0], [0, 4, 0], [9, 9, 9], None], status=["ok", "ok", "error", "ok"])
+    found = drift.of_manifest(table, 3)
+    assert found.pixels.tolist() == [3, 5, 0]
+    assert found.image_counts.tolist() == [1, 2, 0]  # a class in an image at all
+    assert found.images == 2
+    assert found.pixel_shares() == pytest.approx([3 / 8, 5 / 8, 0])
+    assert found.image_frequencies() == pytest.approx([0.5, 1.0, 0.0])
+
+
+def test_an_empty_or_all_zero_night_has_no_distance():
+    empty = drift.of_manifest(night([]), 3)
+    zeros = drift.of_manifest(night([[0, 0, 0]]), 3)  # e.g. a zero-pixel image
+    reference = drift.of_manifest(night([[1, 1, 0]]), 3)
+    assert empty.images == 0 and empty.pixel_shares() is None
+    assert drift.compare(empty, reference) is None
+    assert drift.compare(zeros, reference) is None
+    assert drift.compare(reference, zeros) is None
+
+
+def test_compare_gives_both_views():
+    tonight = drift.Distribution(np.array([1, 1, 0]), np.array([1, 1, 0]), 1)
+    reference = drift.Distribution(np.array([2, 0, 0]), np.array([2, 0, 0]), 2)
+    out = drift.compare(tonight, reference)
+    assert out["pixel"] == pytest.approx(0.557923, abs=1e-6)
+    # occurrences tonight (1/2, 1/2, 0) vs reference (1, 0, 0): the same numbers
+    assert out["image"] == pytest.approx(0.557923, abs=1e-6)
+    # frequencies: car in 1 of 1 images vs 0 of 2: Bernoulli(1) vs Bernoulli(0) = 1
+    assert out["image_per_class"] == pytest.approx([0.0, 1.0, 0.0])
+
+
+def write_night(out: storage.Location, run_id: str, table: pa.Table) -> None:
+    manifest.write(state.run_manifest(out, run_id), table)
+
+
+def test_trailing_reference_sums_the_last_nights_that_segmented_something(tmp_path):
+    out = storage.locate(str(tmp_path))
+    write_night(out, "20260101T000000Z-a", night([[10, 0, 0]]))  # beyond the 2 nights
+    write_night(out, "20260102T000000Z-b", night([[0, 2, 0]]))
+    write_night(out, "20260103T000000Z-c", night([]))  # nothing segmented: not a night
+    write_night(out, "20260104T000000Z-d", night([[0, 0, 2]]))
+    write_night(out, "20260106T000000Z-f", night([[5, 5, 5]]))  # later than tonight
+    total, used = insight.trailing(out, "20260105T000000Z-e", 3, nights=2)
+    assert used == ["20260104T000000Z-d", "20260102T000000Z-b"]
+    assert total.pixels.tolist() == [0, 2, 2] and total.images == 2
+
+
+def config(**kwargs) -> SegmentConfig:
+    return SegmentConfig("in", "out", "model", **kwargs)
+
+
+def test_report_without_training_distribution_or_history_says_so(tmp_path):
+    out = storage.locate(str(tmp_path))
+    report = insight.drift_report(
+        night([[1, 1, 0]]), CLASSES, {}, out, "20260101T000000Z-a", config(drift_threshold=0.1)
+    )
+    assert report["distance"] is None and report["drift"] is False
+    assert any("no training class distribution" in n for n in report["notes"])
+    assert any("no earlier night" in n for n in report["notes"])
+    assert insight.metrics(report) == {
+        "share_background": 0.5, "share_car": 0.5, "share_tree": 0.0
+    }  # fmt: skip
+
+
+def test_report_flags_a_night_past_the_threshold_and_keeps_history(tmp_path):
+    out = storage.locate(str(tmp_path))
+    trained = {"class_distribution": {"pixel_counts": [2, 0, 0], "image_counts": [2, 0, 0],
+                                      "images": 2}}  # fmt: skip
+    write_night(out, "20260101T000000Z-a", night([[4, 0, 0]]))
+    first = insight.drift_report(
+        night([[4, 0, 0]]), CLASSES, trained, out, "20260101T000000Z-a", config(drift_threshold=0.3)
+    )
+    assert first["distance"] == 0.0 and not first["drift"]
+    insight.write(out, first)
+    second = insight.drift_report(
+        night([[1, 1, 0]]), CLASSES, trained, out, "20260102T000000Z-b", config(drift_threshold=0.3)
+    )
+    assert second["distance"] == pytest.approx(0.557923, abs=1e-6)
+    assert second["drift"] is True
+    assert [h["run_id"] for h in second["history"]] == ["20260101T000000Z-a", "20260102T000000Z-b"]
+    assert second["references"]["trailing"]["nights"] == ["20260101T000000Z-a"]
+    files = insight.write(out, second)
+    assert files["drift.png"].startswith(b"\x89PNG")
+    on_disk = json.loads((tmp_path / "_reports/20260102T000000Z-b/report.json").read_text())
+    assert on_disk["drift"] is True
+    metrics = insight.metrics(second)
+    assert metrics["drift_distance"] == pytest.approx(0.557923, abs=1e-6)
+    assert metrics["drift_training_pixel"] == metrics["drift_trailing_pixel"]
+    assert math.isclose(metrics["drift_training_pixel_tree"], 0.0)
+    assert "| car | 0.5000 | 0.0000 | 0.0000 |" in files["report.md"].decode()
+
+
+def test_recorded_training_distribution_must_fit_the_class_list():
+    with pytest.raises(ValueError, match="3 classes"):
+        insight.training({"class_distribution": {"pixel_counts": [1, 2]}}, 3)
+
+
+def test_drift_settings_are_checked():
+    with pytest.raises(ValueError, match="drift-threshold"):
+        config(drift_threshold=1.5).validate()
+    with pytest.raises(ValueError, match="queue-size"):
+        config(queue_size=-1).validate()
