@@ -16,6 +16,7 @@ batches in flight and never leaves two masks or a truncated one. docs/nightly.md
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import sys
@@ -194,10 +195,26 @@ def run(config: SegmentConfig) -> dict:
     )
     report = insight.drift_report(table, classes, ckpt_config, output, run_id, config)
     files = insight.write(output, report)
+    if config.queue_size:
+        read = functools.partial(_image_bytes, fmt, input, output)
+        queued = insight.labeling_queue(table, classes, output, run_id, config.queue_size, read)
+        files = {**files, **queued}
     summary.update(drift=report["drift"], drift_distance=report["distance"])
     summary["report"] = insight.report_dir(output, run_id).uri
     log_to_mlflow(config, summary, report, files)
     return summary
+
+
+def _image_bytes(fmt, input, output, uris: list[str]) -> dict[str, bytes]:
+    """uri -> encoded bytes of a few images (the labeling queue's), from objects or the split."""
+    if fmt != "parquet":
+        return {uri: storage.locate(uri).read_bytes() for uri in uris}
+    import pyarrow.dataset as pads
+
+    fs = pa.fs.PyFileSystem(pa.fs.FSSpecHandler(input.fs))
+    split = pads.dataset(_parquet_files(input, output), filesystem=fs, format="parquet")
+    rows = split.to_table(columns=["uri", "image"], filter=pads.field("uri").isin(uris))
+    return dict(zip(rows.column("uri").to_pylist(), rows.column("image").to_pylist(), strict=True))
 
 
 EXIT_ERRORS, EXIT_SETTINGS, EXIT_DRIFT = 1, 2, 3  # 2: jobs/segment.py, before any work

@@ -14,14 +14,15 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Callable
 
 import pyarrow.parquet as pq
 
 from fcn.data.classes import ClassList
 from fcn.metrics import CLASS_METRIC_PREFIX, class_metric
-from fcn.nightly import chart, drift
+from fcn.nightly import chart, cvat, drift, queue
 from fcn.nightly.state import RUNS
-from fcn.storage import Location
+from fcn.storage import Location, locate
 
 REPORTS = "_reports"
 HISTORY_NIGHTS = 30  # points on the chart's distance-over-nights line
@@ -175,4 +176,25 @@ def write(output: Location, report: dict) -> dict[str, bytes]:
     folder = report_dir(output, report["run_id"])
     for name, data in files.items():
         folder.child(name).write_bytes(data)
+    return files
+
+
+def labeling_queue(
+    table, classes: ClassList, output: Location, run_id: str, size: int,
+    read_images: Callable[[list[str]], dict[str, bytes]],
+) -> dict[str, bytes]:  # fmt: skip
+    """Tonight's queue (fcn.nightly.queue) as queue.parquet, queue.csv and cvat.zip under the
+    report folder; returns those files. `read_images(uris)` gives the images' bytes. The
+    queue is recorded as queued last, so a failed export never hides images from the next
+    night's queue."""
+    chosen = queue.select(table, queue.queued(output), size, run_id)
+    files = queue.files(chosen)
+    rows = chosen.to_pylist()
+    masks = {r["mask_uri"]: locate(r["mask_uri"]).read_bytes() for r in rows}
+    files["cvat.zip"] = cvat.export(rows, classes, read_images([r["uri"] for r in rows]), masks)
+    folder = report_dir(output, run_id)
+    for name, data in files.items():
+        folder.child(name).write_bytes(data)
+    if rows:
+        queue.record(output, run_id, chosen)
     return files

@@ -3,17 +3,22 @@ values (docs/insight.md)."""
 
 from __future__ import annotations
 
+import io
 import json
 import math
+import zipfile
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
+from PIL import Image
 
-from fcn import manifest, storage
-from fcn.config import SegmentConfig
+from fcn import images, manifest, storage
+from fcn.config import IngestConfig, SegmentConfig
+from fcn.data import ingest, synthetic
 from fcn.data.classes import ClassList
-from fcn.nightly import drift, insight, state
+from fcn.nightly import cvat, drift, insight, queue, state
 
 CLASSES = ClassList.from_names(("background", "car", "tree"))
 
@@ -146,3 +151,82 @@ def test_drift_settings_are_checked():
         config(drift_threshold=1.5).validate()
     with pytest.raises(ValueError, match="queue-size"):
         config(queue_size=-1).validate()
+
+
+# --- the labeling queue -------------------------------------------------------------------
+
+
+def test_queue_ranks_by_entropy_ties_by_uri_and_skips_queued_and_failed():
+    table = night(
+        [[1, 0, 0]] * 5,
+        status=["ok", "ok", "ok", "error", "ok"],
+        entropy=[0.2, 0.9, 0.9, 5.0, None],
+    )
+    chosen = queue.select(table, pa.array(["s3://b/img9.jpg"]), 2, "r1")
+    assert chosen.column("uri").to_pylist() == ["s3://b/img1.jpg", "s3://b/img2.jpg"]
+    assert chosen.column("rank").to_pylist() == [1, 2]
+    again = queue.select(table, pa.array(["s3://b/img1.jpg"]), 5, "r1")
+    assert again.column("uri").to_pylist() == ["s3://b/img2.jpg", "s3://b/img0.jpg"]
+
+
+def scene_night(tmp_path, count: int) -> tuple[pa.Table, dict]:
+    """A night of `count` synthetic images with their masks written as segment would."""
+    rng = np.random.default_rng(0)
+    rows, image_bytes = [], {}
+    for i in range(count):
+        image, label = synthetic.render_scene(rng, 24, 32, (1, 2))
+        uri = str(tmp_path / "in" / "cam" / f"{i}.png")
+        mask_uri = str(tmp_path / "out" / "cam" / f"{i}.png")
+        image_bytes[uri] = _png(image)
+        storage.write_bytes(mask_uri, images.encode_mask(label, CLASSES.palette()))
+        counts = np.bincount(label.ravel(), minlength=3).tolist()
+        rows.append({"uri": uri, "mask_uri": mask_uri, "status": "ok", "class_counts": counts,
+                     "mean_entropy": float(i % 3)})  # fmt: skip
+    return manifest.to_table(rows), image_bytes
+
+
+def _png(image: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def test_queue_files_and_a_second_night_never_requeue(tmp_path):
+    table, image_bytes = scene_night(tmp_path, 5)
+    out = storage.locate(str(tmp_path / "out"))
+    read = lambda uris: {u: image_bytes[u] for u in uris}  # noqa: E731
+    first = insight.labeling_queue(table, CLASSES, out, "20260101T000000Z-a", 3, read)
+    ranked = pq.read_table(io.BytesIO(first["queue.parquet"]))
+    assert ranked.column("score").to_pylist() == [2.0, 1.0, 1.0]
+    assert first["queue.csv"].decode().splitlines()[0].startswith("rank,uri,")
+    assert (tmp_path / "out/_reports/20260101T000000Z-a/cvat.zip").exists()
+    second = insight.labeling_queue(table, CLASSES, out, "20260102T000000Z-b", 3, read)
+    again = pq.read_table(io.BytesIO(second["queue.parquet"])).column("uri").to_pylist()
+    assert len(again) == 2 and not set(again) & set(ranked.column("uri").to_pylist())
+    third = insight.labeling_queue(table, CLASSES, out, "20260103T000000Z-c", 3, read)
+    assert pq.read_table(io.BytesIO(third["queue.parquet"])).num_rows == 0
+
+
+def test_cvat_export_ingests_as_a_voc_tree(tmp_path, local_ray):
+    table, image_bytes = scene_night(tmp_path, 3)
+    rows = queue.select(table, pa.array([], pa.string()), 3, "r").to_pylist()
+    masks = {r["mask_uri"]: storage.read_bytes(r["mask_uri"]) for r in rows}
+    archive = cvat.export(rows, CLASSES, image_bytes, masks)
+    tree = tmp_path / "labeled"
+    zipfile.ZipFile(io.BytesIO(archive)).extractall(tree)
+    assert (tree / "labelmap.txt").read_text().splitlines()[2] == "car:{}::".format(
+        ",".join(map(str, CLASSES.colors[1]))
+    )
+    classes_file = tmp_path / "classes.json"
+    classes_file.write_text(json.dumps(CLASSES.to_dict()))
+    config = IngestConfig(
+        str(tmp_path / "ds"), voc=str(tree), voc_splits=("default",), classes=str(classes_file)
+    )
+    summary = ingest.run(config)
+    split = pq.read_table(tmp_path / "ds" / "default")
+    assert split.num_rows == 3, summary
+    by_id = {r["image_id"]: r for r in split.to_pylist()}
+    for row in rows:
+        mask = images.decode_mask(by_id[cvat.image_id(row["uri"])]["mask"])
+        assert np.array_equal(mask, images.decode_mask(masks[row["mask_uri"]]))
+    assert ingest.read_classes(str(tmp_path / "ds")).names == CLASSES.names
