@@ -230,3 +230,23 @@ def test_cvat_export_ingests_as_a_voc_tree(tmp_path, local_ray):
         mask = images.decode_mask(by_id[cvat.image_id(row["uri"])]["mask"])
         assert np.array_equal(mask, images.decode_mask(masks[row["mask_uri"]]))
     assert ingest.read_classes(str(tmp_path / "ds")).names == CLASSES.names
+
+
+def test_drift_scenes_are_foggy_or_dominated():
+    rng = np.random.default_rng(0)
+    normal, _ = synthetic.render_scene(rng, 32, 32, (1,))
+    foggy, _ = synthetic.drift_scene(rng, 32, 32, "fog")
+    assert foggy.std() < normal.std() / 3
+    _, label = synthetic.drift_scene(rng, 32, 32, "dominant", cls=2)
+    assert np.mean(label == 2) == 0.75
+    with pytest.raises(ValueError, match="fog"):
+        synthetic.drift_scene(rng, 8, 8, "rain")
+
+
+@pytest.mark.parametrize(
+    "ok, drifted, status", [(True, False, 0), (True, True, 3), (False, True, 1), (False, False, 1)]
+)
+def test_exit_status_errors_win_over_drift(ok, drifted, status):
+    from fcn.segment import exit_status
+
+    assert exit_status({"ok": ok, "drift": drifted}) == status
