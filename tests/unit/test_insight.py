@@ -250,3 +250,39 @@ def test_exit_status_errors_win_over_drift(ok, drifted, status):
     from fcn.segment import exit_status
 
     assert exit_status({"ok": ok, "drift": drifted}) == status
+
+
+# --- jobs/report.py -----------------------------------------------------------------------
+
+
+def test_report_job_shows_the_nights_drift_and_queue_history(tmp_path, capsys):
+    import importlib.util
+
+    from fcn import tracking
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    out = storage.locate(str(tmp_path / "masks"))
+    for night_id, distance, drifted in (
+        ("20260101T0-a", 0.1, "false"),
+        ("20260102T0-b", 0.4, "true"),
+    ):
+        folder = insight.report_dir(out, night_id)
+        table = night([[1, 0, 0]] * 3, entropy=[1, 2, 3], prefix=night_id)
+        chosen = queue.select(table, pa.array([], pa.string()), 2, night_id)
+        folder.child("queue.parquet").write_bytes(queue.files(chosen)["queue.parquet"])
+        tracking.log_run(
+            "nightly", f"segment-{night_id}", {}, {"report": folder.uri, "drift": drifted},
+            {"done": 3, "drift_distance": distance}, uri=uri,
+        )  # fmt: skip
+    tracking.log_run("nightly", "not-a-segment-run", {}, {}, {"x": 1}, uri=uri)
+    spec = importlib.util.spec_from_file_location("report_job", "jobs/report.py")
+    job = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(job)
+    args = ["--experiment", "nightly", "--output", str(tmp_path / "r"), "--tracking-uri", uri]
+    assert job.main(args) == 0
+    text = (tmp_path / "r" / "history.md").read_text()
+    assert "| 20260102T0-b | 3 | 0.4000 | DRIFT | 2 |" in text
+    assert "| 20260101T0-a | 3 | 0.1000 |  | 2 |" in text
+    assert (tmp_path / "r" / "drift.png").read_bytes().startswith(b"\x89PNG")
+    assert job.main(["--experiment", "nope", "--tracking-uri", uri]) == 2
+    assert "no MLflow experiment named 'nope'" in capsys.readouterr().err
