@@ -207,13 +207,15 @@ def run(config: SegmentConfig) -> dict:
 
 def _image_bytes(fmt, input, output, uris: list[str]) -> dict[str, bytes]:
     """uri -> encoded bytes of a few images (the labeling queue's), from objects or the split."""
-    if fmt != "parquet":
+    if fmt != "parquet" or not uris:
         return {uri: storage.locate(uri).read_bytes() for uri in uris}
     import pyarrow.dataset as pads
 
     fs = pa.fs.PyFileSystem(pa.fs.FSSpecHandler(input.fs))
     split = pads.dataset(_parquet_files(input, output), filesystem=fs, format="parquet")
-    rows = split.to_table(columns=["uri", "image"], filter=pads.field("uri").isin(uris))
+    rows = split.to_table(
+        columns=["uri", "image"], filter=pads.field("uri").isin(pa.array(uris, pa.string()))
+    )
     return dict(zip(rows.column("uri").to_pylist(), rows.column("image").to_pylist(), strict=True))
 
 
