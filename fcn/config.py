@@ -269,9 +269,22 @@ class SegmentConfig:
     retry_errors: bool = setting(False, "retry images whose unchanged bytes failed before")
     force: bool = setting(False, "segment every image again, even unchanged ones")
     experiment: str = setting("segment", "MLflow experiment (used when MLFLOW_TRACKING_URI is set)")
+    drift_threshold: float | None = setting(
+        None, "exit 3 and tag the MLflow run drift=true when the night's Jensen-Shannon "
+        "distance to a reference (0..1) exceeds this (docs/insight.md); default: report only",
+    )  # fmt: skip
+    # A week: long enough to smooth weekday/weekend swings, short enough to follow seasons.
+    drift_nights: int = setting(7, "earlier nights summed into the trailing drift reference")
+    queue_size: int = setting(
+        50, "images of the night queued for labeling, most uncertain first (0: no queue)"
+    )
 
     def validate(self) -> None:
         """Refuse settings that cannot work before any listing or model download."""
+        if self.drift_threshold is not None and not 0 <= self.drift_threshold <= 1:
+            raise ValueError("--drift-threshold must lie in [0, 1] (a Jensen-Shannon distance)")
+        if self.drift_nights < 1 or self.queue_size < 0:
+            raise ValueError("--drift-nights must be >= 1 and --queue-size >= 0")
         if self.batch_size < 1 or self.concurrency < 1 or self.io_concurrency < 1:
             raise ValueError("--batch-size, --concurrency and --io-concurrency must be >= 1")
         if not self.scales or any(s <= 0 for s in self.scales):

@@ -16,6 +16,7 @@ batches in flight and never leaves two masks or a truncated one. docs/nightly.md
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import sys
@@ -29,8 +30,8 @@ import pyarrow.compute as pc
 from fcn import checkpoint, manifest, storage, tracking
 from fcn.config import SegmentConfig, to_dict
 from fcn.data.classes import classes_of
+from fcn.nightly import insight, stages, state
 from fcn.nightly import plan as planning
-from fcn.nightly import stages, state
 from fcn.predictor import Predictor
 from fcn.runtime import ALLOCATOR_ENV, init_ray
 
@@ -123,12 +124,12 @@ def _segment(config, fmt, input, output, work, done, model, palette, run_id) -> 
 # --- the job (driver) ------------------------------------------------------------------------
 
 
-def _check_model(config: SegmentConfig) -> tuple[str, object]:
-    """(the pinned model URI, its palette), checked before any Ray start."""
+def _check_model(config: SegmentConfig) -> tuple[str, dict]:
+    """(the pinned model URI, its config.json), checked before any Ray start."""
     model = tracking.pin_model_uri(config.model)
     with tempfile.TemporaryDirectory(prefix="fcn-segment-") as tmp:
         ckpt_config = checkpoint.check(tracking.resolve_checkpoint(model, tmp))
-    return model, classes_of(ckpt_config).palette()
+    return model, ckpt_config
 
 
 def _plan(config, fmt, input, output, done, model):
@@ -166,7 +167,9 @@ def run(config: SegmentConfig) -> dict:
     config = absolute_paths(config)
     started = time.time()
     run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:8]
-    model, palette = _check_model(config)  # fail early, clearly
+    model, ckpt_config = _check_model(config)  # fail early, clearly
+    classes = classes_of(ckpt_config)
+    palette = classes.palette()
     input, output = storage.locate(config.input), storage.locate(config.output)
     fmt = input_format(config, input, output)
     done, sources = state.read(output)
@@ -190,8 +193,41 @@ def run(config: SegmentConfig) -> dict:
     summary["images_per_s"] = (
         round(summary["done"] / pipeline_seconds, 3) if summary["done"] else 0.0
     )
-    log_to_mlflow(config, summary)
+    report = insight.drift_report(table, classes, ckpt_config, output, run_id, config)
+    files = insight.write(output, report)
+    if config.queue_size:
+        read = functools.partial(_image_bytes, fmt, input, output)
+        queued = insight.labeling_queue(table, classes, output, run_id, config.queue_size, read)
+        files = {**files, **queued}
+    summary.update(drift=report["drift"], drift_distance=report["distance"])
+    summary["report"] = insight.report_dir(output, run_id).uri
+    log_to_mlflow(config, summary, report, files)
     return summary
+
+
+def _image_bytes(fmt, input, output, uris: list[str]) -> dict[str, bytes]:
+    """uri -> encoded bytes of a few images (the labeling queue's), from objects or the split."""
+    if fmt != "parquet" or not uris:
+        return {uri: storage.locate(uri).read_bytes() for uri in uris}
+    import pyarrow.dataset as pads
+
+    fs = pa.fs.PyFileSystem(pa.fs.FSSpecHandler(input.fs))
+    split = pads.dataset(_parquet_files(input, output), filesystem=fs, format="parquet")
+    rows = split.to_table(
+        columns=["uri", "image"], filter=pads.field("uri").isin(pa.array(uris, pa.string()))
+    )
+    return dict(zip(rows.column("uri").to_pylist(), rows.column("image").to_pylist(), strict=True))
+
+
+EXIT_ERRORS, EXIT_SETTINGS, EXIT_DRIFT = 1, 2, 3  # 2: jobs/segment.py, before any work
+
+
+def exit_status(summary: dict) -> int:
+    """0, or EXIT_ERRORS (too many failed images: the night itself is broken, so its drift
+    means little and errors win), or EXIT_DRIFT (the night drifted past --drift-threshold)."""
+    if not summary["ok"]:
+        return EXIT_ERRORS
+    return EXIT_DRIFT if summary.get("drift") else 0
 
 
 def _single_snapshot(sources: list[str]) -> list[str]:
@@ -240,18 +276,22 @@ def summarize(table, results, work, config, model, run_id, manifest_uri) -> dict
     }
 
 
-def log_to_mlflow(config: SegmentConfig, summary: dict) -> None:
+def log_to_mlflow(config: SegmentConfig, summary: dict, report: dict, files: dict) -> None:
     """One MLflow run per night, when a tracking server is configured (a nightly job with no
-    server configured should not grow a local mlruns/ beside the code)."""
+    server configured should not grow a local mlruns/ beside the code). The drift report's
+    numbers are metrics, its files artifacts under `insight/`, `drift` a tag to alert on."""
     if not os.environ.get("MLFLOW_TRACKING_URI"):
         return
     keys = ("done", "skipped", "failed", "error_fraction", "images_per_s", "seconds")
+    tags = {"manifest": summary["manifest"], "model_version": summary["model"]}
+    tags.update(report=summary["report"], drift=str(report["drift"]).lower())
     tracking.log_run(
         config.experiment,
         f"segment-{summary['run_id']}",
         to_dict(config),
-        {"manifest": summary["manifest"], "model_version": summary["model"]},
-        {k: float(summary[k]) for k in keys},
+        tags,
+        {**{k: float(summary[k]) for k in keys}, **insight.metrics(report)},
+        {f"insight/{name}": data for name, data in files.items()},
     )
 
 
@@ -265,6 +305,9 @@ def print_summary(summary: dict, file=sys.stdout) -> None:
     print(f"masks:    {summary['masks']}", file=file)
     print(f"manifest: {summary['manifest']}", file=file)
     print(f"model:    {summary['model']}", file=file)
+    print(f"report:   {summary['report']} (drift distance {summary['drift_distance']})", file=file)
+    if summary["drift"]:
+        print("drift: the distance exceeds --drift-threshold (exit status 3)", file=file)
     if not summary["ok"]:
         print(
             f"error fraction {summary['error_fraction']} exceeds --max-error-fraction "

@@ -518,3 +518,29 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def drift_scene(
+    rng: np.random.Generator, height: int, width: int, kind: str, cls: int = 1
+) -> tuple[np.ndarray, np.ndarray]:
+    """A picture from a night that drifted, and its labels: `fog` (a scene washed toward flat
+    gray, a new kind of image the model never saw) or `dominant` (class `cls` fills the frame
+    but for a background corner). Tests of the nightly drift report and queue use both."""
+    if kind == "fog":
+        image, label = render_scene(rng, height, width, (cls,))
+        foggy = 0.15 * image.astype(np.float32) + 0.85 * 150.0
+        return foggy.round().astype(np.uint8), label
+    if kind != "dominant":
+        raise ValueError(f"kind is 'fog' or 'dominant', got {kind!r}")
+    image = _background(rng, height, width)
+    look = class_look(cls)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    u = xx * np.cos(look.stripe_angle) + yy * np.sin(look.stripe_angle)
+    texture = (
+        np.asarray(look.color, np.float32)
+        + look.stripe_amplitude * np.sin(2 * np.pi * u / look.stripe_period)[..., None]
+    )
+    label = np.zeros((height, width), np.uint8)
+    label[height // 4 :, :] = cls
+    image[label == cls] = texture[label == cls]
+    return np.clip(image, 0, 255).round().astype(np.uint8), label

@@ -1,0 +1,125 @@
+"""Did what the cameras see change? Tonight's predicted class distribution against references.
+
+Two views of a night, both from the run manifest's per-image `class_counts`:
+  pixel shares      each class's share of all predicted pixels (a distribution over classes)
+  image frequencies the fraction of images in which each class appears at all (per class);
+                    normalized, the distribution of class occurrences over classes
+
+Distance: Jensen-Shannon distance (base 2, the square root of the JS divergence). It is bounded
+in [0, 1], so one threshold means the same thing for every model and class list; symmetric, so
+"tonight vs last week" reads like "last week vs tonight"; and defined when a class is empty on
+one side (the mixture it compares against is not), where PSI and KL need an arbitrary epsilon
+that then dominates the number. docs/insight.md has the reasoning and how to read it.
+
+Per class: the JS distance between "this class" and "the rest" (two Bernoulli distributions),
+so a single class that doubles its share stands out in the table even when the overall
+distance is diluted by many stable classes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+
+@dataclass(frozen=True)
+class Distribution:
+    """Summed class pixel counts and per-class image counts over `images` images."""
+
+    pixels: np.ndarray  # (num_classes,) int64
+    image_counts: np.ndarray  # (num_classes,) images in which the class appears
+    images: int
+
+    def pixel_shares(self) -> np.ndarray | None:
+        """None when there is no pixel to share (an empty night)."""
+        return normalize(self.pixels)
+
+    def image_frequencies(self) -> np.ndarray | None:
+        return self.image_counts / self.images if self.images else None
+
+    def to_dict(self) -> dict:
+        return {
+            "pixel_counts": self.pixels.tolist(),
+            "image_counts": self.image_counts.tolist(),
+            "images": self.images,
+        }
+
+    @classmethod
+    def from_dict(cls, value: dict, num_classes: int) -> Distribution:
+        """A recorded distribution (checkpoint config.json `class_distribution`)."""
+        pixels = np.asarray(value["pixel_counts"], np.float64)
+        image_counts = np.asarray(value.get("image_counts") or [0] * num_classes, np.float64)
+        if pixels.shape != (num_classes,) or image_counts.shape != (num_classes,):
+            raise ValueError(f"class_distribution does not have {num_classes} classes")
+        return cls(pixels, image_counts, int(value.get("images") or 0))
+
+    def __add__(self, other: Distribution) -> Distribution:
+        return Distribution(
+            self.pixels + other.pixels,
+            self.image_counts + other.image_counts,
+            self.images + other.images,
+        )
+
+
+def empty(num_classes: int) -> Distribution:
+    return Distribution(np.zeros(num_classes, np.int64), np.zeros(num_classes, np.int64), 0)
+
+
+def of_manifest(table: pa.Table, num_classes: int) -> Distribution:
+    """The distribution of a run manifest's `ok` rows that carry class counts."""
+    rows = table.filter(
+        pc.and_(pc.equal(table.column("status"), "ok"), pc.is_valid(table.column("class_counts")))
+    )
+    if not rows.num_rows:
+        return empty(num_classes)
+    flat = rows.column("class_counts").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+    counts = flat.reshape(rows.num_rows, -1)
+    if counts.shape[1] != num_classes:  # a night of another model's class list: not comparable
+        return empty(num_classes)
+    return Distribution(counts.sum(0), (counts > 0).sum(0), rows.num_rows)
+
+
+def normalize(counts: np.ndarray) -> np.ndarray | None:
+    total = float(np.sum(counts))
+    return np.asarray(counts, np.float64) / total if total > 0 else None
+
+
+def js_distance(p: np.ndarray, q: np.ndarray) -> float:
+    """Jensen-Shannon distance (base 2) of two distributions: 0 equal, 1 disjoint support."""
+    p, q = np.asarray(p, np.float64), np.asarray(q, np.float64)
+    m = (p + q) / 2
+    divergence = (_kl(p, m) + _kl(q, m)) / 2
+    return float(np.sqrt(max(divergence, 0.0)))  # rounding can give -1e-17
+
+
+def _kl(p: np.ndarray, m: np.ndarray) -> float:
+    """KL(p || m) in bits with 0 log 0 = 0 (m > 0 wherever p > 0: m is a mixture holding p)."""
+    where = p > 0
+    return float(np.sum(p[where] * np.log2(p[where] / m[where])))
+
+
+def per_class(p: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """Per class c: JS distance of Bernoulli(p[c]) and Bernoulli(q[c]) ("c" vs "not c")."""
+    return np.array([js_distance([a, 1 - a], [b, 1 - b]) for a, b in zip(p, q, strict=True)])
+
+
+def compare(tonight: Distribution, reference: Distribution) -> dict | None:
+    """Overall and per-class distances of both views; None when either side has no pixels."""
+    p, q = tonight.pixel_shares(), reference.pixel_shares()
+    if p is None or q is None:
+        return None
+    out = {
+        "pixel": js_distance(p, q),
+        "pixel_per_class": per_class(p, q).tolist(),
+        "reference_pixel_shares": q.tolist(),
+    }
+    f, g = tonight.image_frequencies(), reference.image_frequencies()
+    occurrences = (normalize(tonight.image_counts), normalize(reference.image_counts))
+    if f is not None and g is not None and all(o is not None for o in occurrences):
+        out["image"] = js_distance(*occurrences)
+        out["image_per_class"] = per_class(f, g).tolist()
+        out["reference_image_frequencies"] = g.tolist()
+    return out

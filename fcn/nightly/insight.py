@@ -1,0 +1,200 @@
+"""What a night's masks say about the data (docs/insight.md): the drift report under
+`<output>/_reports/<run id>/` (report.json, report.md, drift.png) and the MLflow metrics, tags
+and artifacts that carry the same numbers to the segment run.
+
+References, each used when it exists (the report says which were missing):
+  training  the checkpoint config.json's `class_distribution` (`pixel_counts`, `image_counts`,
+            `images`: fcn.nightly.drift.Distribution.to_dict of the training split)
+  trailing  the earlier runs' manifests (`_runs/`) of the last `drift_nights` nights that
+            segmented something, summed
+The alert distance is the largest overall distance over the references and both views.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Callable
+
+import pyarrow.parquet as pq
+
+from fcn.data.classes import ClassList
+from fcn.metrics import CLASS_METRIC_PREFIX, class_metric
+from fcn.nightly import chart, cvat, drift, queue
+from fcn.nightly.state import RUNS
+from fcn.storage import Location, locate
+
+REPORTS = "_reports"
+HISTORY_NIGHTS = 30  # points on the chart's distance-over-nights line
+
+
+def report_dir(output: Location, run_id: str) -> Location:
+    return output.child(f"{REPORTS}/{run_id}")
+
+
+def _earlier(output: Location, folder: str, suffix: str, run_id: str) -> list[str]:
+    """Paths under `<output>/<folder>` ending in `suffix` of runs before `run_id`, newest first
+    (run ids start with their UTC start time, so names sort by time)."""
+    paths = []
+    for chunk in output.child(folder).walk((suffix.rsplit(".", 1)[-1],)):
+        paths += [p for p in chunk.column("path").to_pylist() if p.endswith(suffix)]
+    mine = output.child(folder).path + "/"
+    return sorted((p for p in paths if p[len(mine) :] < run_id), reverse=True)
+
+
+def trailing(output: Location, run_id: str, num_classes: int, nights: int):
+    """(summed distribution, run ids) of the last `nights` earlier runs that segmented images.
+    Reads newest first and stops once it has them: the cost is a few manifests a night."""
+    total, used = drift.empty(num_classes), []
+    for path in _earlier(output, RUNS, ".parquet", run_id):
+        if len(used) == nights:
+            break
+        data = output.fs.cat_file(path)
+        night = drift.of_manifest(pq.read_table(io.BytesIO(data)), num_classes)
+        if night.images:
+            total, used = total + night, used + [path.rsplit("/", 1)[-1][: -len(".parquet")]]
+    return total, used
+
+
+def training(checkpoint_config: dict, num_classes: int) -> drift.Distribution | None:
+    recorded = checkpoint_config.get("class_distribution")
+    return drift.Distribution.from_dict(recorded, num_classes) if recorded else None
+
+
+def _history(output: Location, run_id: str) -> list[dict]:
+    """(run id, alert distance) of earlier reports, oldest first."""
+    paths = _earlier(output, REPORTS, "/report.json", run_id)[:HISTORY_NIGHTS]
+    out = []
+    for path in reversed(paths):
+        past = json.loads(output.fs.cat_file(path))
+        out.append({"run_id": past["run_id"], "distance": past["distance"]})
+    return out
+
+
+def drift_report(table, classes: ClassList, checkpoint_config: dict, output, run_id, config):
+    """The night's drift report (a JSON-able dict); `table` is the run's manifest."""
+    tonight = drift.of_manifest(table, classes.num_classes)
+    notes, references = [], {}
+    reference = training(checkpoint_config, classes.num_classes)
+    if reference is None:
+        notes.append("the model records no training class distribution: trailing nights only")
+    else:
+        references["training"] = drift.compare(tonight, reference) or {}
+    past, nights = trailing(output, run_id, classes.num_classes, config.drift_nights)
+    if not nights:
+        notes.append("no earlier night to compare with")
+    else:
+        references["trailing"] = {**(drift.compare(tonight, past) or {}), "nights": nights}
+    if not tonight.images:
+        notes.append("no segmented image with class counts tonight: nothing to compare")
+    overall = [r[k] for r in references.values() for k in ("pixel", "image") if k in r]
+    distance = max(overall) if overall else None
+    threshold = config.drift_threshold
+    shares, frequencies = tonight.pixel_shares(), tonight.image_frequencies()
+    return {
+        "run_id": run_id,
+        "images": tonight.images,
+        "classes": list(classes.names),
+        "tonight": {
+            **tonight.to_dict(),
+            "pixel_shares": None if shares is None else shares.tolist(),
+            "image_frequencies": None if frequencies is None else frequencies.tolist(),
+        },
+        "references": references,
+        "distance": distance,
+        "threshold": threshold,
+        "drift": bool(threshold is not None and distance is not None and distance > threshold),
+        "notes": notes,
+        "history": _history(output, run_id) + [{"run_id": run_id, "distance": distance}],
+    }
+
+
+def metrics(report: dict) -> dict[str, float]:
+    """MLflow metrics: `drift_distance`, `drift_<reference>_<view>` overall and
+    `drift_<reference>_pixel_<class>` per class, and `share_<class>` tonight."""
+    out = {} if report["distance"] is None else {"drift_distance": report["distance"]}
+    names = [class_metric(n).removeprefix(CLASS_METRIC_PREFIX) for n in report["classes"]]
+    for ref, values in report["references"].items():
+        for view in ("pixel", "image"):
+            if view in values:
+                out[f"drift_{ref}_{view}"] = values[view]
+        for name, value in zip(names, values.get("pixel_per_class") or [], strict=False):
+            out[f"drift_{ref}_pixel_{name}"] = value
+    for name, value in zip(names, report["tonight"]["pixel_shares"] or [], strict=False):
+        out[f"share_{name}"] = value
+    return out
+
+
+def markdown(report: dict) -> str:
+    """The report as a page a person reads next to the chart."""
+    distance = report["distance"]
+    verdict = "DRIFT" if report["drift"] else "no drift alert"
+    lines = [
+        f"# Night {report['run_id']}: {verdict}",
+        "",
+        f"{report['images']} images segmented; alert distance "
+        f"{'n/a' if distance is None else f'{distance:.4f}'} (Jensen-Shannon, 0..1), "
+        f"threshold {report['threshold']}.",
+        "",
+        *[f"- {note}" for note in report["notes"]],
+        "",
+        "![drift](drift.png)",
+        "",
+    ]
+    refs = report["references"]
+    header = ["class", "share tonight"] + [f"share {r}" for r in refs] + [f"dist {r}" for r in refs]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    shares = report["tonight"]["pixel_shares"] or [None] * len(report["classes"])
+    for c, name in enumerate(report["classes"]):
+        cells = [name, _fmt(shares[c])]
+        cells += [
+            _fmt((r.get("reference_pixel_shares") or [None] * (c + 1))[c]) for r in refs.values()
+        ]
+        cells += [_fmt((r.get("pixel_per_class") or [None] * (c + 1))[c]) for r in refs.values()]
+        lines.append("| " + " | ".join(cells) + " |")
+    for ref, values in refs.items():
+        lines.append("")
+        lines.append(
+            f"{ref}: pixel shares {_fmt(values.get('pixel'))}, image frequencies "
+            f"{_fmt(values.get('image'))}"
+            + (f" over {', '.join(values['nights'])}" if "nights" in values else "")
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _fmt(value) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def write(output: Location, report: dict) -> dict[str, bytes]:
+    """Write the report's files under `_reports/<run id>/`; returns them (name -> bytes)."""
+    files = {
+        "report.json": json.dumps(report, indent=1).encode(),
+        "report.md": markdown(report).encode(),
+        "drift.png": chart.drift_chart(report),
+    }
+    folder = report_dir(output, report["run_id"])
+    for name, data in files.items():
+        folder.child(name).write_bytes(data)
+    return files
+
+
+def labeling_queue(
+    table, classes: ClassList, output: Location, run_id: str, size: int,
+    read_images: Callable[[list[str]], dict[str, bytes]],
+) -> dict[str, bytes]:  # fmt: skip
+    """Tonight's queue (fcn.nightly.queue) as queue.parquet, queue.csv and cvat.zip under the
+    report folder; returns those files. `read_images(uris)` gives the images' bytes. The
+    queue is recorded as queued last, so a failed export never hides images from the next
+    night's queue."""
+    chosen = queue.select(table, queue.queued(output), size, run_id)
+    files = queue.files(chosen)
+    rows = chosen.to_pylist()
+    masks = {r["mask_uri"]: locate(r["mask_uri"]).read_bytes() for r in rows}
+    files["cvat.zip"] = cvat.export(rows, classes, read_images([r["uri"] for r in rows]), masks)
+    folder = report_dir(output, run_id)
+    for name, data in files.items():
+        folder.child(name).write_bytes(data)
+    if rows:
+        queue.record(output, run_id, chosen)
+    return files

@@ -1,0 +1,34 @@
+"""Show a segment experiment's nightly drift and labeling-queue history: a table (Markdown and
+CSV) and the drift distance over the nights (PNG), from the MLflow runs jobs/segment.py logged.
+
+    python jobs/report.py --experiment segment --output s3://bucket/reports/nightly
+
+Reads MLFLOW_TRACKING_URI (or --tracking-uri). Exit status 2 with one line when the
+experiment does not exist. docs/insight.md explains the numbers.
+"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, unpackaged
+
+from fcn.config import parse  # noqa: E402
+from fcn.nightly.history import ReportConfig, markdown, write  # noqa: E402
+
+
+def main(argv=None) -> int:
+    config = parse(ReportConfig, argv, description=__doc__)
+    try:
+        table, written = write(config)
+    except LookupError as err:  # no such experiment
+        print(f"report: {err}", file=sys.stderr)
+        return 2
+    print(f"{len(table)} night(s) of experiment {config.experiment!r}:\n")
+    print(markdown(table))
+    for name, uri in written.items():
+        print(f"{name:>12}: {uri}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
