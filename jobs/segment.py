@@ -7,7 +7,8 @@ manifest go to --output.
 Runs on the Ray cluster named by RAY_ADDRESS (as a `ray job submit` entry point), or starts a
 local Ray when none is set. Exit status 1 when the error fraction exceeds
 --max-error-fraction, so a scheduler sees a bad night; 2 with one line when the settings, the
-model or the input cannot work (checked before Ray starts). docs/nightly.md: the state, the
+model or the input cannot work (checked before Ray starts); 3 when the night's class
+distribution drifted past --drift-threshold (docs/insight.md). docs/nightly.md: the state, the
 nightly budget and the model-change option.
 """
 
@@ -21,7 +22,7 @@ from fcn.config import SegmentConfig, parse  # noqa: E402
 
 def main(argv=None) -> int:
     config = parse(SegmentConfig, argv, description=__doc__)
-    from fcn.segment import print_summary, run
+    from fcn.segment import exit_status, print_summary, run
 
     try:
         summary = run(config)
@@ -29,7 +30,7 @@ def main(argv=None) -> int:
         print(f"segment: {err}", file=sys.stderr)
         return 2
     print_summary(summary)
-    return 0 if summary["ok"] else 1
+    return exit_status(summary)
 
 
 if __name__ == "__main__":

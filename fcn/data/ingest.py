@@ -245,6 +245,7 @@ def load_classes(config: IngestConfig) -> ClassList:
     return voc_classes()
 
 
+# long: the three split policies (default, --split, --preset reference) side by side.
 def plan_records(config: IngestConfig) -> tuple[dict[str, list[voc.Record]], dict]:
     """Records per output split, and notes for the summary (precedence, overlaps).
 

@@ -93,7 +93,7 @@ def mask_objects(s3, prefix: str) -> dict[str, tuple]:
     client = s3.client()
     found = {}
     for key in s3.keys(prefix):
-        if key.endswith(".png") and "/_manifest/" not in key:
+        if key.endswith(".png") and "/_" not in key[len(prefix) :]:  # _reports/ are not masks
             head = client.head_object(Bucket=s3.bucket, Key=key)
             found[key[len(prefix) + 1 :]] = (head["LastModified"], head["ETag"])
     return found

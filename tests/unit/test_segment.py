@@ -312,6 +312,12 @@ def test_multi_scale_averages_to_full_size_masks(model_dir):
 # --- run() end to end on local Ray ---------------------------------------------------------
 
 
+def masks_in(tmp_path):
+    """Mask PNGs under tmp_path/out: folders starting with `_` (reports, state) hold none."""
+    out = tmp_path / "out"
+    return [p for p in out.rglob("*.png") if not p.relative_to(out).parts[0].startswith("_")]
+
+
 @pytest.mark.slow
 def test_run_local_incremental_and_exit_status(tmp_path, model_dir, local_ray):
     from fcn.segment import run
@@ -326,18 +332,16 @@ def test_run_local_incremental_and_exit_status(tmp_path, model_dir, local_ray):
 
     first = run(config)
     assert (first["done"], first["failed"], first["skipped"], first["ok"]) == (2, 1, 0, True)
-    masks_written = sorted(
-        p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*.png")
-    )
+    masks_written = sorted(p.relative_to(tmp_path / "out").as_posix() for p in masks_in(tmp_path))
     assert masks_written == ["a.png", "d/b.png"]
-    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "out").rglob("*.png")}
+    stamps = {p: p.stat().st_mtime_ns for p in masks_in(tmp_path)}
     rows = pq.read_table(first["manifest"]).to_pylist()
     assert {r["status"] for r in rows} == {"ok", "error"}
     assert all(r["model"] == model_dir for r in rows)
 
     second = run(config)
     assert (second["done"], second["failed"], second["skipped"]) == (0, 0, 3)
-    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "out").rglob("*.png")} == stamps
+    assert {p: p.stat().st_mtime_ns for p in masks_in(tmp_path)} == stamps
 
     (src / "d" / "b.PNG").write_bytes(encode(picture(72, 64, 3)))  # changed image: redone
     os.utime(src / "d" / "b.PNG", (1, 1))
