@@ -116,7 +116,8 @@ def summary(root: Path, tracking: str, seconds: float) -> None:
   Parquet dataset     {parquet}/{{train,val,unlabeled}}/  (summary: {parquet}/_SUCCESS)
   best checkpoint     {checkpoint}/  (model.pt + config.json)
   MLflow runs         {tracking}  (experiment 'fcn-demo', model 'fcn-demo')
-  masks               {masks}/  (manifest: {masks}/_manifest/)
+  masks               {masks}/  (state: _state/, per-run manifests: _runs/,
+                      drift report and labeling queue: _reports/)
 The numbers are from minutes of training from random weights on small synthetic images; the
 paper's 62-65% mean IU needs ImageNet weights and PASCAL VOC (see README).
 
