@@ -132,7 +132,9 @@ def register(model, mlflow_server) -> str:
     import mlflow
     from mlflow import MlflowClient
 
-    mlflow.set_tracking_uri(mlflow_server.uri)
+    # MLFLOW_TRACKING_URI already names the server (fixture). mlflow.set_tracking_uri would
+    # pin it for the rest of the session, over later tests' own MLFLOW_TRACKING_URI.
+    assert mlflow.get_tracking_uri() == mlflow_server.uri
     mlflow.set_experiment("segment-test-registry")
     with mlflow.start_run() as run:
         mlflow.log_artifacts(model["local"], "checkpoint")
