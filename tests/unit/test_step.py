@@ -102,7 +102,7 @@ def test_two_ddp_workers_equal_one_process_accumulating(tmp_path, loss):
     mp.spawn(_ddp_worker, args=(2, free_port(), loss, str(tmp_path)), nprocs=2)
     images, masks = _data()
     single_loss, single = _stepped([(images[:1], masks[:1]), (images[1:], masks[1:])], _sgd(loss))
-    results = [torch.load(tmp_path / f"{loss}{rank}.pt") for rank in (0, 1)]
+    results = [torch.load(tmp_path / f"{loss}{rank}.pt", weights_only=True) for rank in (0, 1)]
     for result in results:
         for a, b in zip(single, result["params"], strict=True):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
