@@ -3,9 +3,9 @@ the past nights with the alert threshold. Agg backend: no display on a cluster n
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
+
+from fcn.visualize import figure_png
 
 
 def drift_chart(report: dict) -> bytes:
@@ -44,7 +44,4 @@ def drift_chart(report: dict) -> bytes:
     history.set_ylabel("Jensen-Shannon distance")
     history.set_title("drift over the past nights")
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    plt.close(fig)
-    return buffer.getvalue()
+    return figure_png(fig)

@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 
 from fcn import storage, tracking
 from fcn.config import required, setting
+from fcn.visualize import figure_png
 
 COLUMNS = ("night", "done", "drift_distance", "drift", "queued", "report")
 
@@ -110,7 +111,4 @@ def distance_plot(table: list[dict]) -> bytes:
     ax.set_ylabel("Jensen-Shannon distance")
     ax.set_title("nightly drift")
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    plt.close(fig)
-    return buffer.getvalue()
+    return figure_png(fig)
