@@ -220,6 +220,11 @@ class SegmentConfig:
     input: str = required("prefix of images (or an ingested Parquet split) to segment")
     output: str = required("prefix where masks, the state table and run manifests go")
     model: str = required("checkpoint directory URI, or an MLflow models:/ or runs:/ URI")
+    save_overlays: str | None = setting(
+        None, "also write each image segmented this run blended with its mask, over a legend "
+        "of its classes, as a PNG under this prefix at the mask's key (apart from --input "
+        "and --output; like mmsegmentation's --show-dir)", group="data",
+    )  # fmt: skip
     input_format: str = setting(
         "auto",
         "'images' (a prefix of jpg/png/bmp/webp files), 'parquet' (an ingested split with "

@@ -22,14 +22,7 @@ from fcn.config import EvaluateConfig, to_dict
 from fcn.evaluate import check_split, evaluate
 from fcn.inference import check_model, load_model
 from fcn.runtime import init_ray, worker_resources
-
-
-def absolute(uri: str) -> str:
-    """A local path made absolute (workers run in their own working directories); URIs with a
-    scheme (s3://, file://, models:/, runs:/) pass through."""
-    if "://" in uri or tracking.is_mlflow_uri(uri):
-        return uri
-    return os.path.abspath(os.path.expanduser(uri))
+from fcn.storage import absolute  # fcn.train imports it from here too
 
 
 def validate(config: EvaluateConfig) -> EvaluateConfig:
@@ -40,7 +33,7 @@ def validate(config: EvaluateConfig) -> EvaluateConfig:
         config,
         data=absolute(config.data),
         model=absolute(config.model),
-        storage=absolute(config.storage) if config.storage else None,
+        storage=absolute(config.storage),
     )
     check_split(config.data, config.split)
     check_model(config.model)

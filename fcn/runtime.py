@@ -8,6 +8,7 @@ settings docs/environment.md found necessary on these machines.
 from __future__ import annotations
 
 import os
+import socket
 
 # glibc's default mmap threshold costs every FCN forward ~440k page faults; with these, steps
 # are 25-40% faster and steady. Workers must get them in their environment at start-up. One
@@ -28,6 +29,29 @@ LOCAL_RAY_ENV = {
 }
 
 
+# Ray Train's workers log every reported result as a `TrainingReport(...)` dict at INFO, with
+# a logger named by its file path, which RunConfig(logging_config=...) does not reach (it
+# filters `ray.train.*` loggers only). Our own progress line says the same in a line.
+_TRAIN_REPORT_LOGGER = ("train", "v2", "_internal", "execution", "context.py")
+
+
+def quiet_worker_logs() -> None:
+    """Every worker's start-up (`worker_process_setup_hook` of a local instance): the known
+    Ray noise lines (docs/environment.md) up to WARNING; everything else as Ray has it."""
+    import logging
+
+    import ray
+
+    name = os.path.join(os.path.dirname(ray.__file__), *_TRAIN_REPORT_LOGGER)
+    logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def init_ray(num_cpus: int | None = None) -> None:
     """Connect to `RAY_ADDRESS`, or start a local Ray whose workers get `ALLOCATOR_ENV`.
 
@@ -43,13 +67,21 @@ def init_ray(num_cpus: int | None = None) -> None:
         return
     for key, value in LOCAL_RAY_ENV.items():
         os.environ.setdefault(key, value)
+    # Ray Train's placement-group cleaner polls the state API, which the dashboard serves:
+    # without it, it warns every second of the run. It looks the API up by scanning for Ray
+    # instances, and with two on the machine (a test head, another job) it dies with a
+    # traceback; naming this instance's dashboard settles which one.
+    port = _free_port()
+    api = {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}
     ray.init(
         address="local",
         num_cpus=num_cpus,
-        # Ray Train's placement-group cleaner polls the state API, which the dashboard serves:
-        # without it, it warns every second of the run.
         include_dashboard=True,
-        runtime_env={"env_vars": ALLOCATOR_ENV},
+        dashboard_port=port,
+        runtime_env={
+            "env_vars": {**ALLOCATOR_ENV, **api},
+            "worker_process_setup_hook": "fcn.runtime.quiet_worker_logs",
+        },
     )
 
 

@@ -30,7 +30,7 @@ import pyarrow.compute as pc
 from fcn import checkpoint, manifest, storage, tracking
 from fcn.config import SegmentConfig, to_dict
 from fcn.data.classes import classes_of
-from fcn.nightly import insight, stages, state
+from fcn.nightly import insight, overlays, stages, state
 from fcn.nightly import plan as planning
 from fcn.predictor import Predictor
 from fcn.runtime import ALLOCATOR_ENV, init_ray
@@ -57,15 +57,8 @@ def _parquet_files(input: storage.Location, output: storage.Location) -> list[st
 
 def absolute_paths(config: SegmentConfig) -> SegmentConfig:
     """Local paths made absolute: actors run in their own working directories."""
-
-    def fix(uri: str) -> str:
-        if storage.is_remote(uri) or tracking.is_mlflow_uri(uri) or "://" in uri:
-            return uri
-        return storage.strip_scheme(uri)
-
-    return dataclasses.replace(
-        config, input=fix(config.input), output=fix(config.output), model=fix(config.model)
-    )
+    paths = ("input", "output", "model", "save_overlays")
+    return dataclasses.replace(config, **{p: storage.absolute(getattr(config, p)) for p in paths})
 
 
 # --- the pipeline ----------------------------------------------------------------------------
@@ -171,6 +164,9 @@ def run(config: SegmentConfig) -> dict:
     classes = classes_of(ckpt_config)
     palette = classes.palette()
     input, output = storage.locate(config.input), storage.locate(config.output)
+    shown = storage.locate(config.save_overlays) if config.save_overlays else None
+    if shown:
+        overlays.check(shown, input, output)
     fmt = input_format(config, input, output)
     done, sources = state.read(output)
     work = _plan(config, fmt, input, output, done, model)
@@ -201,6 +197,12 @@ def run(config: SegmentConfig) -> dict:
         files = {**files, **queued}
     summary.update(drift=report["drift"], drift_distance=report["distance"])
     summary["report"] = insight.report_dir(output, run_id).uri
+    if shown:  # reads back what the night wrote: CPU tasks, never the model actor
+        read = functools.partial(_image_bytes, fmt, input, output)
+        io = {"num_cpus": IO_CPUS, "concurrency": config.io_concurrency}
+        summary["overlays"] = overlays.write(
+            table, shown, output, classes, read, config.max_pixels, **io
+        )
     log_to_mlflow(config, summary, report, files)
     return summary
 
@@ -306,6 +308,10 @@ def print_summary(summary: dict, file=sys.stdout) -> None:
     print(f"manifest: {summary['manifest']}", file=file)
     print(f"model:    {summary['model']}", file=file)
     print(f"report:   {summary['report']} (drift distance {summary['drift_distance']})", file=file)
+    if "overlays" in summary:
+        shown = summary["overlays"]
+        print(f"overlays: {shown['dir']} ({shown['written']} written, {shown['failed']} failed)",
+              file=file)  # fmt: skip
     if summary["drift"]:
         print("drift: the distance exceeds --drift-threshold (exit status 3)", file=file)
     if not summary["ok"]:

@@ -351,3 +351,13 @@ def write_text(uri: str, text: str) -> None:
 
 def delete(uri: str, recursive: bool = False) -> None:
     locate(uri).delete(recursive)
+
+
+def absolute(uri: str | None) -> str | None:
+    """A local path made absolute (`~` expanded), once, in a job's driver: Ray tasks, actors
+    and workers run in their own working directories. A URI with a scheme (`s3://`,
+    `file://`, MLflow's `models:/`, `runs:/`) and None pass through unchanged."""
+    # fcn.tracking.MLFLOW_SCHEMES, spelled out: storage sits below tracking.
+    if uri is None or "://" in uri or uri.startswith(("models:/", "runs:/", "mlflow-artifacts:/")):
+        return uri
+    return os.path.abspath(os.path.expanduser(uri))

@@ -25,6 +25,9 @@ EXAMPLES = """examples:
 
 def main(argv=None) -> int:
     config = parse(TrainConfig, argv, description=__doc__, epilog=EXAMPLES)
+    # Ray Data runs the training split anew every epoch: its progress bars would print a set
+    # per epoch between the iteration lines, which already say how far training is.
+    os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
     from fcn import train
 
     try:  # a bad setting, a missing or wrong dataset, missing weights: one line, before Ray

@@ -498,11 +498,8 @@ def check_config(config: IngestConfig) -> IngestConfig:
                 f"--{name.replace('_', '-')} must be >= 1, got {getattr(config, name)}"
             )
 
-    def absolute(uri):
-        return storage.strip_scheme(uri) if uri and not storage.is_remote(uri) else uri
-
     paths = ("output", "voc", "sbd", "unlabeled", "classes")
-    config = replace(config, **{name: absolute(getattr(config, name)) for name in paths})
+    config = replace(config, **{name: storage.absolute(getattr(config, name)) for name in paths})
     for flag in ("voc", "sbd", "unlabeled"):
         uri = getattr(config, flag)
         if uri is not None and not storage.exists(uri):

@@ -1,0 +1,85 @@
+"""`jobs/segment.py --save-overlays DIR`: each image segmented this run, blended with its mask
+over a legend of the classes present (`fcn.visualize.overlay`), as a PNG under DIR at its
+mask's key (like mmsegmentation's --show-dir), for a person to look at.
+
+A CPU stage after the pipeline, never in the model actor: it reads back what the run wrote
+(the image from the input, the mask PNG), so the pipeline carries no extra pixels when the
+option is off. Mask keys never collide (fcn.segment refuses a second image wanting an owned
+key), so overlay keys, the same keys under DIR, never collide either.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from fcn import images, storage
+from fcn.data.classes import ClassList
+from fcn.storage import Location
+from fcn.visualize import overlay, png_bytes
+
+MAX_BLOCKS = 2000  # about one task per batch of images, capped for huge nights
+RESULT = pa.schema([("uri", pa.string()), ("overlay_uri", pa.string()), ("error", pa.string())])
+
+
+def check(dir: Location, input: Location, output: Location) -> None:
+    """A ValueError unless DIR lies apart from --input and --output: overlays inside the
+    output would be taken for masks, inside the input for tomorrow's images, and a DIR above
+    either could overwrite what is there."""
+    for flag, other in (("--output", output), ("--input", input)):
+        same_store = dir.fs.protocol == other.fs.protocol
+        if same_store and (dir.path == other.path or dir.contains(other.path)
+                           or other.contains(dir.path)):  # fmt: skip
+            raise ValueError(
+                f"--save-overlays {dir.uri} overlaps {flag} {other.uri}: choose a folder "
+                "outside both (overlays would be taken for masks or images)"
+            )
+
+
+def target(dir: Location, output: Location, mask_uri: str) -> Location:
+    """Where the overlay of the image whose mask is `mask_uri` goes: the mask's key under DIR."""
+    return dir.child(storage.relative_key(output.uri, mask_uri))
+
+
+def write_batch(batch: pa.Table, read, dir: Location, output: Location, classes: ClassList,
+                max_pixels: int) -> pa.Table:  # fmt: skip
+    """Rows (`uri`, `mask_uri`) -> their overlays written; returns `RESULT` rows (an overlay
+    that fails is an `error`, never a failed night: the masks are what the night is for)."""
+    uris = batch.column("uri").to_pylist()
+    data = read(uris)
+    palette, rows = classes.palette(), []
+    for uri, mask_uri in zip(uris, batch.column("mask_uri").to_pylist(), strict=True):
+        at = target(dir, output, mask_uri)
+        try:
+            image = images.decode_image(data[uri], max_pixels)
+            mask_at = Location(output.fs, storage.strip_scheme(mask_uri), output.scheme)
+            mask = images.decode_mask(mask_at.read_bytes())
+            at.write_bytes(png_bytes(overlay(image, mask, palette, classes.names)))
+            rows.append({"uri": uri, "overlay_uri": at.uri, "error": None})
+        except Exception as err:  # noqa: BLE001 - one unreadable image is one error row
+            rows.append({"uri": uri, "overlay_uri": at.uri, "error": f"{err!r}"[:300]})
+    return pa.Table.from_pylist(rows, RESULT)
+
+
+def write(table: pa.Table, dir: Location, output: Location, classes: ClassList, read,
+          max_pixels: int, **remote_args) -> dict:  # fmt: skip
+    """Overlays of the run's `ok` rows (a manifest table) as Ray tasks (`remote_args`: their
+    `num_cpus`, `concurrency`); returns {"dir", "written", "failed"}."""
+    import ray
+
+    rows = table.filter(pc.equal(table.column("status"), "ok")).select(["uri", "mask_uri"])
+    summary = {"dir": dir.uri, "written": 0, "failed": 0}
+    if not rows.num_rows:
+        return summary
+    chunk = math.ceil(rows.num_rows / min(MAX_BLOCKS, rows.num_rows))
+    ds = ray.data.from_arrow([rows.slice(i, chunk) for i in range(0, rows.num_rows, chunk)])
+    kwargs = {"read": read, "dir": dir, "output": output, "classes": classes}
+    ds = ds.map_batches(write_batch, fn_kwargs={**kwargs, "max_pixels": max_pixels},
+                        batch_format="pyarrow", batch_size=None, **remote_args)  # fmt: skip
+    for result in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+        failed = pc.sum(pc.is_valid(result.column("error"))).as_py() or 0
+        summary["failed"] += failed
+        summary["written"] += result.num_rows - failed
+    return summary
