@@ -1,8 +1,5 @@
 """Evaluate a checkpoint or registered model on a split, sharded over Ray Train workers.
 
-    python jobs/evaluate.py --data DATA_URI --split val --model models:/fcn@champion
-    ray job submit --working-dir . -- python jobs/evaluate.py --data s3://... --model s3://.../best
-
 Every image of the split is scored exactly once; the confusion matrix is summed over the
 workers. Logs an MLflow evaluation run (experiment --experiment) with the scores. The split,
 the model and the flags are checked before Ray starts: a problem exits with status 2 and one
@@ -16,10 +13,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from fcn.config import EvaluateConfig, parse  # noqa: E402
 
+EXAMPLES = """examples:
+  python jobs/evaluate.py --data demo/parquet --split val \\
+      --model models:/fcn-demo@champion                    # after make demo
+  python jobs/evaluate.py --data s3://bucket/voc --split seg11valid \\
+      --model s3://bucket/runs/voc-8s/best --workers 4 --gpu
+  ray job submit --working-dir . -- python jobs/evaluate.py --data s3://... --model models:/..."""
+
 
 def main(argv=None) -> int:
     try:
-        config = parse(EvaluateConfig, argv, description=__doc__)
+        config = parse(EvaluateConfig, argv, description=__doc__, epilog=EXAMPLES)
         from fcn import evaluate_job  # after parsing: --help needs no torch
 
         config = evaluate_job.validate(config)

@@ -1,9 +1,5 @@
 """Import published FCN weights as a checkpoint and, if asked, a registered MLflow model version.
 
-    python jobs/import_model.py --from fcn8s-heavy-pascal.caffemodel --output URI
-    python jobs/import_model.py --from s3://bucket/fcn8s_from_caffe.pth --output URI
-        --registered-model fcn-voc [--champion]
-
 --from is a .caffemodel (the authors' Caffe files, read without Caffe; nothing in it is run)
 or a pytorch-fcn .pth state_dict (read with torch.load(weights_only=True)), local or any URI.
 The model, its number of classes and width come from the file's layers unless --model names
@@ -24,6 +20,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from fcn.config import ImportConfig, parse  # noqa: E402
 
+EXAMPLES = """examples:
+  python jobs/import_model.py --from fcn8s-heavy-pascal.caffemodel --output ./weights/fcn8s
+  python jobs/import_model.py --from s3://bucket/fcn8s_from_caffe.pth \\
+      --output s3://bucket/weights/fcn8s --registered-model fcn-voc --champion"""
 FORMATS = {".caffemodel": "caffemodel", ".pth": "pytorch-fcn", ".pt": "pytorch-fcn"}
 # Model version tags saying where the weights came from.
 TAG_SOURCE, TAG_FORMAT, TAG_SHA256 = "fcn.source", "fcn.source_format", "fcn.source_sha256"
@@ -174,7 +174,7 @@ def run(config: ImportConfig) -> dict:
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    config = parse(ImportConfig, _from_is_source(list(argv)), description=__doc__)
+    config = parse(ImportConfig, _from_is_source(list(argv)), description=__doc__, epilog=EXAMPLES)
     try:
         result = run(config)
     except (ValueError, FileNotFoundError) as err:  # bad input: one line, exit 2

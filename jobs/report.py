@@ -1,8 +1,6 @@
 """Show a segment experiment's nightly drift and labeling-queue history: a table (Markdown and
 CSV) and the drift distance over the nights (PNG), from the MLflow runs jobs/segment.py logged.
 
-    python jobs/report.py --experiment segment --output s3://bucket/reports/nightly
-
 Reads MLFLOW_TRACKING_URI (or --tracking-uri). Exit status 2 with one line when the
 experiment does not exist. docs/insight.md explains the numbers.
 """
@@ -15,9 +13,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from fcn.config import parse  # noqa: E402
 from fcn.nightly.history import ReportConfig, markdown, write  # noqa: E402
 
+EXAMPLES = """examples:
+  python jobs/report.py --experiment segment --output s3://bucket/reports/nightly
+  MLFLOW_TRACKING_URI=http://mlflow:5000 python jobs/report.py --experiment segment \\
+      --output ./results/nightly"""
+
 
 def main(argv=None) -> int:
-    config = parse(ReportConfig, argv, description=__doc__)
+    config = parse(ReportConfig, argv, description=__doc__, epilog=EXAMPLES)
     try:
         table, written = write(config)
     except LookupError as err:  # no such experiment

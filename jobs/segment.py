@@ -1,8 +1,5 @@
 """Segment every new or changed image under a prefix; masks, a state table and a per-run
-manifest go to --output.
-
-    python jobs/segment.py --input s3://bucket/images/ --output s3://bucket/masks/ \
-        --model models:/fcn-voc@champion --max-images 100000
+manifest go to --output; with --save-overlays, each image blended with its mask too.
 
 Runs on the Ray cluster named by RAY_ADDRESS (as a `ray job submit` entry point), or starts a
 local Ray when none is set. Exit status 1 when the error fraction exceeds
@@ -19,15 +16,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from fcn.config import SegmentConfig, parse  # noqa: E402
 
+EXAMPLES = """examples:
+  python jobs/segment.py --input demo/data/unlabeled --output demo/masks2 \\
+      --model models:/fcn-demo@champion --save-overlays demo/overlays2   # after make demo
+  python jobs/segment.py --input s3://bucket/images/ --output s3://bucket/masks/ \\
+      --model models:/fcn-voc@champion --max-images 100000              # a nightly run
+  ray job submit --working-dir . -- python jobs/segment.py --input s3://... --output s3://..."""
+
 
 def main(argv=None) -> int:
-    config = parse(SegmentConfig, argv, description=__doc__)
+    config = parse(SegmentConfig, argv, description=__doc__, epilog=EXAMPLES)
     from fcn.segment import exit_status, print_summary, run
 
     try:
         summary = run(config)
     except (ValueError, FileNotFoundError) as err:  # settings, model contract, empty input
-        print(f"segment: {err}", file=sys.stderr)
+        print(f"error: {err}", file=sys.stderr)
         return 2
     print_summary(summary)
     return exit_status(summary)

@@ -16,7 +16,16 @@ _BUILDERS = {
     "fcn-alexnet": (alexnet.fcn_alexnet, "alexnet"),
     "fcn-googlenet": (googlenet.fcn_googlenet, "googlenet"),
 }
+# fcn.config lists these names too (TrainConfig's --model choices): --help must not import
+# torch to print them; tests/unit/test_opex.py keeps the two lists equal.
 MODEL_NAMES = tuple(_BUILDERS)
+
+
+def backbone_of(name: str) -> str:
+    """The ImageNet classifier model `name` builds on: `vgg16`, `alexnet` or `googlenet`."""
+    if name not in _BUILDERS:
+        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
+    return _BUILDERS[name][1]
 
 
 def build_model(name: str, num_classes: int = 21, pretrained=False, **options):
@@ -29,11 +38,10 @@ def build_model(name: str, num_classes: int = 21, pretrained=False, **options):
     The returned model carries `model.preprocessing`, the input spec its weights expect (a
     dict to record in the checkpoint's config.json).
     """
-    if name not in _BUILDERS:
-        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
+    arch = backbone_of(name)  # an unknown name: one clear ValueError
     if not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
-    builder, arch = _BUILDERS[name]
+    builder = _BUILDERS[name][0]
     width = options.pop("width", None) or 1.0
     if width != 1.0:
         if arch != "vgg16" or width <= 0:
@@ -60,4 +68,11 @@ def build_from_config(config: dict, **options):
     return build_model(config["model"], int(config["num_classes"]), width=width, **options)
 
 
-__all__ = ["MODEL_NAMES", "build_from_config", "build_model", "normalize", "preprocessing_for"]
+__all__ = [
+    "MODEL_NAMES",
+    "backbone_of",
+    "build_from_config",
+    "build_model",
+    "normalize",
+    "preprocessing_for",
+]

@@ -1,6 +1,7 @@
 """Operator experience: the train and ingest jobs refuse bad inputs in the driver with exit
 status 2 and one line, before Ray starts, an MLflow run exists or any output is written."""
 
+import functools
 import importlib.util
 import io
 import os
@@ -8,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -136,7 +138,7 @@ def test_ingest_refuses_a_prefix_without_images(tmp_path, capsys):
     assert "no images" in err and not out.exists()
 
 
-@pytest.mark.parametrize("job", ["train", "ingest", "compare", "demo"])
+@pytest.mark.parametrize("job", sorted(p.stem for p in (REPO / "jobs").glob("*.py")))
 def test_help_is_fast_and_has_an_example(job):
     """--help imports neither torch nor Ray (seconds saved on every typo)."""
     code = (
@@ -173,3 +175,139 @@ def test_training_progress_line_has_eta_lr_and_rate():
     resumed = _Throughput(start=100, images_per_step=4, print_every=1)
     resumed.paced = (101, resumed.began)
     assert resumed.line(111, 4000, 0.1, 1e-4, now=resumed.began + 10).endswith("eta 1:04:49")
+
+
+def test_model_choices_are_the_models_that_build():
+    """fcn.config spells the names out (--help imports no torch): the same list as fcn.models."""
+    import dataclasses
+
+    from fcn.models import MODEL_NAMES, backbone_of
+
+    field = next(f for f in dataclasses.fields(TrainConfig) if f.name == "model")
+    assert field.metadata["choices"] == MODEL_NAMES
+    assert [backbone_of(n) for n in ("fcn8s", "fcn-alexnet")] == ["vgg16", "alexnet"]
+    with pytest.raises(ValueError, match="unknown model 'fcn4s'"):
+        backbone_of("fcn4s")
+
+
+@pytest.mark.parametrize(
+    "uri, expected",
+    [
+        ("data/x", "{cwd}/data/x"),
+        ("~/x", "{home}/x"),
+        ("/abs/x", "/abs/x"),
+        ("s3://bucket/x", "s3://bucket/x"),
+        ("file:///abs/x", "file:///abs/x"),
+        ("models:/fcn-demo@champion", "models:/fcn-demo@champion"),
+        ("runs:/abc/checkpoint", "runs:/abc/checkpoint"),
+        (None, None),
+    ],
+)
+def test_one_absolute_for_every_job(uri, expected, tmp_path, monkeypatch):
+    from fcn.storage import absolute
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    if expected is not None:
+        expected = expected.format(cwd=tmp_path, home=tmp_path / "home")
+    assert absolute(uri) == expected
+
+
+# --- what a person looks at: legends, overlays (segment --save-overlays) ---------------------
+
+GRAY = 100
+
+
+def _scene():
+    """A gray 40 x 60 image; its mask: class 1 top-left, class 3 bottom-right, a void row."""
+    from fcn.data.classes import voc_classes
+
+    image = np.full((40, 60, 3), GRAY, np.uint8)
+    mask = np.zeros((40, 60), np.uint8)
+    mask[5:15, 5:25] = 1
+    mask[25:35, 30:55] = 3
+    mask[0] = 255
+    return image, mask, voc_classes()
+
+
+def _has_color(array, color) -> bool:
+    return bool((array.reshape(-1, 3) == np.asarray(color, np.uint8)).all(axis=1).any())
+
+
+def test_overlay_blends_the_class_colours_over_a_legend_of_the_classes_present():
+    from fcn.visualize import overlay
+
+    image, mask, classes = _scene()
+    palette = classes.palette()
+    out = overlay(image, mask, palette, classes.names)
+    assert out.shape[1] == 60 and out.shape[0] > 40  # the legend goes underneath
+    picture, strip = out[:40], out[40:]
+    aeroplane = (np.asarray(palette[1], float) + GRAY) / 2
+    assert np.array_equal(picture[10, 10], aeroplane.round().astype(np.uint8))
+    assert np.array_equal(picture[0, 0], [GRAY] * 3)  # void keeps the image
+    assert np.array_equal(picture[20, 40], [GRAY // 2] * 3)  # background: black, half
+    for value in (0, 1, 3):  # background, aeroplane, boat: the swatches
+        assert _has_color(strip, palette[value]), classes.names[value]
+    assert not _has_color(strip, palette[2])  # bicycle is not in the mask
+
+
+def test_legend_wraps_and_sample_panel_gets_one_with_names():
+    from fcn.visualize import legend, sample_panel
+
+    image, mask, classes = _scene()
+    palette = classes.palette()
+    one_row = legend([1], classes.names, palette, 300)
+    many = legend(list(range(12)), classes.names, palette, 300)
+    assert many.shape[0] > one_row.shape[0] and many.shape[1] == 300
+    pred = np.where(mask == 3, 4, mask).astype(np.uint8)  # boat predicted as bottle
+    plain = sample_panel(image, mask, pred, palette)
+    assert plain.shape == (40, 180, 3)  # image | truth | prediction
+    panel = sample_panel(image, mask, pred, palette, classes.names)
+    assert np.array_equal(panel[:40], plain) and panel.shape[0] > 40
+    for value in (1, 3, 4):  # classes of the truth and of the prediction
+        assert _has_color(panel[40:], palette[value])
+
+
+def test_overlays_go_to_the_mask_keys_under_their_own_folder(tmp_path):
+    from PIL import Image
+
+    from fcn import images, storage
+    from fcn.nightly import overlays
+    from fcn.segment import _image_bytes
+    from fcn.visualize import overlay, png_bytes
+
+    image, mask, classes = _scene()
+    split, out, shown = tmp_path / "split", tmp_path / "out", tmp_path / "shown"
+    split.mkdir()
+    uris = ["s3://bucket/raw/x.jpg", "s3://bucket/raw/y/z.png"]
+    encoded = [png_bytes(image), b"not an image"]
+    pq.write_table(pa.table({"uri": uris, "image": encoded}), split / "part-0.parquet")
+    mask_uris = [str(out / "bucket/raw/x.png"), str(out / "bucket/raw/y/z.png")]
+    for uri in mask_uris:
+        storage.write_bytes(uri, images.encode_mask(mask, classes.palette()))
+    where = {name: storage.locate(str(p)) for name, p in (("in", split), ("out", out),
+                                                           ("shown", shown))}  # fmt: skip
+    read = functools.partial(_image_bytes, "parquet", where["in"], where["out"])
+    batch = pa.table({"uri": uris, "mask_uri": mask_uris})
+    result = overlays.write_batch(batch, read, where["shown"], where["out"], classes, 10**6)
+    rows = result.to_pylist()
+    assert rows[0] == {"uri": uris[0], "overlay_uri": str(shown / "bucket/raw/x.png"),
+                       "error": None}  # fmt: skip
+    assert "BadImage" in rows[1]["error"]  # one bad image is one error row, not a failed night
+    written = np.asarray(Image.open(shown / "bucket/raw/x.png"))
+    assert np.array_equal(written, overlay(image, mask, classes.palette(), classes.names))
+    assert sorted(p.name for p in shown.rglob("*.png")) == ["x.png"]
+
+
+@pytest.mark.parametrize("shown", ["out", "out/_overlays", "in/x", "", "elsewhere"])
+def test_overlays_must_lie_apart_from_input_and_output(tmp_path, shown):
+    from fcn import storage
+    from fcn.nightly import overlays
+
+    at = {name: storage.locate(str(tmp_path / name)) for name in ("in", "out")}
+    folder = storage.locate(str(tmp_path / shown) if shown else str(tmp_path))
+    if shown == "elsewhere":
+        overlays.check(folder, at["in"], at["out"])
+        return
+    with pytest.raises(ValueError, match="--save-overlays .* overlaps --(output|input)"):
+        overlays.check(folder, at["in"], at["out"])
