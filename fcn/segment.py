@@ -199,10 +199,7 @@ def run(config: SegmentConfig) -> dict:
     summary["report"] = insight.report_dir(output, run_id).uri
     if shown:  # reads back what the night wrote: CPU tasks, never the model actor
         read = functools.partial(_image_bytes, fmt, input, output)
-        io = {"num_cpus": IO_CPUS, "concurrency": config.io_concurrency}
-        summary["overlays"] = overlays.write(
-            table, shown, output, classes, read, config.max_pixels, **io
-        )
+        summary["overlays"] = overlays.write(table, shown, output, classes, read, config, IO_CPUS)
     log_to_mlflow(config, summary, report, files)
     return summary
 

@@ -31,8 +31,9 @@ EXAMPLES = """examples:
 def step(title: str, args: list[str], env: dict, cwd: Path) -> None:
     print(f"\n=== {title}\n$ python {' '.join(args)}", flush=True)
     started = time.monotonic()
-    # cwd = the demo root: MLflow's local artifact store (./mlruns) lands there too.
-    done = subprocess.run([sys.executable, *args], cwd=cwd, env=env)
+    # cwd = the demo root: MLflow's local artifact store (./mlruns) lands there too. Ray logs
+    # (progress included) to stderr: one stream keeps them beside the step they belong to.
+    done = subprocess.run([sys.executable, *args], cwd=cwd, env=env, stderr=subprocess.STDOUT)
     if done.returncode != 0:
         sys.exit(f"demo step '{title}' failed (exit {done.returncode}); see its output above")
     print(f"--- {title}: {time.monotonic() - started:.0f} s", flush=True)
@@ -52,7 +53,13 @@ def main(argv=None) -> int:
     root.mkdir(parents=True, exist_ok=True)
     data, parquet, runs = root / "data", root / "parquet", root / "runs"
     masks, mlflow_db, classes = root / "masks", root / "mlflow.db", root / "classes.txt"
-    for old in (data, parquet, runs, masks):  # a demo starts clean; `make clean-demo` too
+    for old in (
+        data,
+        parquet,
+        runs,
+        masks,
+        root / "overlays",
+    ):  # a demo starts clean; `make clean-demo` too
         shutil.rmtree(old, ignore_errors=True)
     classes.write_text(DEMO_CLASSES)
     env = dict(os.environ)
@@ -87,6 +94,7 @@ def run_steps(args, root: Path, env: dict) -> None:
     step("4/4 segment the unlabeled images (Ray Data actor pool)", [
         str(REPO / "jobs/segment.py"), "--input", str(data / "unlabeled"),
         "--output", str(root / "masks"), "--model", str(root / "runs" / "demo" / "best"),
+        "--save-overlays", str(root / "overlays"),
     ], env, root)  # fmt: skip
 
 
@@ -110,6 +118,7 @@ def train_flags(model: str, iterations: int) -> list[str]:
 
 def summary(root: Path, tracking: str, seconds: float) -> None:
     checkpoint, masks, parquet = root / "runs" / "demo" / "best", root / "masks", root / "parquet"
+    shown = sorted((root / "overlays").rglob("*.png"))[:3]
     print(f"""
 === done in {seconds:.0f} s. Where everything is:
   generated dataset   {root / "data"}  (class list: {root / "classes.txt"})
@@ -118,6 +127,8 @@ def summary(root: Path, tracking: str, seconds: float) -> None:
   MLflow runs         {tracking}  (experiment 'fcn-demo', model 'fcn-demo')
   masks               {masks}/  (state: _state/, per-run manifests: _runs/,
                       drift report and labeling queue: _reports/)
+  overlays            {root / "overlays"}/  (each image blended with its mask, and a legend;
+                      open a few: {", ".join(p.name for p in shown)})
 The numbers are from minutes of training from random weights on small synthetic images; the
 paper's 62-65% mean IU needs ImageNet weights and PASCAL VOC (see README).
 
@@ -127,7 +138,8 @@ paper's 62-65% mean IU needs ImageNet weights and PASCAL VOC (see README).
   .venv/bin/python jobs/evaluate.py --data {parquet} --split val \\
       --model models:/fcn-demo@champion
   .venv/bin/python jobs/segment.py --input {root / "data" / "unlabeled"} \\
-      --output {root / "masks2"} --model models:/fcn-demo@champion
+      --output {root / "masks2"} --model models:/fcn-demo@champion \\
+      --save-overlays {root / "overlays2"}
   .venv/bin/python jobs/compare.py --experiment fcn-demo --output {root / "compare"}""")
 
 

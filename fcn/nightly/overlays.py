@@ -16,11 +16,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from fcn import images, storage
+from fcn.config import SegmentConfig
 from fcn.data.classes import ClassList
 from fcn.storage import Location
 from fcn.visualize import overlay, png_bytes
 
-MAX_BLOCKS = 2000  # about one task per batch of images, capped for huge nights
+MAX_BLOCKS = 2000  # a task per --batch-size images, fewer and larger on huge nights
 RESULT = pa.schema([("uri", pa.string()), ("overlay_uri", pa.string()), ("error", pa.string())])
 
 
@@ -64,20 +65,26 @@ def write_batch(batch: pa.Table, read, dir: Location, output: Location, classes:
 
 
 def write(table: pa.Table, dir: Location, output: Location, classes: ClassList, read,
-          max_pixels: int, **remote_args) -> dict:  # fmt: skip
-    """Overlays of the run's `ok` rows (a manifest table) as Ray tasks (`remote_args`: their
-    `num_cpus`, `concurrency`); returns {"dir", "written", "failed"}."""
+          config: SegmentConfig, num_cpus: float) -> dict:  # fmt: skip
+    """Overlays of the run's `ok` rows (a manifest table) as Ray tasks of `num_cpus` each, at
+    most `config.io_concurrency` at once; returns {"dir", "written", "failed"}."""
     import ray
 
     rows = table.filter(pc.equal(table.column("status"), "ok")).select(["uri", "mask_uri"])
     summary = {"dir": dir.uri, "written": 0, "failed": 0}
     if not rows.num_rows:
         return summary
-    chunk = math.ceil(rows.num_rows / min(MAX_BLOCKS, rows.num_rows))
+    chunk = max(config.batch_size, math.ceil(rows.num_rows / MAX_BLOCKS))
     ds = ray.data.from_arrow([rows.slice(i, chunk) for i in range(0, rows.num_rows, chunk)])
     kwargs = {"read": read, "dir": dir, "output": output, "classes": classes}
-    ds = ds.map_batches(write_batch, fn_kwargs={**kwargs, "max_pixels": max_pixels},
-                        batch_format="pyarrow", batch_size=None, **remote_args)  # fmt: skip
+    ds = ds.map_batches(
+        write_batch,
+        fn_kwargs={**kwargs, "max_pixels": config.max_pixels},
+        batch_format="pyarrow",
+        batch_size=None,
+        num_cpus=num_cpus,
+        compute=ray.data.TaskPoolStrategy(size=config.io_concurrency),
+    )
     for result in ds.iter_batches(batch_format="pyarrow", batch_size=None):
         failed = pc.sum(pc.is_valid(result.column("error"))).as_py() or 0
         summary["failed"] += failed

@@ -3,6 +3,7 @@ stored sideways with EXIF orientation 6) on the S3 test server, `ray job submit`
 Ray head, Parquet read back from s3://."""
 
 import json
+import re
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -48,6 +49,8 @@ def test_ingest_job_on_s3(s3, ray_head, tmp_path):
     rc, logs = ray_head.submit(args, env=s3.env, timeout=300)
     assert rc == 0, logs[-4000:]
     assert "summary: s3://" in logs
+    # Ray Data's progress, as a job's log shows it (no terminal: logged lines, not bars).
+    assert re.search(r"MapBatches\(_write_batch\): \d+/\d+", logs), logs[-4000:]
 
     def local_path(uri: str):
         for name, base in sources.items():
