@@ -29,21 +29,26 @@ LOCAL_RAY_ENV = {
 }
 
 
-# Ray Train's workers log every reported result as a `TrainingReport(...)` dict at INFO, with
-# a logger named by its file path, which RunConfig(logging_config=...) does not reach (it
-# filters `ray.train.*` loggers only). Our own progress line says the same in a line.
-_TRAIN_REPORT_LOGGER = ("train", "v2", "_internal", "execution", "context.py")
+def worker_setup_hook():
+    """The `worker_process_setup_hook` of a local instance: run at every worker's start-up, it
+    puts the known Ray noise lines (docs/environment.md) at WARNING. Ray Train's workers log
+    each reported result as a `TrainingReport(...)` dict at INFO, with a logger named by its
+    file path, which RunConfig(logging_config=...) does not reach (it filters `ray.train.*`);
+    our own progress line says the same in one line.
 
+    A function made here, so that it travels by value: a worker runs the hook before the
+    driver's sys.path applies, when `fcn` may not be importable (or be another checkout)."""
 
-def quiet_worker_logs() -> None:
-    """Every worker's start-up (`worker_process_setup_hook` of a local instance): the known
-    Ray noise lines (docs/environment.md) up to WARNING; everything else as Ray has it."""
-    import logging
+    def quiet_worker_logs() -> None:
+        import logging
+        import os
 
-    import ray
+        import ray
 
-    name = os.path.join(os.path.dirname(ray.__file__), *_TRAIN_REPORT_LOGGER)
-    logging.getLogger(name).setLevel(logging.WARNING)
+        name = ("train", "v2", "_internal", "execution", "context.py")
+        logging.getLogger(os.path.join(os.path.dirname(ray.__file__), *name)).setLevel("WARNING")
+
+    return quiet_worker_logs
 
 
 def _free_port() -> int:
@@ -80,7 +85,7 @@ def init_ray(num_cpus: int | None = None) -> None:
         dashboard_port=port,
         runtime_env={
             "env_vars": {**ALLOCATOR_ENV, **api},
-            "worker_process_setup_hook": "fcn.runtime.quiet_worker_logs",
+            "worker_process_setup_hook": worker_setup_hook(),
         },
     )
 
