@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -235,6 +236,7 @@ class RayHead:
     address: str  # the dashboard / job-submission address
     temp_dir: str
     logs: list = field(default_factory=list)
+    gcs_address: str = ""  # what `ray start --address` of another node takes
 
     def submit(
         self, args: list[str], env: dict | None = None, timeout: float = 600
@@ -257,6 +259,39 @@ class RayHead:
         output = done.stdout + done.stderr
         self.logs.append(output)
         return done.returncode, output
+
+    def submit_no_wait(self, args: list[str], env: dict | None = None) -> str:
+        """`submit` without waiting for the job: its submission id."""
+        runtime_env = {"env_vars": {**ALLOCATOR_ENV, **RAY_ENV, **(env or {})}}
+        cmd = [
+            str(BIN / "ray"), "job", "submit", "--no-wait", "--address", self.address,
+            "--working-dir", str(REPO), "--runtime-env-json", json.dumps(runtime_env),
+            "--", "python", *args,
+        ]  # fmt: skip
+        done = subprocess.run(
+            cmd, cwd=REPO, capture_output=True, text=True, timeout=120,
+            env={**os.environ, **RAY_ENV},
+        )  # fmt: skip
+        found = re.search(r"raysubmit_[A-Za-z0-9]+", done.stdout)  # the CLI colours its output
+        assert done.returncode == 0 and found, done.stdout + done.stderr
+        return found.group(0)
+
+
+def kill_job(marker: str) -> int:
+    """SIGKILL the process group of every job driver whose command line names `marker`, as a
+    lost node or `kill -9 -PGID` would (Ray starts each driver in its own session: the group
+    is the entry point's shell and the driver). Returns how many groups died."""
+    groups = set()
+    for pid in pids_naming(marker):
+        with contextlib.suppress(ProcessLookupError):
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+            if b"jobs/" in cmdline and b" job submit " not in cmdline:  # not the CLI
+                groups.add(os.getpgid(pid))
+    groups.discard(os.getpgrp())  # never this test's own
+    for group in groups:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(group, signal.SIGKILL)
+    return len(groups)
 
 
 def wait_job_agent(head: RayHead, proc: subprocess.Popen, log: Path, timeout: float = 120):
@@ -309,7 +344,7 @@ def ray_head(s3):
     address = f"http://127.0.0.1:{dashboard_port}"
     try:
         wait_http(f"{address}/api/version", 90, proc, log)
-        head = RayHead(address, temp_dir)
+        head = RayHead(address, temp_dir, gcs_address=f"127.0.0.1:{gcs_port}")
         wait_job_agent(head, proc, log)
         yield head
     finally:
