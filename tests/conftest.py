@@ -352,3 +352,47 @@ def ray_head(s3):
         kill_naming(temp_dir)
         shutil.rmtree(temp_dir, ignore_errors=True)
         log.unlink(missing_ok=True)
+
+
+@dataclass
+class RayNode:
+    resource: str  # the custom resource only this node has (`--placement-resource`)
+    node_id: str
+
+
+@pytest.fixture(scope="module")
+def ray_worker_node(ray_head, s3):
+    """A second Ray node joined to the test head, with 2 CPUs and the custom resource
+    `fcn_test_node` (2 units): jobs place work on it with `--placement-resource`. Like a
+    real node it has S3 credentials in its own environment."""
+    from ray.util.state import list_nodes
+
+    resource = "fcn_test_node"
+    cmd = [
+        str(BIN / "ray"), "start", "--block", "--address", ray_head.gcs_address,
+        "--node-ip-address", "127.0.0.1", "--num-cpus", "2",
+        "--resources", json.dumps({resource: 2}),
+        "--object-store-memory", str(256 * 1024 * 1024),
+        "--dashboard-agent-listen-port", str(free_port()),
+        "--dashboard-agent-grpc-port", str(free_port()),
+        "--runtime-env-agent-port", str(free_port()),
+        "--metrics-export-port", str(free_port()),
+    ]  # fmt: skip
+    env = {**RAY_ENV, **s3.env, **s3.credentials}
+    env["PATH"] = f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"
+    log = Path(ray_head.temp_dir + "-node.log")
+    proc = start(cmd, env, log)
+    try:
+        deadline = time.monotonic() + 120
+        while True:  # joined: the head lists it alive, with its resource
+            nodes = list_nodes(address=ray_head.address, filters=[("state", "=", "ALIVE")])
+            found = [n.node_id for n in nodes if resource in (n.resources_total or {})]
+            if found:
+                break
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the second Ray node did not join:\n{tail(log)}")
+            time.sleep(0.5)
+        yield RayNode(resource, found[0])
+    finally:
+        stop_group(proc, grace=15)
+        log.unlink(missing_ok=True)

@@ -27,13 +27,13 @@ REQUEST_LINE = re.compile(rb"(GET|PUT|POST|HEAD|DELETE) (/[^ \r\n]*) HTTP/1\.[01
 @dataclass
 class Rule:
     method: str
-    path: str  # a prefix of the decoded path, `/bucket/key...`
+    path: str  # a part of the decoded path (`/bucket/key`, `prefix=key` of a listing)
     action: str  # "refuse" | "hold"
     times: int = 1  # requests it applies to; then it is spent
     hits: list = field(default_factory=list)  # the paths it matched, in order
 
     def matches(self, method: str, path: str) -> bool:
-        return len(self.hits) < self.times and method == self.method and path.startswith(self.path)
+        return len(self.hits) < self.times and method == self.method and self.path in path
 
 
 class S3Gate:
