@@ -358,6 +358,7 @@ def ray_head(s3):
 class RayNode:
     resource: str  # the custom resource only this node has (`--placement-resource`)
     node_id: str
+    temp_dir: str  # its logs: session_*/logs
 
 
 @pytest.fixture(scope="module")
@@ -378,9 +379,15 @@ def ray_worker_node(ray_head, s3):
         "--runtime-env-agent-port", str(free_port()),
         "--metrics-export-port", str(free_port()),
     ]  # fmt: skip
-    env = {**RAY_ENV, **s3.env, **s3.credentials}
+    # `ray start --address` refuses to join with RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 (the
+    # setting keeps a lone node on 127.0.0.1); --node-ip-address keeps this one there.
+    env = {**RAY_ENV, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1", **s3.env, **s3.credentials}
     env["PATH"] = f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"
-    log = Path(ray_head.temp_dir + "-node.log")
+    # Its own temp dir (two nodes' sockets cannot share one); named after the head's, so the
+    # head's teardown (kill_naming) also ends whatever of it is left.
+    temp_dir = ray_head.temp_dir + "-node"
+    cmd += ["--temp-dir", temp_dir]
+    log = Path(temp_dir + ".log")
     proc = start(cmd, env, log)
     try:
         deadline = time.monotonic() + 120
@@ -392,7 +399,8 @@ def ray_worker_node(ray_head, s3):
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"the second Ray node did not join:\n{tail(log)}")
             time.sleep(0.5)
-        yield RayNode(resource, found[0])
+        yield RayNode(resource, found[0], temp_dir)
     finally:
         stop_group(proc, grace=15)
+        shutil.rmtree(temp_dir, ignore_errors=True)
         log.unlink(missing_ok=True)

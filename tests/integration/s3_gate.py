@@ -42,7 +42,6 @@ class S3Gate:
         self.server = socket.create_server(("127.0.0.1", 0))
         self.endpoint_url = f"http://127.0.0.1:{self.server.getsockname()[1]}"
         self.rules: list[Rule] = []
-        self.requests: list[tuple[str, str]] = []  # every (method, path) seen, in order
         self.lock = threading.Lock()
         self.held = threading.Event()  # a hold rule has caught a request
         self.released = threading.Event()
@@ -92,7 +91,6 @@ class S3Gate:
         for found in REQUEST_LINE.finditer(data):
             method, path = found.group(1).decode(), unquote(found.group(2).decode())
             with self.lock:
-                self.requests.append((method, path))
                 for rule in self.rules:
                     if rule.matches(method, path):
                         rule.hits.append(path)
