@@ -76,7 +76,7 @@ def test_segment_killed_and_cut_off_loses_nothing_and_finishes_next_night(
     model["config"]["preprocessing"] = net.preprocessing
     checkpoint.save(net.state_dict(), model["config"], s3.uri("drill/checkpoint"))
     # Distinct sizes: no two images share a forward, nothing depends on batching.
-    files = {f"drill/images/img_{i}.png": encode(picture(40 + 4 * i, 48, 9 + i)) for i in range(6)}
+    files = {f"drill/images/img_{i}.png": encode(picture(40 + 4 * i, 48, 9 + i)) for i in range(4)}
     upload(s3, files)
     output = s3.uri("drill/masks")
     args = [
