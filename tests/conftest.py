@@ -369,24 +369,20 @@ def ray_worker_node(ray_head, s3):
     from ray.util.state import list_nodes
 
     resource = "fcn_test_node"
-    cmd = [
-        str(BIN / "ray"), "start", "--block", "--address", ray_head.gcs_address,
-        "--node-ip-address", "127.0.0.1", "--num-cpus", "2",
-        "--resources", json.dumps({resource: 2}),
-        "--object-store-memory", str(256 * 1024 * 1024),
-        "--dashboard-agent-listen-port", str(free_port()),
-        "--dashboard-agent-grpc-port", str(free_port()),
-        "--runtime-env-agent-port", str(free_port()),
-        "--metrics-export-port", str(free_port()),
-    ]  # fmt: skip
-    # `ray start --address` refuses to join with RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 (the
-    # setting keeps a lone node on 127.0.0.1); --node-ip-address keeps this one there.
-    env = {**RAY_ENV, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1", **s3.env, **s3.credentials}
-    env["PATH"] = f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"
     # Its own temp dir (two nodes' sockets cannot share one); named after the head's, so the
     # head's teardown (kill_naming) also ends whatever of it is left.
     temp_dir = ray_head.temp_dir + "-node"
-    cmd += ["--temp-dir", temp_dir]
+    params = {
+        "gcs_address": ray_head.gcs_address, "node_ip_address": "127.0.0.1", "num_cpus": 2,
+        "resources": {resource: 2}, "object_store_memory": 256 * 1024 * 1024,
+        "temp_dir": temp_dir, "node_manager_port": 0, "min_worker_port": 0,
+        "max_worker_port": 0, "dashboard_agent_listen_port": free_port(),
+        "metrics_agent_port": free_port(), "runtime_env_agent_port": free_port(),
+        "metrics_export_port": free_port(),
+    }  # fmt: skip
+    cmd = [sys.executable, str(REPO / "tests/integration/ray_node.py"), json.dumps(params)]
+    env = {**RAY_ENV, **s3.env, **s3.credentials}  # the node's own environment
+    env["PATH"] = f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"
     log = Path(temp_dir + ".log")
     proc = start(cmd, env, log)
     try:
