@@ -157,6 +157,11 @@ class TrainConfig:
     amp: str = setting("none", "mixed precision on GPU", choices=("none", "bf16", "fp16"))
     channels_last: bool = setting(False, "channels_last memory format (faster convs on CPU/GPU)")
     max_failures: int = setting(3, "worker-group restarts from the last checkpoint")
+    placement_resource: str | None = setting(
+        None, "custom Ray resource each training worker asks one unit of, so workers run only "
+        "on the nodes started with it (`ray start --resources '{\"NAME\": N}'`, N per node); "
+        "default: any node", group="cluster",
+    )  # fmt: skip
     seed: int = setting(0, "seed of weights init and data order")
 
     def validate(self) -> TrainConfig:
@@ -243,6 +248,11 @@ class SegmentConfig:
     cpus_per_actor: float = setting(1.0, "Ray CPUs reserved per actor")
     threads: int = setting(0, "torch threads per actor; 0 = as many as its reserved CPUs")
     gpus_per_actor: float = setting(0.0, "GPUs per actor; > 0 runs the model on CUDA")
+    placement_resource: str | None = setting(
+        None, "custom Ray resource each model actor asks one unit of, so actors run only "
+        "on the nodes started with it (`ray start --resources '{\"NAME\": N}'`, N per node); "
+        "default: any node", group="cluster",
+    )  # fmt: skip
     # Reads and writes are latency-bound on object stores; two tasks each keep a slow store
     # from idling the model without taking the model actor's cores on a small node.
     io_concurrency: int = setting(2, "read+decode tasks and encode+write tasks running at once")

@@ -90,6 +90,14 @@ def init_ray(num_cpus: int | None = None) -> None:
     )
 
 
-def worker_resources(cpus: float, gpu: bool) -> dict:
-    """Ray resources of one training or evaluation worker: its CPUs, and one whole GPU if any."""
-    return {"CPU": cpus, "GPU": 1} if gpu else {"CPU": cpus}
+def worker_resources(cpus: float, gpu: bool, placement: str | None = None) -> dict:
+    """Ray resources of one training or evaluation worker: its CPUs, one whole GPU if any, and
+    one unit of the custom resource `placement` if given (see `placement_resources`)."""
+    return {"CPU": cpus, **({"GPU": 1} if gpu else {}), **placement_resources(placement)}
+
+
+def placement_resources(placement: str | None) -> dict:
+    """`{placement: 1}`, or nothing. A custom resource exists only on the nodes started with
+    it (`ray start --resources '{"NAME": N}'`): a worker or model actor asking for one unit
+    runs only there, N at a time per node (e.g. the GPU nodes, or the nodes near the data)."""
+    return {placement: 1} if placement else {}

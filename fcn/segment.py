@@ -33,7 +33,7 @@ from fcn.data.classes import classes_of
 from fcn.nightly import insight, overlays, stages, state
 from fcn.nightly import plan as planning
 from fcn.predictor import Predictor
-from fcn.runtime import ALLOCATOR_ENV, init_ray
+from fcn.runtime import ALLOCATOR_ENV, init_ray, placement_resources
 
 MAX_BLOCKS = 2000  # about one block per batch (a unit of scheduling), capped for huge nights
 IO_CPUS = 0.5  # the CPU stages wait on the store half the time: two share a core
@@ -90,6 +90,7 @@ def _segment(config, fmt, input, output, work, done, model, palette, run_id) -> 
     import ray
 
     remote_args = {"num_cpus": config.cpus_per_actor, "num_gpus": config.gpus_per_actor}
+    remote_args["resources"] = placement_resources(config.placement_resource)
     if config.gpus_per_actor == 0:  # CPU actors: the allocator settings (fcn.runtime)
         remote_args["runtime_env"] = {"env_vars": ALLOCATOR_ENV}
     ds = _source(config, fmt, input, output, work, done, model).map_batches(

@@ -7,6 +7,7 @@ server) and the credentials are honored the same way by fsspec, pyarrow and Ray 
 
 from __future__ import annotations
 
+import functools
 import os
 import posixpath
 import tempfile
@@ -28,8 +29,15 @@ _REMOTE_SCHEMES = ("s3", "s3a", "gs", "gcs", "az", "abfs")
 # from their node (see docs/trust.md).
 FORWARDED_ENV = (
     "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION", "AWS_REGION",
-    "MLFLOW_S3_ENDPOINT_URL",
+    "AWS_MAX_ATTEMPTS", "AWS_RETRY_MODE", "MLFLOW_S3_ENDPOINT_URL",
 )  # fmt: skip
+
+# Attempts per S3 request (the AWS SDKs' standard retry mode: exponential backoff with jitter,
+# each wait up to 20 s): an endpoint back within about a minute (a restart, a network blip)
+# costs a night nothing. `AWS_MAX_ATTEMPTS` / `AWS_RETRY_MODE`, the SDKs' own variables,
+# override it. After the last attempt the call raises: the segment stages turn that into the
+# image's error row (docs/trust.md).
+S3_MAX_ATTEMPTS = 8
 
 # What `Location.walk` yields: one row per file.
 WALK_SCHEMA = pa.schema([("path", pa.string()), ("size", pa.int64()), ("mtime", pa.float64())])
@@ -94,10 +102,18 @@ def _endpoint_url() -> str | None:
     return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
 
 
+def max_attempts() -> int:
+    """Attempts per S3 request: `AWS_MAX_ATTEMPTS`, else `S3_MAX_ATTEMPTS`."""
+    return int(os.environ.get("AWS_MAX_ATTEMPTS") or S3_MAX_ATTEMPTS)
+
+
 def _s3fs_options() -> dict:
     # No listings cache: a long-lived process (a nightly job, an actor) must see objects
-    # written since its last listing, by itself or by anyone else.
-    options: dict = {"use_listings_cache": False}
+    # written since its last listing, by itself or by anyone else. The retry policy is set
+    # here, in the options, so it travels with a pickled Location to every worker.
+    retries = {"mode": os.environ.get("AWS_RETRY_MODE") or "standard"}
+    retries["max_attempts"] = max_attempts()
+    options: dict = {"use_listings_cache": False, "config_kwargs": {"retries": retries}}
     endpoint = _endpoint_url()
     if endpoint:
         options["endpoint_url"] = endpoint
@@ -107,15 +123,29 @@ def _s3fs_options() -> dict:
     return options
 
 
+@functools.cache
+def _s3_filesystem_class() -> type:
+    """s3fs's filesystem with its own retry loop off (`retries = 1`): it wraps botocore's,
+    which already retries every request (`_s3fs_options`), so attempts would multiply (2 x 5 x
+    5 for one read, measured) and no setting would bound an outage's cost. Made on first use:
+    s3fs takes a second to import. Named `fcn.storage.S3FileSystem`, so a pickled Location
+    unpickles in a worker through this module's `__getattr__`."""
+    import s3fs
+
+    return type("S3FileSystem", (s3fs.S3FileSystem,), {"retries": 1, "__module__": __name__})
+
+
+def __getattr__(name: str):
+    if name == "S3FileSystem":
+        return _s3_filesystem_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
     """The fsspec filesystem for `uri` and the path to use with it."""
     proto = scheme(uri)
     if proto in ("s3", "s3a"):
-        try:
-            fs = fsspec.filesystem("s3", **_s3fs_options())
-        except ImportError as err:  # pragma: no cover - s3fs is a hard dependency
-            raise RuntimeError("s3:// URIs need s3fs: pip install s3fs") from err
-        return fs, strip_scheme(uri)
+        return _s3_filesystem_class()(**_s3fs_options()), strip_scheme(uri)
     if proto == "file":
         return fsspec.filesystem("file"), strip_scheme(uri)
     return fsspec.core.url_to_fs(uri)
@@ -125,7 +155,7 @@ def pyarrow_filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
     """The pyarrow filesystem for `uri` (what Ray Data and pyarrow.parquet take) and its path."""
     proto = scheme(uri)
     if proto in ("s3", "s3a"):
-        kwargs: dict = {}
+        kwargs: dict = {"retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts())}
         endpoint = _endpoint_url()
         if endpoint:
             parsed = urlparse(endpoint)

@@ -621,7 +621,9 @@ def _fit(config: TrainConfig, recipe: optim.Recipe, run: RunContext):
         scaling_config=ScalingConfig(
             num_workers=config.workers,
             use_gpu=config.gpu,
-            resources_per_worker=worker_resources(config.cpus_per_worker, config.gpu),
+            resources_per_worker=worker_resources(
+                config.cpus_per_worker, config.gpu, config.placement_resource
+            ),
         ),
         run_config=_run_config(
             config, _worker_env(run.tracking_uri), run.hook.callbacks if run.hook else []

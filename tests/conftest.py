@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -235,6 +236,7 @@ class RayHead:
     address: str  # the dashboard / job-submission address
     temp_dir: str
     logs: list = field(default_factory=list)
+    gcs_address: str = ""  # what `ray start --address` of another node takes
 
     def submit(
         self, args: list[str], env: dict | None = None, timeout: float = 600
@@ -257,6 +259,39 @@ class RayHead:
         output = done.stdout + done.stderr
         self.logs.append(output)
         return done.returncode, output
+
+    def submit_no_wait(self, args: list[str], env: dict | None = None) -> str:
+        """`submit` without waiting for the job: its submission id."""
+        runtime_env = {"env_vars": {**ALLOCATOR_ENV, **RAY_ENV, **(env or {})}}
+        cmd = [
+            str(BIN / "ray"), "job", "submit", "--no-wait", "--address", self.address,
+            "--working-dir", str(REPO), "--runtime-env-json", json.dumps(runtime_env),
+            "--", "python", *args,
+        ]  # fmt: skip
+        done = subprocess.run(
+            cmd, cwd=REPO, capture_output=True, text=True, timeout=120,
+            env={**os.environ, **RAY_ENV},
+        )  # fmt: skip
+        found = re.search(r"raysubmit_[A-Za-z0-9]+", done.stdout)  # the CLI colours its output
+        assert done.returncode == 0 and found, done.stdout + done.stderr
+        return found.group(0)
+
+
+def kill_job(marker: str) -> int:
+    """SIGKILL the process group of every job driver whose command line names `marker`, as a
+    lost node or `kill -9 -PGID` would (Ray starts each driver in its own session: the group
+    is the entry point's shell and the driver). Returns how many groups died."""
+    groups = set()
+    for pid in pids_naming(marker):
+        with contextlib.suppress(ProcessLookupError):
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+            if b"jobs/" in cmdline and b" job submit " not in cmdline:  # not the CLI
+                groups.add(os.getpgid(pid))
+    groups.discard(os.getpgrp())  # never this test's own
+    for group in groups:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(group, signal.SIGKILL)
+    return len(groups)
 
 
 def wait_job_agent(head: RayHead, proc: subprocess.Popen, log: Path, timeout: float = 120):
@@ -309,11 +344,59 @@ def ray_head(s3):
     address = f"http://127.0.0.1:{dashboard_port}"
     try:
         wait_http(f"{address}/api/version", 90, proc, log)
-        head = RayHead(address, temp_dir)
+        head = RayHead(address, temp_dir, gcs_address=f"127.0.0.1:{gcs_port}")
         wait_job_agent(head, proc, log)
         yield head
     finally:
         stop_group(proc, grace=15)
         kill_naming(temp_dir)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+        log.unlink(missing_ok=True)
+
+
+@dataclass
+class RayNode:
+    resource: str  # the custom resource only this node has (`--placement-resource`)
+    node_id: str
+    temp_dir: str  # its logs: session_*/logs
+
+
+@pytest.fixture(scope="module")
+def ray_worker_node(ray_head, s3):
+    """A second Ray node joined to the test head, with 2 CPUs and the custom resource
+    `fcn_test_node` (2 units): jobs place work on it with `--placement-resource`. Like a
+    real node it has S3 credentials in its own environment."""
+    from ray.util.state import list_nodes
+
+    resource = "fcn_test_node"
+    # Its own temp dir (two nodes' sockets cannot share one); named after the head's, so the
+    # head's teardown (kill_naming) also ends whatever of it is left.
+    temp_dir = ray_head.temp_dir + "-node"
+    params = {
+        "gcs_address": ray_head.gcs_address, "node_ip_address": "127.0.0.1", "num_cpus": 2,
+        "resources": {resource: 2}, "object_store_memory": 256 * 1024 * 1024,
+        "temp_dir": temp_dir, "node_manager_port": 0, "min_worker_port": 0,
+        "max_worker_port": 0, "dashboard_agent_listen_port": free_port(),
+        "metrics_agent_port": free_port(), "runtime_env_agent_port": free_port(),
+        "metrics_export_port": free_port(),
+    }  # fmt: skip
+    cmd = [sys.executable, str(REPO / "tests/integration/ray_node.py"), json.dumps(params)]
+    env = {**RAY_ENV, **s3.env, **s3.credentials}  # the node's own environment
+    env["PATH"] = f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"
+    log = Path(temp_dir + ".log")
+    proc = start(cmd, env, log)
+    try:
+        deadline = time.monotonic() + 120
+        while True:  # joined: the head lists it alive, with its resource
+            nodes = list_nodes(address=ray_head.address, filters=[("state", "=", "ALIVE")])
+            found = [n.node_id for n in nodes if resource in (n.resources_total or {})]
+            if found:
+                break
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the second Ray node did not join:\n{tail(log)}")
+            time.sleep(0.5)
+        yield RayNode(resource, found[0], temp_dir)
+    finally:
+        stop_group(proc, grace=15)
         shutil.rmtree(temp_dir, ignore_errors=True)
         log.unlink(missing_ok=True)

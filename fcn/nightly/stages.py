@@ -42,13 +42,13 @@ def read_decode(batch: pa.Table, input: Location, config: SegmentConfig) -> pa.T
 
     def read(row):
         t = time.perf_counter()
-        try:
+        try:  # retried with backoff by the filesystem (fcn.storage.S3_MAX_ATTEMPTS)
             data, error = input.fs.cat_file(row["path"]), None
         except Exception as err:  # noqa: BLE001 - one unreadable object is one error row
             data, error = None, f"read failed: {err!r}"
         row["read_seconds"] = time.perf_counter() - t
-        if error:
-            row.update(status="error", error=error)
+        if error:  # no etag: these bytes were never seen, so the next night tries again
+            row.update(status="error", error=error, etag=None)
         return row, data
 
     with ThreadPoolExecutor(READ_THREADS) as pool:
@@ -131,11 +131,13 @@ def encode_write(
             data = images.encode_mask(classes, palette)
             row["encode_seconds"] = time.perf_counter() - t
             t = time.perf_counter()
+            # retried with backoff by the filesystem (fcn.storage.S3_MAX_ATTEMPTS)
             Location(output.fs, row["mask_path"], output.scheme).write_bytes(data)
             row["write_seconds"] = time.perf_counter() - t
             row["status"] = "ok"
         except Exception as err:  # noqa: BLE001 - a failed write is one error row
-            row.update(status="error", error=f"mask write failed: {err!r}")
+            # No etag: unlike a bad image, an outage passes; the next night tries again.
+            row.update(status="error", error=f"mask write failed: {err!r}", etag=None)
     now = time.time()  # one completion time per batch
     stages = ("read", "decode", "model", "encode", "write")
     for row in rows:

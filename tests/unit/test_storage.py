@@ -143,3 +143,27 @@ def test_local_keys_with_url_characters_round_trip(tmp_path, key):
     [found] = storage.list_files(str(tmp_path))
     assert storage.relative_key(str(tmp_path), found.uri) == key
     assert storage.read_bytes(found.uri) == b"k"
+
+
+def test_s3_requests_retry_once_per_policy_not_per_layer(monkeypatch):
+    """One retry policy (the SDK's standard mode, `AWS_MAX_ATTEMPTS`), set in the filesystem's
+    options so that a Location pickled to a worker keeps it; s3fs's own loop is off, or its
+    attempts would multiply botocore's."""
+    import pickle
+
+    monkeypatch.delenv("AWS_MAX_ATTEMPTS", raising=False)
+    monkeypatch.delenv("AWS_RETRY_MODE", raising=False)
+    where = storage.locate("s3://bucket/key")
+    retries = where.fs.config_kwargs["retries"]
+    assert retries == {"mode": "standard", "max_attempts": storage.S3_MAX_ATTEMPTS}
+    assert where.fs.retries == 1
+    copy = pickle.loads(pickle.dumps(where))
+    assert type(copy.fs) is type(where.fs) and copy.fs.retries == 1
+    assert copy.fs.config_kwargs["retries"] == retries
+
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "3")
+    monkeypatch.setenv("AWS_RETRY_MODE", "adaptive")
+    assert storage.locate("s3://bucket/key").fs.config_kwargs["retries"] == {
+        "mode": "adaptive", "max_attempts": 3
+    }  # fmt: skip
+    assert {"AWS_MAX_ATTEMPTS", "AWS_RETRY_MODE"} <= set(storage.forwarded_env())

@@ -113,3 +113,34 @@ def test_a_run_left_running_by_a_dead_job_is_marked_killed_then_continued(
     info = tracking.client(uri).get_run(run_id).info
     assert info.status == "RUNNING" and info.end_time is not None  # the kill, on record
     assert "marked KILLED" in capsys.readouterr().out
+
+
+def test_a_placement_resource_is_one_unit_per_worker_and_off_by_default():
+    from fcn.config import SegmentConfig, TrainConfig
+    from fcn.runtime import placement_resources, worker_resources
+
+    assert worker_resources(2.0, False) == {"CPU": 2.0}
+    assert worker_resources(1.0, True, "gpu_node") == {"CPU": 1.0, "GPU": 1, "gpu_node": 1}
+    assert placement_resources(None) == placement_resources("") == {}
+    assert TrainConfig(data="d").placement_resource is None
+    assert SegmentConfig(input="i", output="o", model="m").placement_resource is None
+
+
+def test_an_unreadable_image_is_an_error_tonight_and_tried_again_tomorrow(tmp_path):
+    """An outage passes, a bad image does not: a read that failed records no etag (the bytes
+    were never seen), so the next night plans the image again; a decode error keeps its etag
+    and waits for new bytes (or --retry-errors)."""
+    from fcn.nightly import stages
+
+    config, src, out = locations(tmp_path)
+    src.child("bad.png").write_bytes(b"not an image")
+    files = listing([src.child("gone.png").path, src.child("bad.png").path])
+    tonight = plan.plan(files, state.STATE_SCHEMA.empty_table(), NO_MASKS, src, out, config, "m")
+    assert tonight.todo.num_rows == 2  # gone.png is listed, then deleted before its read
+    decoded = {r["uri"]: r for r in stages.read_decode(tonight.todo, src, config).to_pylist()}
+    gone, bad = decoded[src.child("gone.png").uri], decoded[src.child("bad.png").uri]
+    assert "read failed" in gone["error"] and gone["etag"] is None
+    assert bad["status"] == "error" and bad["etag"] is not None  # a decode error: its version
+    done = pa.Table.from_pylist(list(decoded.values()), state.STATE_SCHEMA)
+    tomorrow = plan.plan(files, done, NO_MASKS, src, out, config, "m")
+    assert tomorrow.todo.column("uri").to_pylist() == [gone["uri"]]
