@@ -36,7 +36,7 @@ import pyarrow.parquet as pq  # noqa: E402
 
 from benchmarks.common import spread, start_s3_server, stop_server, write_report  # noqa: E402
 from fcn import manifest, storage  # noqa: E402
-from fcn.nightly import state  # noqa: E402
+from fcn.nightly import plan, state  # noqa: E402
 
 PLAN = """
 import json, sys, time
@@ -105,12 +105,30 @@ def write_state(src: str, out: str) -> None:
     out_at.child(f"{state.STATE}/snapshot-r0.parquet").write_bytes(buffer.getvalue())
 
 
-def add_nights(out: str, have: int, want: int, images: int) -> None:
+def write_nights(spare: str, nights: int, images: int) -> None:
+    """`nights` past run manifests (1% of the images each), kept under `spare` until shown."""
     rows = manifest.to_table(
         [{"uri": f"u{i}", "status": "ok", "model": "m"} for i in range(images // 100)]
     )
-    for night in range(have, want):
-        manifest.write(state.run_manifest(storage.locate(out), f"night{night:04d}"), rows)
+    for night in range(nights):
+        manifest.write(storage.locate(spare).child(f"night{night:04d}.parquet"), rows)
+
+
+def show_nights(spare: str, out: str, count: int) -> None:
+    """Move manifests between `spare` and `<out>/_runs/` until exactly `count` are there."""
+    spare_at, runs_at = storage.locate(spare), storage.locate(out).child(state.RUNS)
+    names = {
+        where: sorted(Path(p).name for p in plan.collect(where.walk()).column("path").to_pylist())
+        for where in (spare_at, runs_at)
+    }
+    if len(names[runs_at]) > count:
+        moves = [(runs_at, spare_at, n) for n in names[runs_at][count:]]
+    else:
+        moves = [(spare_at, runs_at, n) for n in names[spare_at][: count - len(names[runs_at])]]
+    for source, target, name in moves:
+        if target.local:
+            os.makedirs(target.path, exist_ok=True)
+        source.fs.mv(source.child(name).path, target.child(name).path)
 
 
 def measure(src: str, out: str) -> dict:
@@ -124,19 +142,20 @@ def measure(src: str, out: str) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def series(src: str, out: str, images: int, nights: list[int], trials: int) -> dict[int, dict]:
-    """Seed, then measure planning `trials` times after each number of past nights (fewest
-    first): {nights: {"s": [seconds...], "MiB": [peak RSS...]}}."""
+def series(root: str, images: int, nights: list[int], trials: int) -> dict[int, dict]:
+    """Seed `root`, then measure planning with each number of past nights, in the order
+    1, 30, 365, 365, 30, 1, ... (load that drifts during the run hits every count alike):
+    {nights: {"s": [seconds...], "MiB": [peak RSS...]}}."""
+    src, out, spare = f"{root}/in", f"{root}/out", f"{root}/spare-nights"
     t = time.perf_counter()
     seed(src, out, images)
     write_state(src, out)
+    write_nights(spare, max(nights), images)
     print(f"seeded {images} images under {src} in {time.perf_counter() - t:.0f} s", flush=True)
-    results, have = {}, 0
-    for count in sorted(nights):
-        add_nights(out, have, count, images)
-        have = count
-        results[count] = {"s": [], "MiB": []}
-        for _ in range(trials):
+    results = {count: {"s": [], "MiB": []} for count in nights}
+    for trial in range(trials):
+        for count in sorted(nights, reverse=bool(trial % 2)):
+            show_nights(spare, out, count)
             measured = measure(src, out)
             assert measured["todo"] == 0, measured
             print(src, count, measured, flush=True)
@@ -157,14 +176,14 @@ def main() -> None:
     runs = {}
     try:
         runs[f"local, {args.images:,} images"] = series(
-            str(root / "in"), str(root / "out"), args.images, args.nights, args.trials
+            str(root), args.images, args.nights, args.trials
         )
         shutil.rmtree(root, ignore_errors=True)  # before the S3 run: a quiet disk
         if args.s3_images:
             server, bucket = start_s3_server("fcn-bench-scale")
             try:
                 runs[f"S3 test server, {args.s3_images:,} images"] = series(
-                    f"{bucket}/in", f"{bucket}/out", args.s3_images, args.nights, args.trials
+                    bucket, args.s3_images, args.nights, args.trials
                 )
             finally:
                 stop_server(server)
