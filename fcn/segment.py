@@ -64,7 +64,7 @@ def absolute_paths(config: SegmentConfig) -> SegmentConfig:
 # --- the pipeline ----------------------------------------------------------------------------
 
 
-def _source(config, fmt, input, output, work, done, model):
+def _source(config, fmt, input, output, work, done):
     """The Ray Data dataset of decoded rows (read + decode as CPU tasks)."""
     import ray
 
@@ -72,12 +72,9 @@ def _source(config, fmt, input, output, work, done, model):
     io["concurrency"] = config.io_concurrency
     if fmt == "parquet":
         files = _parquet_files(input, output)
-        fs = pa.fs.PyFileSystem(pa.fs.FSSpecHandler(input.fs))
+        fs = planning.arrow_filesystem(input)
         ds = ray.data.read_parquet(files, filesystem=fs).select_columns(["uri", "image"])
-        older = []
-        if config.resegment_older_models:
-            older = planning.older_models(pc.unique(done.column("model")).to_pylist(), model)
-        kwargs = {"output": output, "state": [ray.put(done)], "older": older, "config": config}
+        kwargs = {"output": output, "known": [ray.put(done.known)], "config": config}
         return ds.map_batches(stages.decide_parquet, fn_kwargs=kwargs, **io)
     todo = work.todo
     chunk = math.ceil(todo.num_rows / min(MAX_BLOCKS, math.ceil(todo.num_rows / config.batch_size)))
@@ -93,7 +90,7 @@ def _segment(config, fmt, input, output, work, done, model, palette, run_id) -> 
     remote_args["resources"] = placement_resources(config.placement_resource)
     if config.gpus_per_actor == 0:  # CPU actors: the allocator settings (fcn.runtime)
         remote_args["runtime_env"] = {"env_vars": ALLOCATOR_ENV}
-    ds = _source(config, fmt, input, output, work, done, model).map_batches(
+    ds = _source(config, fmt, input, output, work, done).map_batches(
         Predictor,
         fn_constructor_kwargs={"model_uri": model, "config": config},
         batch_size=config.batch_size,
@@ -143,16 +140,15 @@ def _plan(config, fmt, input, output, done, model):
     return planning.plan(listing, done, existing, input, output, config, model)
 
 
-def _done_for_actors(done: pa.Table, config: SegmentConfig, output: storage.Location):
-    """The state rows that make a Parquet row done: `ok` with its mask present, or `error`."""
-    if config.force:
-        return done.slice(0, 0)
-    ok = pc.and_(
-        pc.equal(done.column("status"), "ok"),
-        pc.is_in(done.column("mask_uri"), value_set=planning.existing_masks(output)),
-    )
-    keep = ok if config.retry_errors else pc.or_(ok, pc.equal(done.column("status"), "error"))
-    return done.filter(keep).select(["uri", "etag", "status", "error", "model"])
+def _done_for_actors(done, config, input, output, model) -> planning.SplitPlan:
+    """An ingested split's plan (fcn.nightly.plan.plan_split), from its `uri` column alone:
+    Parquet reads that column without the image bytes."""
+    files = _parquet_files(input, output)
+    uris = pa.chunked_array([], pa.string())
+    if files:
+        uris = planning.split_dataset(input, files).to_table(columns=["uri"]).column("uri")
+    existing = planning.existing_masks(output)
+    return planning.plan_split(uris, done, existing, output, config, model)
 
 
 def run(config: SegmentConfig) -> dict:
@@ -172,14 +168,14 @@ def run(config: SegmentConfig) -> dict:
     done, sources = state.read(output)
     work = _plan(config, fmt, input, output, done, model)
     if fmt == "parquet":
-        done = _done_for_actors(done, config, output)
+        done = _done_for_actors(done, config, input, output, model)
     pipeline_started = time.time()
     results = manifest.SCHEMA.empty_table()
     if fmt == "parquet" or work.todo.num_rows:
         init_ray()
         results = _segment(config, fmt, input, output, work, done, model, palette, run_id)
     pipeline_seconds = time.time() - pipeline_started
-    refused = work.refused if work else None
+    refused = work.refused if work else done.refused
     table = _run_table(results, refused, model, run_id)
     manifest_at = state.run_manifest(output, run_id)
     manifest.write(manifest_at, table)
@@ -211,8 +207,7 @@ def _image_bytes(fmt, input, output, uris: list[str]) -> dict[str, bytes]:
         return {uri: storage.locate(uri).read_bytes() for uri in uris}
     import pyarrow.dataset as pads
 
-    fs = pa.fs.PyFileSystem(pa.fs.FSSpecHandler(input.fs))
-    split = pads.dataset(_parquet_files(input, output), filesystem=fs, format="parquet")
+    split = planning.split_dataset(input, _parquet_files(input, output))
     rows = split.to_table(
         columns=["uri", "image"], filter=pads.field("uri").isin(pa.array(uris, pa.string()))
     )

@@ -11,6 +11,11 @@ whose mask an older model made (oldest mask first); `--max-images` cuts the list
 waits for the next night.
 The driver holds a few Arrow columns per listed image and no Python object per image, so 1M+
 keys plan in bounded memory.
+
+An ingested Parquet split (`plan_split`) is planned the same way from its `uri` column alone
+(the key is the uri without its scheme, so `s3://b/x.jpg` -> `<output>/b/x.png`), with the
+same collision rule; only the last step, whether the image's bytes changed, waits for the
+bytes (see `SplitPlan`).
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as pads
+import pyarrow.fs as pafs
 
 from fcn import images, masks
 from fcn.config import SegmentConfig
@@ -41,6 +48,18 @@ class Plan:
     unchanged: int
     deferred: int  # over --max-images: waits for the next night
     resegment: int  # of `todo`: unchanged images whose mask came from an older model
+
+
+@dataclass
+class SplitPlan:
+    """Tonight's work in an ingested split. Its image version (`sha256:` of the bytes) is
+    known only once a CPU stage reads the bytes, so the driver hands that stage `known`: one
+    Arrow table, put in the object store once and probed per row by binary search
+    (fcn.nightly.stages.decide_parquet), so a batch's cost does not grow with the state."""
+
+    known: pa.Table  # uri (sorted, unique), etag: skipped while the bytes hash to etag;
+    #                  etag null: refused (the stage drops the row, the driver reports it)
+    refused: pa.Table  # uri, etag, size, mask_uri, error: as Plan.refused (etag, size null)
 
 
 def collect(chunks) -> pa.Table:
@@ -89,7 +108,10 @@ def older_models(models: list[str | None], current: str) -> list[str]:
 def _mask_keys(input: Location, keys: pa.ChunkedArray) -> tuple[pa.Array, pa.Array]:
     """(mask key or null, the refusal reason or null) for each image key."""
     keys = keys.combine_chunks()
-    mask_keys = pc.replace_substring_regex(keys, r"\.[^./]*$", images.MASK_EXTENSION)
+    # posixpath.splitext's rule (fcn.masks.mask_key) for keys without a leading-dot basename
+    mask_keys = pc.replace_substring_regex(
+        keys, r"(\.[^./]*)?$", images.MASK_EXTENSION, max_replacements=1
+    )
     odd = pc.match_substring_regex(keys, ODD_KEY)
     reasons = pa.nulls(len(keys), pa.string())
     odd_rows = np.flatnonzero(odd.to_numpy(zero_copy_only=False))
@@ -228,3 +250,64 @@ def plan(
         deferred=max(0, todo.num_rows - budget),
         resegment=max(0, min(budget, todo.num_rows) - fresh.num_rows),
     )
+
+
+def arrow_filesystem(where: Location) -> pafs.FileSystem:
+    """`where`'s fsspec filesystem as pyarrow's (the one Ray Data and pyarrow.dataset read)."""
+    return pafs.PyFileSystem(pafs.FSSpecHandler(where.fs))
+
+
+def split_dataset(input: Location, files: list[str]) -> pads.Dataset:
+    """The ingested split's Parquet `files` (under `input`'s store) as a pyarrow dataset."""
+    return pads.dataset(files, filesystem=arrow_filesystem(input), format="parquet")
+
+
+def split_key(uri: str) -> str:
+    """An ingested row's image key: its uri without the scheme (`s3://b/x.jpg` -> `b/x.jpg`);
+    `_split_keys` is the same rule over a column."""
+    return uri.split("://", 1)[-1].lstrip("/")
+
+
+def _split_keys(uris: pa.Array) -> pa.ChunkedArray:
+    keys = pc.replace_substring_regex(uris, "^.*?://", "", max_replacements=1)
+    return pa.chunked_array([pc.utf8_ltrim(keys, "/")])
+
+
+def plan_split(
+    uris: pa.ChunkedArray,
+    state: pa.Table,
+    existing: pa.Array,
+    output: Location,
+    config: SegmentConfig,
+    model: str,
+) -> SplitPlan:
+    """Tonight's work in an ingested split from its `uri` column (see `SplitPlan`): the rules
+    of `plan`, with the image's bytes assumed unchanged (the stage checks that)."""
+    uris = pc.unique(uris.combine_chunks()).drop_null()  # a uri twice is one image
+    mask_keys, reasons = _mask_keys(output, _split_keys(uris))
+    table = pa.table(
+        {
+            "uri": uris,
+            "mask_uri": pc.binary_join_element_wise(output.uri + "/", mask_keys, ""),
+            "error": reasons,
+        }
+    )
+    table = _taken(_owners(table, state))
+    bad = pc.is_valid(table.column("error"))
+    refused = table.filter(bad)
+    refused = pa.table(
+        {
+            "uri": refused.column("uri"),
+            "etag": pa.nulls(refused.num_rows, pa.string()),
+            "size": pa.nulls(refused.num_rows, pa.int64()),
+            "mask_uri": refused.column("mask_uri"),
+            "error": refused.column("error"),
+        }
+    )
+    prev = state.select(["uri", "etag", "mask_uri", "status", "model", "time"])
+    prev = prev.rename_columns(["uri"] + [f"prev_{n}" for n in prev.column_names[1:]])
+    table = table.filter(pc.invert(bad)).join(prev, "uri", join_type="left outer")
+    table = _decide(table.append_column("etag", table.column("prev_etag")), existing, config, model)
+    done = table.filter(pc.invert(pc.or_(table.column("todo"), table.column("older"))))
+    known = pa.concat_tables([done.select(["uri", "etag"]), refused.select(["uri", "etag"])])
+    return SplitPlan(known=known.sort_by("uri").combine_chunks(), refused=refused)

@@ -6,6 +6,7 @@ class maps as raw bytes (`mask`), so no stage pickles arrays.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import time
 import uuid
@@ -17,6 +18,7 @@ import pyarrow.compute as pc
 
 from fcn import images, manifest, masks
 from fcn.config import SegmentConfig
+from fcn.nightly import plan
 from fcn.storage import Location
 
 READ_THREADS = 8  # object-store reads are latency-bound: overlap them within a batch
@@ -56,39 +58,45 @@ def read_decode(batch: pa.Table, input: Location, config: SegmentConfig) -> pa.T
     return pa.Table.from_pylist(rows, DECODED)
 
 
-def decide_parquet(
-    batch: pa.Table, output: Location, state: list, older: list[str], config: SegmentConfig
-) -> pa.Table:
-    """Rows of an ingested split (`uri`, `image`) -> decoded rows, done ones `skipped`.
+def decide_parquet(batch: pa.Table, output: Location, known: list, config: SegmentConfig):
+    """Rows of an ingested split (`uri`, `image`) -> decoded rows; done ones `skipped`, refused
+    ones dropped (the driver reports those).
 
-    The image version (`sha256` of the bytes) is only known here, so the done-check is here:
-    `state` ([ObjectRef of the state table: uri, etag, status, error, model]) sits once in the
-    object store (read zero-copy) and each batch probes it with a hash of its own few uris,
-    never a copy of the whole history per task.
+    The image version (`sha256` of the bytes) is only known here, so the last step of the plan
+    is here: `known` ([ObjectRef of fcn.nightly.plan.SplitPlan.known], sorted by uri) sits once
+    in the object store, read zero-copy, and each row finds its uri by binary search: a batch
+    costs O(rows x log(images)), never a scan or a copy of the state.
     """
     import ray
 
-    state = ray.get(state[0])
-    uris = batch.column("uri")
-    known = state.filter(pc.is_in(state.column("uri"), value_set=uris.combine_chunks()))
-    previous = {(r["uri"], r["etag"]): r for r in known.to_pylist()}  # a batch's worth
+    known = ray.get(known[0])
+    known_uris, known_etags = (_array(known.column(name)) for name in ("uri", "etag"))
     rows = []
-    for uri, data in zip(uris.to_pylist(), batch.column("image").to_pylist(), strict=True):
+    for uri, data in zip(*(batch.column(c).to_pylist() for c in ("uri", "image")), strict=True):
+        at = _find(known_uris, uri)
+        if at is not None and not known_etags[at].is_valid:
+            continue  # refused on the driver (e.g. its mask key is another image's)
         data = data or b""
+        mask = output.child(masks.mask_key(plan.split_key(uri)))  # the driver checked the key
         row = {"uri": uri, "size": len(data), "read_seconds": 0.0}
-        row["etag"] = "sha256:" + hashlib.sha256(data).hexdigest()
-        try:  # key the mask by the uri without its scheme: `bucket/dir/x.jpg`
-            mask = output.child(masks.mask_key(uri.split("://", 1)[-1].lstrip("/")))
-        except ValueError as err:
-            rows.append({**row, "status": "error", "error": f"bad uri: {err}"})
-            continue
         row.update(mask_uri=mask.uri, mask_path=mask.path)
-        prev = previous.get((uri, row["etag"]))
-        if prev and not (prev["status"] == "ok" and prev["model"] in older):
-            rows.append({**row, "status": "skipped", "error": prev["error"]})
+        row["etag"] = "sha256:" + hashlib.sha256(data).hexdigest()
+        if at is not None and known_etags[at].as_py() == row["etag"]:
+            rows.append({**row, "status": "skipped"})
             continue
         rows.append(_decode(row, data, config))
     return pa.Table.from_pylist(rows, DECODED)
+
+
+def _array(column: pa.ChunkedArray) -> pa.Array:
+    """One array without a copy where the column is one chunk (the driver combines them)."""
+    return column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
+
+
+def _find(sorted_uris: pa.Array, uri: str) -> int | None:
+    """Index of `uri` in `sorted_uris` (UTF-8 byte order = Python's str order), or None."""
+    at = bisect.bisect_left(sorted_uris, uri, key=lambda s: s.as_py())
+    return at if at < len(sorted_uris) and sorted_uris[at].as_py() == uri else None
 
 
 DECODED = pa.schema(

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -217,6 +218,64 @@ def test_odd_keys_are_refused_or_normalized(tmp_path):
     assert work.todo.column("mask_uri").to_pylist() == [f"{out.path}/x/.hidden.png"]
 
 
+def test_plan_split_shares_the_done_rows_and_refuses_a_newcomers_mask_key(tmp_path):
+    config = cfg(tmp_path, resegment_older_models=True)
+    out = storage.locate(config.output)
+    owner, newcomer = "s3://b/a/x.png", "s3://b/a/x.jpg"  # x.jpg sorts first: owner wins
+    done_uri, old_uri, new_uri, odd = "s3://b/d.jpg", "s3://b/o.jpg", "/b/n.jpg", "s3://b/./n.jpg"
+    done = state_table(
+        [
+            {"uri": owner, "etag": "sha256:1", "status": "ok", "mask_uri": f"{out.path}/b/a/x.png",
+             "model": "models:/f/2"},
+            {"uri": done_uri, "etag": "sha256:2", "status": "ok", "model": "models:/f/2",
+             "mask_uri": f"{out.path}/b/d.png"},
+            {"uri": old_uri, "etag": "sha256:3", "status": "ok", "model": "models:/f/1",
+             "mask_uri": f"{out.path}/b/o.png"},
+        ]
+    )  # fmt: skip
+    existing = pa.array([f"{out.path}/b/{k}.png" for k in ("a/x", "d", "o")])
+    uris = pa.chunked_array([[newcomer, owner, done_uri], [old_uri, new_uri, odd, new_uri]])
+    work = plan.plan_split(uris, done, existing, out, config, "models:/f/2")
+    # done at its etag (skipped while the bytes hash to it), refused (etag null): sorted by uri
+    assert work.known.to_pylist() == [
+        {"uri": "s3://b/./n.jpg", "etag": None},
+        {"uri": newcomer, "etag": None},
+        {"uri": owner, "etag": "sha256:1"},
+        {"uri": done_uri, "etag": "sha256:2"},
+    ]  # o.jpg (an older model's mask) and n.jpg (new) are tonight's work
+    errors = dict(zip(*(work.refused.column(c).to_pylist() for c in ("uri", "error")), strict=True))
+    assert f"already taken by {owner}" in errors[newcomer]
+    assert "another spelling" in errors[odd]
+    gone = plan.plan_split(uris, done, pa.array([], pa.string()), out, config, "models:/f/2")
+    assert gone.known.column("etag").null_count == gone.known.num_rows  # masks deleted: redo
+    forced = plan.plan_split(uris, done, existing, out, cfg(tmp_path, force=True), "m")
+    assert forced.known.column("uri").to_pylist() == ["s3://b/./n.jpg", newcomer]
+
+
+def test_split_keys_match_the_stages_key_rule():
+    uris = [
+        "s3://b/x.jpg",
+        "/tmp/y/z.png",
+        "file:///a/b.JPG",
+        "gs://b/no-extension",
+        "s3://b/c.d/e",
+    ]
+    assert plan._split_keys(pa.array(uris)).to_pylist() == [plan.split_key(u) for u in uris]
+    keys = [masks.mask_key(plan.split_key(u)) for u in uris]
+    vectorized, _ = plan._mask_keys(storage.locate("/o"), plan._split_keys(pa.array(uris)))
+    assert vectorized.to_pylist() == keys
+
+
+def test_the_stage_finds_a_uri_by_binary_search():
+    from fcn.nightly.stages import _find
+
+    uris = pa.array(["s3://b/é.jpg", "s3://b/z.jpg", "s3://b/a b.jpg", "/x", "s3://b/Z.jpg"])
+    sorted_uris = uris.take(pc.sort_indices(uris))  # Arrow's order, as plan_split sorts
+    assert [_find(sorted_uris, u) for u in sorted_uris.to_pylist()] == [0, 1, 2, 3, 4]
+    assert _find(sorted_uris, "s3://b/m.jpg") is None
+    assert _find(pa.array([], pa.string()), "x") is None
+
+
 def test_older_models_compares_registry_versions_of_one_name():
     models = ["models:/f/1", "models:/f/3", "models:/g/1", "/ckpt", None, "models:/f/2"]
     assert plan.older_models(models, "models:/f/2") == ["models:/f/1", "models:/g/1", "/ckpt"]
@@ -360,22 +419,26 @@ def test_run_local_incremental_and_exit_status(tmp_path, model_dir, local_ray):
 def test_run_local_on_a_parquet_split(tmp_path, model_dir, local_ray):
     from fcn.segment import run
 
-    images = [picture(64, 64, 5), picture(64, 72, 6)]
+    images = [picture(64, 64, 5), picture(64, 72, 6), picture(64, 64, 7)]
     table = pa.table(
-        {
-            "uri": ["s3://bucket/raw/x.jpg", "s3://bucket/raw/y/z.png"],
-            "image": [encode(images[0]), encode(images[1])],
+        {  # x.png wants x.jpg's mask key (x.jpg sorts first): an error row, every night
+            "uri": ["s3://bucket/raw/x.jpg", "s3://bucket/raw/y/z.png", "s3://bucket/raw/x.png"],
+            "image": [encode(image) for image in images],
         }
     )
     (tmp_path / "split").mkdir()
     pq.write_table(table, tmp_path / "split" / "part-0.parquet")
     config = SegmentConfig(str(tmp_path / "split"), str(tmp_path / "out"), model_dir)
+    config = dataclasses.replace(config, max_error_fraction=0.5)
     first = run(config)
-    assert (first["done"], first["failed"]) == (2, 0)
-    mask = np.asarray(Image.open(tmp_path / "out" / "bucket" / "raw" / "y" / "z.png"))
-    assert np.array_equal(mask, direct(model_dir, images[1]))
+    assert (first["done"], first["failed"]) == (2, 1)
+    rows = {r["uri"]: r for r in pq.read_table(first["manifest"]).to_pylist()}
+    assert "already taken by s3://bucket/raw/x.jpg" in rows["s3://bucket/raw/x.png"]["error"]
+    for name, image in (("x", images[0]), ("y/z", images[1])):
+        mask = np.asarray(Image.open(tmp_path / "out" / "bucket" / "raw" / f"{name}.png"))
+        assert np.array_equal(mask, direct(model_dir, image))
     second = run(config)
-    assert (second["done"], second["skipped"]) == (0, 2)
+    assert (second["done"], second["skipped"], second["failed"]) == (0, 2, 1)
 
 
 class _StrideTwoNet(torch.nn.Module):
