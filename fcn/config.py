@@ -158,6 +158,11 @@ class TrainConfig:
     channels_last: bool = setting(False, "channels_last memory format (faster convs on CPU/GPU)")
     max_failures: int = setting(3, "worker-group restarts from the last checkpoint")
     seed: int = setting(0, "seed of weights init and data order")
+    # Off by default: a sampling thread per node and ~10 more metrics every 10 s.
+    system_metrics: bool = setting(
+        False, "log each training node's CPU, memory, disk, network (and GPU, with "
+        "nvidia-ml-py installed) use as MLflow system metrics", group="tracking",
+    )  # fmt: skip
 
     def validate(self) -> TrainConfig:
         """Self; a ValueError naming the setting when one is out of range (the driver calls
