@@ -39,6 +39,7 @@ TAG_GIT_COMMIT = "mlflow.source.git.commit"
 TAG_SOURCE_NAME = "mlflow.source.name"
 TAG_SOURCE_TYPE = "mlflow.source.type"
 TAG_FAILURE = "failure_reason"  # one line on a FAILED run: why it failed
+GIT_COMMIT_ENV = "FCN_GIT_COMMIT"  # the commit, for code that runs outside a checkout
 # An evaluation run's model: the exact registry version (or the URI of a checkpoint).
 TAG_MODEL_URI = "model_uri"
 TAG_MODEL_NAME = "model_name"
@@ -201,9 +202,9 @@ def failure_reason(error: BaseException) -> str:
 @functools.lru_cache(maxsize=1)
 def source_tags() -> dict:
     """MLflow's source tags for a run of this process: the entry point (`jobs/train.py`,
-    relative to the checkout) and the git commit when the code runs from a checkout (`ray job
-    submit --working-dir .` ships `.git` along)."""
-    entry = os.path.abspath(sys.argv[0]) if sys.argv and sys.argv[0] else "python"
+    relative to the checkout) and the git commit when known (`git_commit`)."""
+    script = sys.argv[0] if sys.argv else ""
+    entry = os.path.abspath(script) if script not in ("", "-c") else "python"
     if entry.startswith(_REPO + os.sep):
         entry = os.path.relpath(entry, _REPO)
     tags = {TAG_SOURCE_NAME: entry, TAG_SOURCE_TYPE: "JOB"}
@@ -569,7 +570,13 @@ def _version_tags(local_dir: str, run_tags: dict) -> dict:
 
 @functools.lru_cache(maxsize=1)
 def git_commit() -> str | None:
-    """The commit of the checkout this code runs from, or None outside a git checkout."""
+    """The commit of the checkout this code runs from; else `FCN_GIT_COMMIT` from the
+    environment, else None.
+
+    `ray job submit --working-dir .` leaves `.git` out of what it uploads (Ray's default
+    excludes), so a job there finds no checkout: its submitter passes the commit along, e.g.
+    `--runtime-env-json '{"env_vars": {"FCN_GIT_COMMIT": "'$(git rev-parse HEAD)'"}}'`.
+    """
     try:
         done = subprocess.run(
             ["git", "rev-parse", "HEAD"],
@@ -579,8 +586,10 @@ def git_commit() -> str | None:
             timeout=10,
         )
     except (OSError, subprocess.TimeoutExpired):
-        return None
-    return done.stdout.strip() if done.returncode == 0 else None
+        done = None
+    if done is not None and done.returncode == 0:
+        return done.stdout.strip()
+    return os.environ.get(GIT_COMMIT_ENV) or None
 
 
 def incomparable(candidate, champion) -> str | None:

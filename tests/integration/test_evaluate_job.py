@@ -49,7 +49,9 @@ def runs(store: str) -> list:
 def submit(ray_head, setup, model: str) -> tuple[int, str]:
     args = ["jobs/evaluate.py", "--data", setup["data"], "--model", model, "--workers", "2",
             "--experiment", EXPERIMENT]  # fmt: skip
-    return ray_head.submit(args, env={"MLFLOW_TRACKING_URI": setup["store"]}, timeout=600)
+    # `ray job submit` leaves .git behind: the submitter names the commit.
+    env = {"MLFLOW_TRACKING_URI": setup["store"], tracking.GIT_COMMIT_ENV: tracking.git_commit()}
+    return ray_head.submit(args, env=env, timeout=600)
 
 
 @pytest.mark.slow

@@ -150,7 +150,8 @@ def test_mlflow_models_serve_answers_with_the_segment_jobs_mask(
     np.testing.assert_array_equal(images.decode_mask(served_png), mask)
 
     # The segment job, given the same version, writes the same mask for the same image.
-    env = {**s3.env, **mlflow_server.env}
+    # `ray job submit` leaves .git behind: the submitter names the commit.
+    env = {**s3.env, **mlflow_server.env, tracking.GIT_COMMIT_ENV: tracking.git_commit()}
     written = segment_job_mask(ray_head, env, f"models:/{MODEL}/{version}", png, tmp_path)
     np.testing.assert_array_equal(written, mask)
     # Its MLflow run names the code that made the masks.

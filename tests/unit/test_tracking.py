@@ -2,6 +2,7 @@
 digests, the registry with its pyfunc model, and the champion alias."""
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -59,6 +60,19 @@ def test_importing_tracking_imports_neither_torch_nor_mlflow():
         [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
     )
     assert done.stdout.strip() == "[]"
+
+
+def test_outside_a_checkout_the_commit_comes_from_the_environment():
+    """What a `ray job submit` job meets: no .git (Ray leaves it out), FCN_GIT_COMMIT set."""
+    code = "from fcn import tracking; print(tracking.source_tags())"
+    env = {**os.environ, "GIT_DIR": "/nonexistent", tracking.GIT_COMMIT_ENV: "abc123"}
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True,
+                          text=True, check=True)  # fmt: skip
+    assert "'mlflow.source.git.commit': 'abc123'" in done.stdout
+    env.pop(tracking.GIT_COMMIT_ENV)
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True,
+                          text=True, check=True)  # fmt: skip
+    assert "git.commit" not in done.stdout and "'mlflow.source.name': 'python'" in done.stdout
 
 
 def test_tracking_uri_is_absolute(tmp_path, monkeypatch):
