@@ -163,6 +163,11 @@ class TrainConfig:
         "default: any node", group="cluster",
     )  # fmt: skip
     seed: int = setting(0, "seed of weights init and data order")
+    # Off by default: a sampling thread per node and ~10 more metrics every 10 s.
+    system_metrics: bool = setting(
+        False, "log each training node's CPU, memory, disk, network (and GPU, with "
+        "nvidia-ml-py installed) use as MLflow system metrics", group="tracking",
+    )  # fmt: skip
 
     def validate(self) -> TrainConfig:
         """Self; a ValueError naming the setting when one is out of range (the driver calls

@@ -80,13 +80,16 @@ def run(config: EvaluateConfig) -> dict:
     filesystem = None
     if storage.is_remote(storage_path):
         filesystem, storage_path = storage.pyarrow_filesystem(storage_path)
-    tags = {"model_uri": config.model}
+    # Tagged with the exact model (registry name and version) and, by log_split_inputs, the
+    # digest of the data it scored (`eval_digest`): scores are comparable only on equal data.
+    tags = tracking.model_tags(config.model)
     run_id = tracking.start_run(config.experiment, f"evaluate-{config.split}", tags=tags, uri=uri)
     status = "FAILED"
     try:
         tracking.log_params(run_id, to_dict(config), uri)
         split = {"eval": storage.join(config.data, config.split)}
         tracking.log_split_inputs(run_id, split, {"eval": config.limit}, uri)
+        tracking.link_model_input(run_id, config.model, uri)
         # Settings only: credentials reach workers from their node (docs/trust.md).
         env = {**storage.forwarded_env(), **tracking.tracking_env(uri)}
         trainer = TorchTrainer(

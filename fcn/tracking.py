@@ -12,12 +12,14 @@ called): compare and the Ray-free jobs pay for neither until they talk to MLflow
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
 import os
 import re
 import subprocess
+import sys
 import tempfile
 import time
 import warnings
@@ -32,6 +34,16 @@ TAG_MEAN_IU = "mean_iu"
 # are comparable only between equal digests, so the champion moves only between those.
 TAG_VAL_DIGEST = "val_digest"
 DATASET_CONTEXT = "mlflow.data.context"  # MLflow's input tag naming a dataset's role
+# MLflow's own run tags for where a run's code came from (the UI shows them as its source).
+TAG_GIT_COMMIT = "mlflow.source.git.commit"
+TAG_SOURCE_NAME = "mlflow.source.name"
+TAG_SOURCE_TYPE = "mlflow.source.type"
+TAG_FAILURE = "failure_reason"  # one line on a FAILED run: why it failed
+GIT_COMMIT_ENV = "FCN_GIT_COMMIT"  # the commit, for code that runs outside a checkout
+# An evaluation run's model: the exact registry version (or the URI of a checkpoint).
+TAG_MODEL_URI = "model_uri"
+TAG_MODEL_NAME = "model_name"
+TAG_MODEL_VERSION = "model_version"
 # The run's class list (ClassList.to_dict() as JSON) at the run's artifact root: compare's
 # per-class plot takes names and colours from it.
 CLASSES_FILE = "classes.json"
@@ -39,6 +51,9 @@ MODEL_NAME = "fcn"  # the logged model's name within its run
 _USERINFO = re.compile(r"(?<=://)[^/@\s]+@")  # s3://KEY:SECRET@bucket -> s3://bucket
 _MAX_PARAM = 6000  # MLflow's limit on a param value's length
 _MAX_BATCH = 1000  # MLflow's limit on metrics per log_batch request
+_MAX_REASON = 500  # a failure reason is a line to read in the UI, not a log
+_IMAGE_KEY = re.compile(r"[^a-zA-Z0-9_\-./ ]")  # what MLflow refuses in an image key
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 MLFLOW_SCHEMES = ("models:/", "runs:/", "mlflow-artifacts:/")
 
@@ -129,33 +144,86 @@ def _experiment_id(mlflow_client, experiment: str) -> str:
     return found.experiment_id if found else mlflow_client.create_experiment(experiment)
 
 
-def start_run(experiment: str, run_name: str, run_id: str | None = None, tags=None, uri=None):
-    """Create a run, or mark run `run_id` RUNNING again (a resumed job); returns its id."""
+def start_run(
+    experiment: str, run_name: str, run_id: str | None = None, tags=None, uri=None
+) -> str:
+    """Create a run tagged with its source (`source_tags`), or mark run `run_id` RUNNING
+    again (a resumed job, its earlier failure reason dropped); returns its id."""
     mlflow_client = client(uri)
     if run_id is not None:
-        mlflow_client.get_run(run_id)  # a clear error when the store lost it
+        run = mlflow_client.get_run(run_id)  # a clear error when the store lost it
+        if TAG_FAILURE in run.data.tags:
+            mlflow_client.delete_tag(run_id, TAG_FAILURE)
         mlflow_client.update_run(run_id, status="RUNNING")
         return run_id
     experiment_id = _experiment_id(mlflow_client, experiment)
-    run = mlflow_client.create_run(experiment_id, run_name=run_name, tags=dict(tags or {}))
-    return run.info.run_id
+    tags = {**source_tags(), **(tags or {})}
+    return mlflow_client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
 
 
-def end_run(run_id: str, status: str = "FINISHED", uri=None) -> None:
-    """FINISHED, FAILED or KILLED: a failed job must never leave its run RUNNING."""
-    client(uri).set_terminated(run_id, status=status)
+def end_run(run_id: str, status: str = "FINISHED", uri=None, error=None) -> None:
+    """FINISHED, FAILED or KILLED: a failed job must never leave its run RUNNING.
+
+    A FAILED run gets tag `failure_reason` (`failure_reason(error)`); `error` defaults to
+    the exception being handled, so `end_run(run_id, "FAILED")` in a `finally:` or `except:`
+    block records why.
+    """
+    mlflow_client = client(uri)
+    error = error or (sys.exc_info()[1] if status == "FAILED" else None)
+    try:
+        if error is not None:
+            mlflow_client.set_tag(run_id, TAG_FAILURE, failure_reason(error))
+    finally:
+        mlflow_client.set_terminated(run_id, status=status)
+
+
+def failure_reason(error: BaseException) -> str:
+    """One line saying why a job failed, for a person reading the run in the UI.
+
+    Ray Train raises a wrapper naming every worker's failure: the lowest rank's error is the
+    reason. A message that carries a traceback (a worker's) gives its last line, which names
+    the exception; a one-line message is prefixed with its exception's name. Credentials
+    redacted, at most 500 characters.
+    """
+    failures = getattr(error, "worker_failures", None)  # ray.train.WorkerGroupError
+    prefix = ""
+    if failures:
+        rank = min(failures)
+        error, prefix = failures[rank], f"rank {rank}: "
+    error = getattr(error, "controller_failure", None) or error  # ray.train.ControllerError
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if len(lines) > 1:
+        text = lines[-1]
+    else:
+        text = f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
+    return redact(prefix + text)[:_MAX_REASON]
+
+
+@functools.lru_cache(maxsize=1)
+def source_tags() -> dict:
+    """MLflow's source tags for a run of this process: the entry point (`jobs/train.py`,
+    relative to the checkout) and the git commit when known (`git_commit`)."""
+    script = sys.argv[0] if sys.argv else ""
+    entry = os.path.abspath(script) if script not in ("", "-c") else "python"
+    if entry.startswith(_REPO + os.sep):
+        entry = os.path.relpath(entry, _REPO)
+    tags = {TAG_SOURCE_NAME: entry, TAG_SOURCE_TYPE: "JOB"}
+    commit = git_commit()
+    if commit:
+        tags[TAG_GIT_COMMIT] = commit
+    return tags
 
 
 def log_params(run_id: str, params: dict, uri=None) -> None:
-    """Every setting as a param (credentials redacted). On a resumed run, params already
-    logged keep their first value (MLflow params are immutable) and changes become tags."""
+    """Every setting as a param (credentials redacted; unset settings, None, are left out). On
+    a resumed run, params already logged keep their first value (MLflow params are
+    immutable) and changes become tags."""
     from mlflow.entities import Param
 
     mlflow_client = client(uri)
     logged = mlflow_client.get_run(run_id).data.params
     fresh, changed = [], {}
-    for key, value in params.items():
-        text = _param_text(value)
+    for key, text in _param_texts(params).items():
         if key not in logged:
             fresh.append(Param(key, text))
         elif logged[key] != text:
@@ -164,6 +232,12 @@ def log_params(run_id: str, params: dict, uri=None) -> None:
         mlflow_client.log_batch(run_id, params=fresh)
     for key, value in changed.items():
         mlflow_client.set_tag(run_id, key, value)
+
+
+def _param_texts(params: dict) -> dict[str, str]:
+    """Params as MLflow stores them: text, redacted, unset (None) settings left out (a param
+    "None" reads as a value and clutters the UI's comparisons)."""
+    return {k: _param_text(v) for k, v in params.items() if v is not None}
 
 
 def _metrics(values: dict, step: int) -> list:
@@ -191,11 +265,6 @@ def _log_bytes(mlflow_client, run_id: str, data: bytes, artifact_file: str) -> N
         mlflow_client.log_artifact(run_id, path, os.path.dirname(artifact_file) or None)
 
 
-def log_image(run_id: str, png: bytes, artifact_file: str, uri=None) -> None:
-    """Log PNG bytes as an artifact (e.g. `val_images/<id>_iter100.png`)."""
-    _log_bytes(client(uri), run_id, png, artifact_file)
-
-
 def log_classes(run_id: str, classes: dict, uri=None) -> None:
     """Record the run's class list (`ClassList.to_dict()`) as `classes.json` at its root."""
     _log_bytes(client(uri), run_id, json.dumps(classes).encode(), CLASSES_FILE)
@@ -208,7 +277,7 @@ class RunLogger:
     round trip (and, with a new client each time, a new connection) into every step. `log`
     buffers; the buffer is sent once `every_steps` distinct steps or `every_s` seconds have
     passed since the last send. Call `flush()` after an evaluation (its scores then show at
-    once) and before the process ends; `log_image` sends at once (an artifact, no batching).
+    once) and before the process ends; `log_image` sends at once (artifacts, no batching).
     """
 
     def __init__(self, run_id: str, tracking_uri: str | None = None, every_steps=20, every_s=30.0):
@@ -233,8 +302,13 @@ class RunLogger:
         self._pending, self._steps = [], set()
         self._last_send = time.monotonic()
 
-    def log_image(self, png: bytes, artifact_file: str) -> None:
-        _log_bytes(self._client, self.run_id, png, artifact_file)
+    def log_image(self, image, key: str, step: int) -> None:
+        """An RGB image (H x W x 3 uint8) as MLflow's image series `key` at `step`: the run's
+        UI shows each key with a step slider. MLflow stores it as `images/<key>+step+<step>
+        +timestamp+<ms>+<uuid>.png` (`/` in the key as `~`) plus a `+compressed.webp`
+        thumbnail; characters it refuses in a key become `_`."""
+        key = _IMAGE_KEY.sub("_", key)
+        self._client.log_image(self.run_id, image, key=key, step=step, synchronous=True)
 
 
 def log_run(
@@ -247,28 +321,57 @@ def log_run(
     uri: str | None = None,
 ) -> str:
     """A whole finished run in one call (a segment job's summary, a comparison): params
-    (redacted), tags, metrics at step 0 and `artifacts` (artifact path -> bytes). Returns the
-    run id; the run ends FAILED if logging fails half-way."""
+    (as `log_params`), tags (with `source_tags`), metrics at step 0 and `artifacts` (artifact
+    path -> bytes). Returns the run id; the run ends FAILED if logging fails half-way."""
     from mlflow.entities import Param, RunTag
 
     mlflow_client = client(uri)
-    run_id = mlflow_client.create_run(
-        _experiment_id(mlflow_client, experiment), run_name=run_name
-    ).info.run_id
+    run_id = start_run(experiment, run_name, uri=uri)
     try:
         mlflow_client.log_batch(
             run_id,
-            params=[Param(k, _param_text(v)) for k, v in params.items()],
+            params=[Param(k, v) for k, v in _param_texts(params).items()],
             tags=[RunTag(k, str(v)) for k, v in tags.items()],
         )
         _send_metrics(mlflow_client, run_id, _metrics(metrics, 0))
         for path, data in (artifacts or {}).items():
             _log_bytes(mlflow_client, run_id, data, path)
     except BaseException:
-        mlflow_client.set_terminated(run_id, "FAILED")
+        end_run(run_id, "FAILED", uri)
         raise
-    mlflow_client.set_terminated(run_id, "FINISHED")
+    end_run(run_id, "FINISHED", uri)
     return run_id
+
+
+def monitor_system(run_id: str, tracking_uri: str | None = None, node: str | None = None):
+    """Start MLflow's system metrics for run `run_id` from this process: CPU, memory, disk and
+    network of this machine, and its GPUs when `nvidia-ml-py` is installed, as metrics
+    `system/...` (`system/<node>/...` when `node` is given: a run over several machines).
+
+    A daemon thread samples every 10 s (MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL) and stops by
+    itself once the run is no longer RUNNING; `finish()` on the returned monitor sends what it
+    holds and stops it. A restarted worker continues the steps (`resume_logging`).
+    """
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    monitor = SystemMetricsMonitor(
+        run_id, node_id=node, tracking_uri=tracking_uri, resume_logging=True
+    )
+    monitor.start()
+    return monitor
+
+
+def ui_links(uri: str, run_id: str, model: str | None = None, version=None) -> list[str]:
+    """The MLflow UI's pages of the run (and model version) when `uri` is a tracking server;
+    for a local store, the command that serves the UI."""
+    if not uri.startswith(("http://", "https://")):
+        return [f"MLflow UI: mlflow ui --backend-store-uri {uri}  (then http://127.0.0.1:5000)"]
+    server = redact(uri).rstrip("/")
+    experiment = client(uri).get_run(run_id).info.experiment_id
+    links = [f"MLflow run: {server}/#/experiments/{experiment}/runs/{run_id}"]
+    if model and version:
+        links.append(f"MLflow model version: {server}/#/models/{model}/versions/{version}")
+    return links
 
 
 # --- reading runs (compare) ------------------------------------------------------------------
@@ -387,9 +490,9 @@ def register_checkpoint(
     it as a version of `model_name`, and move alias `champion` to it only when it beats the
     champion on the same validation data (see `incomparable`).
 
-    The version's tags say what it is: mean IU, val digest (the run's `val_digest` tag), model,
-    width, classes, git commit. A run registers at most one version (a resumed, finished job
-    does not add another). Returns (version, is_champion).
+    The version's tags say what it is: mean IU, val and train digests (the run's tags), model,
+    width, num_classes, classes, git commit. A run registers at most one version (a resumed,
+    finished job does not add another). Returns (version, is_champion).
     """
     from mlflow.exceptions import MlflowException
 
@@ -449,23 +552,31 @@ def _version_tags(local_dir: str, run_tags: dict) -> dict:
     """What a reader of the registry needs to know about a version, from its config.json and
     its run: model, width, classes, val data, code."""
     from fcn import checkpoint
+    from fcn.data.classes import classes_of
 
     config = checkpoint.load_config(local_dir)
-    classes = config.get("classes") or {}
-    names = classes.get("names") or config.get("class_names")
     tags = {
         "model": str(config.get("model")),
         "width": str(config.get("width", 1)),
         "num_classes": str(config.get("num_classes")),
-        "classes": _param_text(",".join(names)) if names else "",
+        "classes": _param_text(",".join(classes_of(config).names)),
         TAG_VAL_DIGEST: run_tags.get(TAG_VAL_DIGEST, ""),
-        "git_commit": git_commit() or "",
+        "train_digest": run_tags.get("train_digest", ""),
+        # The code that trained it (the run's source tag), else the code registering it.
+        "git_commit": run_tags.get(TAG_GIT_COMMIT) or git_commit() or "",
     }
     return {k: v for k, v in tags.items() if v}
 
 
+@functools.lru_cache(maxsize=1)
 def git_commit() -> str | None:
-    """The commit of the checkout this code runs from, or None outside a git checkout."""
+    """The commit of the checkout this code runs from; else `FCN_GIT_COMMIT` from the
+    environment, else None.
+
+    `ray job submit --working-dir .` leaves `.git` out of what it uploads (Ray's default
+    excludes), so a job there finds no checkout: its submitter passes the commit along, e.g.
+    `--runtime-env-json '{"env_vars": {"FCN_GIT_COMMIT": "'$(git rev-parse HEAD)'"}}'`.
+    """
     try:
         done = subprocess.run(
             ["git", "rev-parse", "HEAD"],
@@ -475,8 +586,10 @@ def git_commit() -> str | None:
             timeout=10,
         )
     except (OSError, subprocess.TimeoutExpired):
-        return None
-    return done.stdout.strip() if done.returncode == 0 else None
+        done = None
+    if done is not None and done.returncode == 0:
+        return done.stdout.strip()
+    return os.environ.get(GIT_COMMIT_ENV) or None
 
 
 def incomparable(candidate, champion) -> str | None:
@@ -527,3 +640,31 @@ def run_versions(run_id: str, uri=None) -> list:
 
 def set_champion(model_name: str, version: str, uri=None) -> None:
     client(uri).set_registered_model_alias(model_name, CHAMPION, version)
+
+
+def model_tags(model_uri: str) -> dict:
+    """Run tags naming the model a run used: `model_uri`, and for a registry version
+    (`models:/NAME/VERSION`, as `pin_model_uri` gives) `model_name` and `model_version`."""
+    tags = {TAG_MODEL_URI: redact(model_uri)}
+    match = re.fullmatch(r"models:/([^/@]+)/(\d+)", model_uri)
+    if match:
+        tags[TAG_MODEL_NAME], tags[TAG_MODEL_VERSION] = match[1], match[2]
+    return tags
+
+
+def link_model_input(run_id: str, model_uri: str, uri=None) -> None:
+    """Record a registry version's MLflow model as an input of run `run_id` (an evaluation):
+    the UI lists the run under the model. Versions registered as a bare checkpoint
+    directory have no MLflow model; their run keeps the `model_tags` alone."""
+    from mlflow.entities import LoggedModelInput
+
+    tags = model_tags(model_uri)
+    if TAG_MODEL_VERSION not in tags:
+        return
+    mlflow_client = client(uri)
+    version = mlflow_client.get_model_version(tags[TAG_MODEL_NAME], tags[TAG_MODEL_VERSION])
+    # Stores do not all keep a version's model_id; its source `models:/<model id>` names it.
+    source = re.fullmatch(r"models:/(m-[0-9a-f]+)", version.source or "")
+    model_id = version.model_id or (source[1] if source else None)
+    if model_id:
+        mlflow_client.log_inputs(run_id, models=[LoggedModelInput(model_id)])

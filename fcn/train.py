@@ -37,7 +37,7 @@ from fcn.inference import check_model, load_model
 from fcn.metrics import named_scores
 from fcn.models import build_model, preprocess
 from fcn.runtime import ALLOCATOR_ENV, init_ray, worker_resources
-from fcn.visualize import png_bytes, sample_panel
+from fcn.visualize import sample_panel
 
 # Worker progress goes through logging, not print: Ray Train patches print() in workers and,
 # when another library has wrapped stdout, emits every printed line twice.
@@ -154,6 +154,7 @@ class Worker:
     device: torch.device
     # Rank 0's batched MLflow logger (one client, one round trip per flush); None elsewhere.
     logger: tracking.RunLogger | None = None
+    system: object | None = None  # --system-metrics: local rank 0's monitor of its node
 
 
 def _micro_batches(shard, images_per_worker: int, crop_size) -> Iterator[list]:
@@ -224,9 +225,8 @@ def _log_validation(
     """Rank 0: the scores under the data's class names, and panels in the data's colors."""
     logger.log({**named_scores(scores, run.classes.names), **extra}, iteration)
     palette = run.classes.palette()
-    for image_id, image, truth, pred in samples:
-        panel = png_bytes(sample_panel(image, truth, pred, palette))
-        logger.log_image(panel, f"val_images/{image_id}_iter{iteration:06d}.png")
+    for image_id, image, truth, pred in samples:  # one image series per val image: a slider
+        logger.log_image(sample_panel(image, truth, pred, palette), f"val/{image_id}", iteration)
     logger.flush()  # the scores are in MLflow before the checkpoint is reported
 
 
@@ -272,7 +272,12 @@ def _start_worker(config: TrainConfig, run: RunContext) -> Worker:
     context = ray.train.get_context()
     rank = context.get_world_rank()
     logger = tracking.RunLogger(run.run_id, run.tracking_uri) if rank == 0 else None
-    return Worker(rank, context.get_world_size(), ray.train.torch.get_device(), logger)
+    system = None
+    if config.system_metrics and context.get_local_rank() == 0:  # one monitor per node
+        several = context.get_local_world_size() < context.get_world_size()
+        node = f"node_{context.get_node_rank()}" if several else None
+        system = tracking.monitor_system(run.run_id, run.tracking_uri, node)
+    return Worker(rank, context.get_world_size(), ray.train.torch.get_device(), logger, system)
 
 
 def train_loop_per_worker(loop: dict) -> None:
@@ -320,6 +325,8 @@ def train_loop_per_worker(loop: dict) -> None:
             reported = {"train_loss": train_loss, "images_per_s": meter.images_per_s()}
             best_mean_iu = _evaluate_and_report(bare, optimizer, scaler, loop, worker, iteration,
                                                 best_mean_iu, reported)  # fmt: skip
+    if worker.system is not None:
+        worker.system.finish()  # its last samples, before the driver ends the run
 
 
 class _Throughput:

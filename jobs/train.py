@@ -58,25 +58,10 @@ def main(argv=None) -> int:
             champion = tracking.champion_version(name, uri)
             held = f"version {champion.version}" if champion else "no version"
             print(f"champion alias not moved: models:/{name}@champion stays on {held}")
-    for line in tracking_links(uri, result.run_id, config.registered_model,
-                               result.model_version):  # fmt: skip
+    for line in tracking.ui_links(uri, result.run_id, config.registered_model,
+                                  result.model_version):  # fmt: skip
         print(line)
     return 0
-
-
-def tracking_links(uri: str, run_id: str, model: str | None, version: str | None) -> list[str]:
-    """The MLflow UI's pages of the run (and model version) when `uri` is a tracking server;
-    for a local store, the command that serves the UI."""
-    if not uri.startswith(("http://", "https://")):
-        return [f"MLflow UI: mlflow ui --backend-store-uri {uri}  (then http://127.0.0.1:5000)"]
-    from fcn import tracking
-
-    server = uri.rstrip("/")
-    experiment = tracking.client(uri).get_run(run_id).info.experiment_id
-    links = [f"MLflow run: {server}/#/experiments/{experiment}/runs/{run_id}"]
-    if model and version:
-        links.append(f"MLflow model version: {server}/#/models/{model}/versions/{version}")
-    return links
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@ store: no S3 or MLflow server needed).
 1. A checkpoint whose config.json lacks `preprocessing` fails in the driver before Ray starts:
    exit status 2, one line naming the field, no traceback, no MLflow run.
 2. Two Ray Train workers score a split of 7 images (4 + 3): the logged scores equal one
-   process evaluating the same split.
+   process evaluating the same split; the run is tagged with the model, the data's digest
+   and the code's commit.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import pytest
 from helpers_data import varied_model, write_split
 
-from fcn import checkpoint, metrics
+from fcn import checkpoint, metrics, tracking
 from fcn.evaluate import evaluate
 from fcn.inference import load_model
 
@@ -48,7 +49,9 @@ def runs(store: str) -> list:
 def submit(ray_head, setup, model: str) -> tuple[int, str]:
     args = ["jobs/evaluate.py", "--data", setup["data"], "--model", model, "--workers", "2",
             "--experiment", EXPERIMENT]  # fmt: skip
-    return ray_head.submit(args, env={"MLFLOW_TRACKING_URI": setup["store"]}, timeout=600)
+    # `ray job submit` leaves .git behind: the submitter names the commit.
+    env = {"MLFLOW_TRACKING_URI": setup["store"], tracking.GIT_COMMIT_ENV: tracking.git_commit()}
+    return ray_head.submit(args, env=env, timeout=600)
 
 
 @pytest.mark.slow
@@ -68,6 +71,13 @@ def test_two_workers_score_like_one_process(ray_head, setup):
     assert rc == 0, logs[-4000:]
     (run,) = runs(setup["store"])
     assert run.info.status == "FINISHED"
+    # What a reader needs: the model, the data it scored (digest), the code; no unset params.
+    tags = run.data.tags
+    assert tags[tracking.TAG_MODEL_URI] == setup["good"]
+    assert tags["eval_digest"] == tracking.dataset_digest(f"{setup['data']}/val")
+    assert tags[tracking.TAG_SOURCE_NAME] == "jobs/evaluate.py"
+    assert tags[tracking.TAG_GIT_COMMIT] == tracking.git_commit()
+    assert "None" not in run.data.params.values() and run.data.params["workers"] == "2"
     loaded = load_model(setup["good"])
     scores, hist, _ = evaluate(
         loaded.model, setup["data"], "val", loaded.preprocessing, loaded.num_classes

@@ -102,8 +102,13 @@ def test_train_with_worker_failure(ray_head, s3, data, env):
     assert run.data.metrics["best_mean_iu"] == pytest.approx(max(history))
     for name in ("pixel_acc", "mean_acc", "fw_iu", "iu_0", "iu_1", "iu_2"):  # 3 classes: 0..2
         assert name in run.data.metrics
-    artifacts = [a.path for a in client.list_artifacts(run_id, "val_images")]
-    assert artifacts and all(p.endswith(".png") for p in artifacts)
+    assert "None" not in params.values()  # unset settings are no params
+    assert run.data.tags[tracking.TAG_SOURCE_NAME] == "jobs/train.py"
+    # Panels: MLflow image series `val/<image id>` (a step slider in the UI), at each eval.
+    layout = r"images/val~\S+\+step\+(\d+)\+timestamp\+\d+\+[0-9a-f-]+(\.png|\+compressed\.webp)"
+    panels = [re.fullmatch(layout, a.path) for a in client.list_artifacts(run_id, "images")]
+    assert panels and all(panels), client.list_artifacts(run_id, "images")
+    assert {int(p[1]) for p in panels} == set(range(EVAL_EVERY, ITERATIONS + 1, EVAL_EVERY))
     version = client.get_model_version_by_alias(MODEL_NAME, "champion")
     assert version.run_id == run_id
     # The version is an MLflow model whose artifact is the checkpoint directory.

@@ -2,8 +2,11 @@
 digests, the registry with its pyfunc model, and the champion alias."""
 
 import json
+import os
+import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -59,6 +62,19 @@ def test_importing_tracking_imports_neither_torch_nor_mlflow():
     assert done.stdout.strip() == "[]"
 
 
+def test_outside_a_checkout_the_commit_comes_from_the_environment():
+    """What a `ray job submit` job meets: no .git (Ray leaves it out), FCN_GIT_COMMIT set."""
+    code = "from fcn import tracking; print(tracking.source_tags())"
+    env = {**os.environ, "GIT_DIR": "/nonexistent", tracking.GIT_COMMIT_ENV: "abc123"}
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True,
+                          text=True, check=True)  # fmt: skip
+    assert "'mlflow.source.git.commit': 'abc123'" in done.stdout
+    env.pop(tracking.GIT_COMMIT_ENV)
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True,
+                          text=True, check=True)  # fmt: skip
+    assert "git.commit" not in done.stdout and "'mlflow.source.name': 'python'" in done.stdout
+
+
 def test_tracking_uri_is_absolute(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     # The environment, not mlflow.set_tracking_uri: that one also writes the variable, which
@@ -70,19 +86,46 @@ def test_tracking_uri_is_absolute(tmp_path, monkeypatch):
 def test_run_lifecycle_failed_then_resumed(store):
     run_id = tracking.start_run("exp", "job-a")
     assert _status(run_id) == "RUNNING"
-    tracking.end_run(run_id, "FAILED")
-    assert _status(run_id) == "FAILED"
+    tags = tracking.client().get_run(run_id).data.tags
+    # Source tags: the entry point (here pytest's) and this checkout's commit.
+    assert tags[tracking.TAG_GIT_COMMIT] == tracking.git_commit()
+    assert re.fullmatch(r"[0-9a-f]{40}", tags[tracking.TAG_GIT_COMMIT])
+    assert tags[tracking.TAG_SOURCE_NAME] and tags[tracking.TAG_SOURCE_TYPE] == "JOB"
+    try:
+        raise FileNotFoundError("no split at s3://KEY:SECRET@bucket/data/val")
+    except FileNotFoundError:
+        tracking.end_run(run_id, "FAILED")  # the exception being handled is the reason
+    run = tracking.client().get_run(run_id)
+    assert run.info.status == "FAILED"
+    reason = "FileNotFoundError: no split at s3://bucket/data/val"
+    assert run.data.tags[tracking.TAG_FAILURE] == reason
     assert tracking.start_run("exp", "job-a", run_id=run_id) == run_id
     assert _status(run_id) == "RUNNING"
+    assert tracking.TAG_FAILURE not in tracking.client().get_run(run_id).data.tags
     tracking.log_metrics(run_id, {"train_loss": 1.5}, step=3)
     tracking.end_run(run_id)
     assert _history(run_id, "train_loss") == [(3, 1.5)]
     assert _status(run_id) == "FINISHED"
 
 
+def test_failure_reason_is_one_line_naming_the_error():
+    from ray.train import WorkerGroupError
+
+    assert tracking.failure_reason(KeyError("mask")) == "KeyError: 'mask'"
+    bad = ValueError("--data s3://AKIA:SECRET@bucket/x has no val/")
+    assert tracking.failure_reason(bad) == "ValueError: --data s3://bucket/x has no val/"
+    # What a Ray Train job raises: the lowest rank's error, the last line of its traceback.
+    worker = RuntimeError("Traceback (most recent call last):\n  File ...\nKeyError: 'mask'")
+    wrapped = WorkerGroupError("[Rank 1 Error Snippet] ...", {1: worker, 0: worker})
+    assert tracking.failure_reason(wrapped) == "rank 0: KeyError: 'mask'"
+    assert len(tracking.failure_reason(ValueError("x" * 5000))) == 500
+    assert tracking.failure_reason(MemoryError()) == "MemoryError"
+
+
 def test_params_redact_credentials_and_survive_resume(store):
     run_id = tracking.start_run("exp", "job-b")
-    tracking.log_params(run_id, {"data": "s3://AKIA:SECRET@bucket/data", "iterations": 10})
+    settings = {"data": "s3://AKIA:SECRET@bucket/data", "iterations": 10, "val_limit": None}
+    tracking.log_params(run_id, settings)  # unset (None) settings are no params
     params = tracking.client().get_run(run_id).data.params
     assert params == {"data": "s3://bucket/data", "iterations": "10"}
     tracking.log_params(run_id, {"iterations": 20, "workers": 2})  # resumed with a change
@@ -104,14 +147,32 @@ def test_run_logger_buffers_steps_and_sends_them_in_one_batch(store):
     logger.log({"train_loss": 0.7}, 4)
     logger.flush()
     assert _history(run_id, "train_loss")[-1] == (4, 0.7)
-    logger.log_image(b"\x89PNG fake", "val_images/a_iter000004.png")
-    logged = tracking.client().list_artifacts(run_id, "val_images")
-    assert [a.path for a in logged] == ["val_images/a_iter000004.png"]
+
+
+def test_panels_are_mlflow_image_series_with_a_step(store, tmp_path):
+    """MLflow's UI shows a step slider for images logged with a key and a step: it finds them
+    by this file layout under `images/` (and the run tag below)."""
+    run_id = tracking.start_run("exp", "panels")
+    logger = tracking.RunLogger(run_id, store)
+    panel = np.zeros((4, 12, 3), np.uint8)
+    panel[:, 4:8] = (10, 200, 30)
+    for step in (50, 100):
+        logger.log_image(panel, "val/2007_000032#1", step)  # '#': MLflow refuses it in a key
+    paths = sorted(a.path for a in tracking.client().list_artifacts(run_id, "images"))
+    pattern = r"images/val~2007_000032_1\+step\+(\d+)\+timestamp\+\d+\+[0-9a-f-]{36}"
+    found = [re.fullmatch(pattern + r"(\.png|\+compressed\.webp)", p) for p in paths]
+    assert all(found) and len(found) == 4, paths
+    assert sorted(int(m[1]) for m in found) == [50, 50, 100, 100]
+    assert tracking.client().get_run(run_id).data.tags["mlflow.loggedImages"] == "True"
+    png = next(p for p in paths if p.endswith(".png"))
+    local = tracking.client().download_artifacts(run_id, png, str(tmp_path))
+    np.testing.assert_array_equal(images.decode_image(Path(local).read_bytes()), panel)
 
 
 def test_log_run_records_a_finished_run_in_one_call(store):
     run_id = tracking.log_run(
-        "segment-exp", "segment-abc", params={"output": "s3://K:S@b/masks", "batch": 4},
+        "segment-exp", "segment-abc",
+        params={"output": "s3://K:S@b/masks", "batch": 4, "max_images": None},
         tags={"manifest": "s3://b/m.parquet"}, metrics={"done": 7, "failed": 0},
         artifacts={"summary/summary.json": b'{"done": 7}'},
     )  # fmt: skip
@@ -119,6 +180,7 @@ def test_log_run_records_a_finished_run_in_one_call(store):
     assert run.info.status == "FINISHED" and run.info.run_name == "segment-abc"
     assert run.data.params == {"output": "s3://b/masks", "batch": "4"}
     assert run.data.tags["manifest"] == "s3://b/m.parquet"
+    assert run.data.tags[tracking.TAG_GIT_COMMIT] == tracking.git_commit()
     assert run.data.metrics == {"done": 7.0, "failed": 0.0}
     assert [a.path for a in tracking.client().list_artifacts(run_id, "summary")] == [
         "summary/summary.json"
@@ -183,6 +245,7 @@ def test_champion_moves_only_when_better_on_the_same_val_data(store, tmp_path):
     tags = tracking.client().get_model_version("m", "3").tags
     assert tags["val_digest"] == "d1" and tags["model"] == "fcn32s" and tags["width"] == "0.0625"
     assert tags["num_classes"] == "3" and tags["mean_iu"] == "0.700000"
+    assert tags["git_commit"] == tracking.git_commit() and tags["classes"] == "0,1,2"
     champion = tracking.champion_version("m")
     other = tracking.client().get_model_version("m", "4")
     assert "d2" in tracking.incomparable(other, champion)
@@ -216,6 +279,66 @@ def test_registered_version_is_a_pyfunc_model_and_a_checkpoint(store, tmp_path):
         np.testing.assert_array_equal(out["mask"][i], expected)
         np.testing.assert_array_equal(images.decode_mask(out["png"][i]), expected)
     assert len(np.unique(out["mask"][1])) > 1  # a varied map, not all one class
+
+
+def test_an_evaluation_run_names_and_links_the_version_it_scored(store, tmp_path):
+    _register(tmp_path, "scored", 0.5, model="evaluated")
+    pinned = tracking.pin_model_uri("models:/evaluated@champion")
+    tags = tracking.model_tags(pinned)
+    assert tags == {"model_uri": "models:/evaluated/1", "model_name": "evaluated",
+                    "model_version": "1"}  # fmt: skip
+    run_id = tracking.start_run("eval", "evaluate-val", tags=tags)
+    tracking.link_model_input(run_id, pinned)
+    run = tracking.client().get_run(run_id)
+    source = tracking.client().get_model_version("evaluated", "1").source  # models:/<model id>
+    assert [f"models:/{m.model_id}" for m in run.inputs.model_inputs] == [source]
+    assert tracking.model_tags("/ckpt/best") == {"model_uri": "/ckpt/best"}
+    tracking.link_model_input(run_id, "/ckpt/best")  # a checkpoint directory: tags only
+
+
+def test_ui_links_of_a_local_store_say_how_to_serve_the_ui(store):
+    """(Links to a tracking server's pages: tests/integration/test_serving.py.)"""
+    (line,) = tracking.ui_links(store, tracking.start_run("links", "a"), "m", "1")
+    assert line.startswith(f"MLflow UI: mlflow ui --backend-store-uri {store}")
+
+
+def test_the_system_metrics_flag_starts_a_monitor_of_the_run(store, tmp_path, monkeypatch):
+    """`--system-metrics` reaches the training worker's start: there (Ray Train's local mode,
+    in this process) local rank 0 starts MLflow's monitor of its node on the run, and without
+    the flag none. The sampled values are MLflow's business, not checked."""
+    from ray.train import ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from fcn.config import TrainConfig, parse
+    from fcn.data.classes import default_classes
+    from fcn.train import RunContext, _start_worker
+
+    assert parse(TrainConfig, ["--data", "d"]).system_metrics is False
+    assert parse(TrainConfig, ["--data", "d", "--system-metrics"]).system_metrics is True
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.2")
+    run_id = tracking.start_run("exp", "system")
+    run = RunContext(run_id, store, str(tmp_path), {}, default_classes(3), None)
+    workers = {}
+
+    def loop(_):
+        for flag in (False, True):
+            workers[flag] = _start_worker(TrainConfig(data="d", system_metrics=flag), run)
+
+    threads = torch.get_num_threads()  # _start_worker sets this process's torch threads
+    try:
+        TorchTrainer(loop, scaling_config=ScalingConfig(num_workers=0)).fit()
+    finally:
+        torch.set_num_threads(threads)
+    assert workers[False].system is None and workers[True].system is not None
+    deadline = time.monotonic() + 120
+    while "system/cpu_utilization_percentage" not in _metrics_of(run_id):
+        assert time.monotonic() < deadline, _metrics_of(run_id)
+        time.sleep(0.2)
+    workers[True].system.finish()
+
+
+def _metrics_of(run_id) -> dict:
+    return tracking.client().get_run(run_id).data.metrics
 
 
 def _jpeg(picture) -> bytes:

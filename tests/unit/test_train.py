@@ -217,8 +217,10 @@ def test_checkpoint_metrics_and_panels_use_the_data_classes(tmp_path, monkeypatc
     )
     logged = tracking.client(uri).get_run(run_id).data.metrics
     assert {"iu_sky", "iu_cat", "mean_iu", "extra"} <= set(logged) and "iu_dog" not in logged
-    panel_dir = tracking.client(uri).download_artifacts(run_id, "val_images", str(tmp_path))
-    (name,) = os.listdir(panel_dir)
+    # The panel is the image series `val/<image id>` at the iteration (a step slider).
+    panel_dir = tracking.client(uri).download_artifacts(run_id, "images", str(tmp_path))
+    (name,) = [n for n in os.listdir(panel_dir) if n.endswith(".png")]
+    assert name.startswith("val~a+step+5+")
     colors = {
         tuple(c) for c in np.asarray(Image.open(os.path.join(panel_dir, name))).reshape(-1, 3)
     }
