@@ -278,7 +278,9 @@ def log_to_mlflow(config: SegmentConfig, summary: dict, report: dict, files: dic
     if not os.environ.get("MLFLOW_TRACKING_URI"):
         return
     keys = ("done", "skipped", "failed", "error_fraction", "images_per_s", "seconds")
-    tags = {"manifest": summary["manifest"], "model_version": summary["model"]}
+    # The same model tags as evaluation runs: model_uri, and for a registry version its name
+    # and number apart (one meaning for each tag name across jobs).
+    tags = {"manifest": summary["manifest"], **tracking.model_tags(summary["model"])}
     tags.update(report=summary["report"], drift=str(report["drift"]).lower())
     tracking.log_run(
         config.experiment,
