@@ -69,7 +69,8 @@ def _source(config, fmt, input, output, work, done):
     import ray
 
     io = {"batch_format": "pyarrow", "batch_size": config.batch_size, "num_cpus": IO_CPUS}
-    io["concurrency"] = config.io_concurrency
+    # A task pool of bounded size (Ray 2.51 deprecates `concurrency=` for tasks).
+    io["compute"] = ray.data.TaskPoolStrategy(size=config.io_concurrency)
     if fmt == "parquet":
         files = _parquet_files(input, output)
         fs = planning.arrow_filesystem(input)
@@ -106,7 +107,7 @@ def _segment(config, fmt, input, output, work, done, model, palette, run_id) -> 
         batch_format="pyarrow",
         batch_size=config.batch_size,
         num_cpus=IO_CPUS,
-        concurrency=config.io_concurrency,
+        compute=ray.data.TaskPoolStrategy(size=config.io_concurrency),
     )
     tables = [t for t in ds.iter_batches(batch_format="pyarrow", batch_size=None) if t.num_rows]
     return pa.concat_tables(tables) if tables else manifest.SCHEMA.empty_table()

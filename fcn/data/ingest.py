@@ -541,9 +541,8 @@ def run(config: IngestConfig) -> dict:
     ds = ray.data.from_items(
         [_shard_to_item(s) for s in shards], override_num_blocks=max(1, len(shards))
     )
-    ds = ds.map_batches(
-        _write_batch, fn_kwargs=kwargs, batch_size=1, concurrency=config.concurrency
-    )
+    pool = ray.data.TaskPoolStrategy(size=config.concurrency)  # not `concurrency=` (deprecated)
+    ds = ds.map_batches(_write_batch, fn_kwargs=kwargs, batch_size=1, compute=pool)
     planned = time.perf_counter()
     results = sorted(ds.iter_rows(), key=lambda r: (r["split"], r["index"]))
     executed = time.perf_counter()
