@@ -446,9 +446,8 @@ def _check_training_split(config: TrainConfig, recipe: optim.Recipe) -> None:
     if rows < config.workers * per_worker:
         raise ValueError(
             f"--train-split {' '.join(config.train_split)} of {config.data} holds {rows} rows, "
-            f"fewer than "
-            f"{config.workers * per_worker} ({config.workers} workers x {per_worker} images per "
-            "step): use fewer --workers or a smaller --batch-size"
+            f"fewer than {config.workers * per_worker} ({config.workers} workers x {per_worker} "
+            "images per step): use fewer --workers or a smaller --batch-size"
         )
 
 

@@ -87,11 +87,9 @@ def of_masks(masks: Iterable[np.ndarray], num_classes: int) -> Distribution:
     """The distribution of label masks (void 255 is no class): a training split's, the
     reference its model's nights are compared with. Predicted masks have no void, so a
     labeled split's void borders (a few % of VOC's pixels) are left out of both views."""
-    pixels, image_counts, images = (
-        np.zeros(num_classes, np.int64),
-        np.zeros(num_classes, np.int64),
-        0,
-    )
+    pixels = np.zeros(num_classes, np.int64)
+    image_counts = np.zeros(num_classes, np.int64)
+    images = 0
     for mask in masks:
         counts = np.bincount(mask[mask < num_classes], minlength=num_classes)
         pixels += counts
