@@ -2,8 +2,9 @@
 submit` on the S3 test server with the MLflow test server. A model trained on the synthetic
 set (jobs/train.py, a short schedule) segments a normal night, then a night that drifted
 (fog, a kind of image it never saw, and scenes one class fills); the report flags only the
-second night; its labeling queue puts the fog first; the queue's CVAT export ingests as a new
-split (jobs/ingest.py --voc) and training runs on train + that split.
+second night; in its labeling queue the fog ranks ahead of the rest of the night on average;
+the queue's CVAT export ingests as a new split (jobs/ingest.py --voc) and training runs on
+train + that split.
 
 The model must have learned the scenes (an untrained one paints every image background, and
 no night differs from another): the demo's recipe for 100 steps on 24 images (mean IU ~0.75),
@@ -36,9 +37,10 @@ OBJECTS = (1, 2, 3)
 ITERATIONS = 100
 TRAIN_IMAGES = 24
 SIZE = 112  # the night's images; training images are 96-144 px, as the demo's
-# The demo's model (mean IU 0.9) puts normal 12-image nights at 0.09-0.12 from its training
-# distribution and this test's drift night at ~0.38.
-THRESHOLD = 0.25
+# Measured (2026-11-27): this test's model puts the normal night at 0.07 from its training
+# distribution and the drift night at 0.29; the demo's model (mean IU 0.9) normal 12-image
+# nights at 0.09-0.12 and the drift night at 0.38.
+THRESHOLD = 0.18
 EXPERIMENT = "insight-test"
 # `ray job submit` itself exits 1 for any failed job; the entry point's status is in its report.
 DRIFT_EXIT = "failed with exit code 3"
@@ -128,7 +130,8 @@ def test_a_drift_night_is_flagged_queued_labeled_and_trained_on(
     assert set(second["references"]) == {"training", "trailing"}
     assert second["references"]["trailing"]["nights"] == [first["run_id"]]
 
-    # Fog is what the model never saw: the most uncertain images of the night lead the queue.
+    # Fog is what the model never saw: on average it ranks ahead of the rest of the night (the
+    # scenes one class fills are the most confident; normal scenes rank about level with fog).
     queue = pq.read_table(io.BytesIO(storage.read_bytes(f"{report_uri}/queue.parquet")))
     ranks = {r["uri"].rsplit("/", 1)[-1]: r["rank"] for r in queue.to_pylist()}
     assert len(ranks) == night
@@ -159,7 +162,8 @@ def test_a_drift_night_is_flagged_queued_labeled_and_trained_on(
     storage.write_text(classes, json.dumps(classes_of(checkpoint.load_config(model)).to_dict()))
     run_ok(ray_head, ["jobs/ingest.py", "--voc", labeled, "--voc-splits", "default",
                       "--classes", classes, "--output", f"{data}/labeled-day2"], env)  # fmt: skip
-    loop = [*train_args(data, s3.uri("insight/runs"), "loop", 2), "--init", model]
+    loop = [*train_args(data, s3.uri("insight/runs"), "loop", 2), "--init", model,
+            "--eval-every", "2", "--val-limit", "1"]  # fmt: skip
     run_ok(ray_head, [*loop, "--train-split", "train", "labeled-day2/default"], env)
     retrained = checkpoint.load_config(s3.uri("insight/runs/loop/best"))
     assert (
