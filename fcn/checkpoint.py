@@ -97,6 +97,11 @@ def validate(config: dict, uri: str) -> dict:
     width = config.get("width")
     if width is not None and (type(width) not in (int, float) or width <= 0):
         fail(f"'width' must be a positive number, got {width!r}")
+    distribution = config.get("class_distribution")  # optional: segment's drift reference
+    counts = distribution.get("pixel_counts") if isinstance(distribution, dict) else None
+    if distribution is not None and (not isinstance(counts, list) or len(counts) != num_classes):
+        fail(f"'class_distribution' must hold 'pixel_counts' for {num_classes} classes (and "
+             "'image_counts', 'images'), as training writes it; or leave it out")  # fmt: skip
     if "classes" in config and not isinstance(config["classes"], dict):
         fail("'classes' must be a dict with 'names' (and 'colors'), as ClassList.to_dict()")
     try:

@@ -121,7 +121,10 @@ class TrainConfig:
         None, "lr multiplier of the new score layers (default: the preset's; 1 in the paper's)"
     )
     # --- data ------------------------------------------------------------------------------
-    train_split: str = setting("train", "split trained on (a folder under --data)")
+    train_split: tuple[str, ...] = setting(
+        ("train",), "split(s) trained on, folders under --data; several are trained on as one "
+        "(`--train-split train labeled-2026-11-27/default`: e.g. labels ingested under --data)",
+    )  # fmt: skip
     val_split: str = setting("val", "split evaluated on")
     crop_size: int | None = setting(
         None, "random crops of this size (pad: void 255), or none: whole images (the paper)"
@@ -169,9 +172,17 @@ class TrainConfig:
         "nvidia-ml-py installed) use as MLflow system metrics", group="tracking",
     )  # fmt: skip
 
+    def __post_init__(self):
+        # One name as a plain string: how code written when this setting held one split says it.
+        if isinstance(self.train_split, str):
+            object.__setattr__(self, "train_split", (self.train_split,))
+
     def validate(self) -> TrainConfig:
         """Self; a ValueError naming the setting when one is out of range (the driver calls
         this before Ray starts; optimizer settings are checked by `fcn.optim.recipe`)."""
+        if not self.train_split or len(set(self.train_split)) != len(self.train_split):
+            raise ValueError(f"--train-split needs one or more distinct splits, got "
+                             f"{list(self.train_split)}")  # fmt: skip
         at_least_one = ("iterations", "eval_every", "workers")
         for name in at_least_one:
             if getattr(self, name) < 1:

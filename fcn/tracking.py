@@ -448,31 +448,39 @@ def dataset_digest(split_uri: str, limit: int | None = None) -> str:
 
 
 def log_split_inputs(
-    run_id: str, splits: dict[str, str], limits: dict[str, int | None] | None = None, uri=None
+    run_id: str,
+    splits: dict[str, str | list[str]],
+    limits: dict[str, int | None] | None = None,
+    uri=None,
 ) -> dict[str, str]:
     """Log each split as an MLflow dataset input of the run; returns context -> digest.
 
     `splits`: context -> split URI, e.g. {"train": "s3://b/voc/train", "val": "s3://b/voc/val"}
-    (the context becomes the input's `mlflow.data.context`); `limits`: context -> rows used.
-    Each digest is also the run tag `<context>_digest` (`val_digest` for "val"), which
-    registration copies onto the model version.
+    (the context becomes the input's `mlflow.data.context`), or a list of split URIs used
+    together (each an input with that context; the digest is then over their digests, in
+    order); `limits`: context -> rows used. Each digest is also the run tag `<context>_digest`
+    (`val_digest` for "val"), which registration copies onto the model version.
     """
     from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.data.meta_dataset import MetaDataset
     from mlflow.entities import DatasetInput, InputTag
 
     inputs, digests = [], {}
-    for context, split_uri in splits.items():
+    for context, value in splits.items():
         limit = (limits or {}).get(context)
-        digests[context] = dataset_digest(split_uri, limit)
-        clean = redact(split_uri)
-        with warnings.catch_warnings():  # a local path matches two equivalent local sources
-            warnings.simplefilter("ignore", UserWarning)
-            source = resolve_dataset_source(clean)
-        name = clean.rstrip("/").rsplit("/", 1)[-1] + (f"[:{limit}]" if limit else "")
-        dataset = MetaDataset(source, name=name, digest=digests[context])
-        tag = InputTag(DATASET_CONTEXT, context)
-        inputs.append(DatasetInput(dataset._to_mlflow_entity(), tags=[tag]))
+        parts = []
+        for split_uri in [value] if isinstance(value, str) else value:
+            parts.append(dataset_digest(split_uri, limit))
+            clean = redact(split_uri)
+            with warnings.catch_warnings():  # a local path matches two equivalent local sources
+                warnings.simplefilter("ignore", UserWarning)
+                source = resolve_dataset_source(clean)
+            name = clean.rstrip("/").rsplit("/", 1)[-1] + (f"[:{limit}]" if limit else "")
+            dataset = MetaDataset(source, name=name, digest=parts[-1])
+            tag = InputTag(DATASET_CONTEXT, context)
+            inputs.append(DatasetInput(dataset._to_mlflow_entity(), tags=[tag]))
+        joined = hashlib.sha256(" ".join(parts).encode()).hexdigest()[:32]
+        digests[context] = parts[0] if len(parts) == 1 else joined
     mlflow_client = client(uri)
     mlflow_client.log_inputs(run_id, datasets=inputs)
     for context, digest in digests.items():

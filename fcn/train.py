@@ -36,6 +36,7 @@ from fcn.evaluate_job import absolute
 from fcn.inference import check_model, load_model
 from fcn.metrics import named_scores
 from fcn.models import build_model, preprocess
+from fcn.nightly import drift
 from fcn.runtime import ALLOCATOR_ENV, init_ray, worker_resources
 from fcn.visualize import sample_panel
 
@@ -75,6 +76,8 @@ class RunContext:
     classes: ClassList
     class_weights: tuple[float, ...] | None
     hook: object | None = None  # test-only, see HOOK_ENV
+    # The training masks' drift.Distribution.to_dict(), saved in every checkpoint.
+    class_distribution: dict | None = None
 
 
 # --- initialization --------------------------------------------------------------------------
@@ -209,6 +212,8 @@ def _checkpoint_dir(model, optimizer, scaler, config, recipe, run: RunContext, p
         "preprocessing": run.spec,
         "classes": run.classes.to_dict(),
         "train": tracking_params(config, recipe),
+        # The reference of segment's drift report (docs/insight.md).
+        **({"class_distribution": run.class_distribution} if run.class_distribution else {}),
         **progress,
     }
     state = {"optimizer": optimizer.state_dict(), "progress": progress}
@@ -429,26 +434,45 @@ def validate(config: TrainConfig) -> tuple[TrainConfig, ClassList, optim.Recipe]
     """
     config, classes, recipe = resolve(config)
     _check_training_split(config, recipe)
+    _check_split_classes(config, classes)
     check_split(config.data, config.val_split, columns=("image", "mask"))
     return _check_init(config), classes, recipe
 
 
 def _check_training_split(config: TrainConfig, recipe: optim.Recipe) -> None:
-    """The train split has the columns training reads and rows enough for one step on every
+    """The train splits have the columns training reads and rows enough for one step on every
     worker (a worker with an empty shard would fail, and be retried, in every attempt)."""
     import pyarrow.parquet as pq
 
     rows = 0
-    for uri in check_split(config.data, config.train_split, columns=("image", "mask")):
-        fs, path = storage.pyarrow_filesystem(uri)
-        rows += pq.read_metadata(fs.open_input_file(path)).num_rows
+    for split in config.train_split:
+        for uri in check_split(config.data, split, columns=("image", "mask")):
+            fs, path = storage.pyarrow_filesystem(uri)
+            rows += pq.read_metadata(fs.open_input_file(path)).num_rows
     per_worker = max(1, recipe.batch_size // config.workers) if config.crop_size else 1
     if rows < config.workers * per_worker:
         raise ValueError(
-            f"split {config.train_split!r} of {config.data} holds {rows} rows, fewer than "
-            f"{config.workers * per_worker} ({config.workers} workers x {per_worker} images per "
-            "step): use fewer --workers or a smaller --batch-size"
+            f"--train-split {' '.join(config.train_split)} of {config.data} holds {rows} rows, "
+            f"fewer than {config.workers * per_worker} ({config.workers} workers x {per_worker} "
+            "images per step): use fewer --workers or a smaller --batch-size"
         )
+
+
+def _check_split_classes(config: TrainConfig, classes: ClassList) -> None:
+    """A split ingested as its own dataset under --data (`labeled-2026-11-27/default`, the
+    dataset `labeled-2026-11-27/`) must have been checked against the same class list: its
+    mask values would mean other classes."""
+    for split in config.train_split:
+        if "/" not in split:
+            continue
+        root = storage.join(config.data, split.rsplit("/", 1)[0])
+        own = dataset_classes(root)  # None: not a dataset of its own
+        if own is not None and own != classes:
+            raise ValueError(
+                f"split {split!r} was ingested with classes {', '.join(own.names)}, the data "
+                f"at {config.data} with {', '.join(classes.names)}: ingest it with the same "
+                "--classes file"
+            )
 
 
 def _check_init(config: TrainConfig) -> TrainConfig:
@@ -487,14 +511,18 @@ def _check_init(config: TrainConfig) -> TrainConfig:
 
 
 def train_dataset(config: TrainConfig, spec: dict):
+    """The union of the train splits as one Ray Dataset of transformed crops."""
     import ray.data
 
-    fs, path = storage.pyarrow_filesystem(storage.join(config.data, config.train_split))
-    split_files(config.data, config.train_split)  # a clear error when the split is missing
+    fs, _ = storage.pyarrow_filesystem(config.data)
+    paths = []
+    for split in config.train_split:
+        split_files(config.data, split)  # a clear error when the split is missing
+        paths.append(storage.pyarrow_filesystem(storage.join(config.data, split))[1])
     # The split is executed once per epoch: its plan would be logged anew every epoch.
     ray.data.DataContext.get_current().print_on_execution_start = False
     # select_columns is pushed down into the Parquet read: other columns are never fetched.
-    dataset = ray.data.read_parquet(path, filesystem=fs).select_columns(["image", "mask"])
+    dataset = ray.data.read_parquet(paths, filesystem=fs).select_columns(["image", "mask"])
     if config.cache_reads:
         # Every epoch re-executes the pipeline; without this each one starts with the Parquet
         # reads again (~5 s per epoch on 2 cores, however small the split). The encoded bytes
@@ -516,22 +544,29 @@ def transform_batch(batch: dict, spec: dict, crop_size, flip: bool) -> dict:
     return transforms.TrainTransform(spec, crop_size, flip)(batch)
 
 
-def balanced_weights(config: TrainConfig) -> tuple[float, ...] | None:
-    """Class weights from the training masks' pixel counts (one pass on the driver): median
-    frequency balancing, or its square root (`balanced-sqrt`); None for `none`."""
-    if config.class_weights == "none":
-        return None
+def class_distribution(config: TrainConfig) -> drift.Distribution:
+    """Class pixel counts and the number of images each class appears in, over the training
+    masks (one pass on the driver, the mask column only): the class weights come from it, and
+    every checkpoint records it as the reference of segment's drift report."""
     import pyarrow.parquet as pq
 
-    counts = np.zeros(config.num_classes, dtype=np.int64)
-    for uri in split_files(config.data, config.train_split):
-        fs, path = storage.pyarrow_filesystem(uri)
-        for cell in pq.read_table(path, filesystem=fs, columns=["mask"]).column("mask").to_pylist():
-            if cell is not None:
-                mask = images.decode_mask(cell)
-                counts += np.bincount(mask[mask < config.num_classes], minlength=config.num_classes)
+    def masks():
+        for split in config.train_split:
+            for uri in split_files(config.data, split):
+                fs, path = storage.pyarrow_filesystem(uri)
+                column = pq.read_table(path, filesystem=fs, columns=["mask"]).column("mask")
+                yield from (images.decode_mask(c) for c in column.to_pylist() if c is not None)
+
+    return drift.of_masks(masks(), config.num_classes)
+
+
+def balanced_weights(config: TrainConfig, pixels: np.ndarray) -> tuple[float, ...] | None:
+    """Class weights from the training masks' class pixel counts: median frequency balancing,
+    or its square root (`balanced-sqrt`); None for `none`."""
+    if config.class_weights == "none":
+        return None
     power = 0.5 if config.class_weights == "balanced-sqrt" else 1.0
-    return tuple(optim.median_frequency_weights(counts, power))
+    return tuple(optim.median_frequency_weights(pixels, power))
 
 
 def _read_run_file(run_dir: str) -> dict:
@@ -680,14 +715,19 @@ def run(config: TrainConfig) -> TrainResult:
     params = {**tracking_params(config, recipe), "preprocessing": spec["name"]}
     run_id, uri = _start_tracking(config, run_dir, params)
     tracking.log_classes(run_id, classes.to_dict(), uri)
-    splits = {"train": config.train_split, "val": config.val_split}
-    splits = {context: storage.join(config.data, split) for context, split in splits.items()}
+    splits = {
+        "train": [storage.join(config.data, split) for split in config.train_split],
+        "val": storage.join(config.data, config.val_split),
+    }
     tracking.log_split_inputs(run_id, splits, {"val": config.val_limit}, uri)
     previous_handler = _raise_on_sigterm()
     status = "FAILED"
     try:
-        context = RunContext(run_id, uri, run_dir, spec, classes, balanced_weights(config),
-                             _test_hook(run_dir, config))  # fmt: skip
+        distribution = class_distribution(config)
+        context = RunContext(
+            run_id, uri, run_dir, spec, classes, balanced_weights(config, distribution.pixels),
+            _test_hook(run_dir, config), class_distribution=distribution.to_dict(),
+        )  # fmt: skip
         result = _finish(config, context, _fit(config, recipe, context))
         status = "FINISHED"
         return result

@@ -18,6 +18,7 @@ distance is diluted by many stable classes.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -80,6 +81,21 @@ def of_manifest(table: pa.Table, num_classes: int) -> Distribution:
     if counts.shape[1] != num_classes:  # a night of another model's class list: not comparable
         return empty(num_classes)
     return Distribution(counts.sum(0), (counts > 0).sum(0), rows.num_rows)
+
+
+def of_masks(masks: Iterable[np.ndarray], num_classes: int) -> Distribution:
+    """The distribution of label masks (void 255 is no class): a training split's, the
+    reference its model's nights are compared with. Predicted masks have no void, so a
+    labeled split's void borders (a few % of VOC's pixels) are left out of both views."""
+    pixels = np.zeros(num_classes, np.int64)
+    image_counts = np.zeros(num_classes, np.int64)
+    images = 0
+    for mask in masks:
+        counts = np.bincount(mask[mask < num_classes], minlength=num_classes)
+        pixels += counts
+        image_counts += counts > 0
+        images += 1
+    return Distribution(pixels, image_counts, images)
 
 
 def normalize(counts: np.ndarray) -> np.ndarray | None:

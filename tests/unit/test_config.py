@@ -64,3 +64,19 @@ def test_help_groups_flags_and_ends_with_the_examples(capsys):
     assert data < shown.index("--data-thing") < optimisation < shown.index("--lr LR")
     assert shown.index("--odd") < data  # ungrouped flags stay under "options"
     assert shown.rstrip().endswith("python jobs/x.py --data d")
+
+
+def test_train_splits_one_or_several():
+    from fcn.config import TrainConfig
+
+    assert parse(TrainConfig, ["--data", "d"]).train_split == ("train",)
+    assert parse(TrainConfig, ["--data", "d", "--train-split", "trainaug"]).train_split == (
+        "trainaug",
+    )
+    both = ("train", "labeled-2026-11-27/default")
+    assert parse(TrainConfig, ["--data", "d", "--train-split", *both]).train_split == both
+    repeated = ["--train-split", both[0], "--train-split", both[1]]
+    assert parse(TrainConfig, ["--data", "d", *repeated]).train_split == both
+    assert TrainConfig(data="d", train_split="val").train_split == ("val",)  # one name, as before
+    with pytest.raises(ValueError, match="--train-split needs one or more distinct splits"):
+        TrainConfig(data="d", train_split=("train", "train")).validate()

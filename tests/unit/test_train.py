@@ -145,13 +145,16 @@ def test_recipe_rejects_nonsense():
         optim.recipe(dataclasses.replace(config(), lr=-1.0))
 
 
-def test_cached_training_split_still_gets_new_crops_every_epoch(tmp_path, local_ray):
+def test_cached_training_splits_still_get_new_crops_every_epoch(tmp_path, local_ray):
     """--cache-reads keeps the encoded rows, not the transformed ones: each pass over the
-    dataset (an epoch) crops anew, and every image is in every epoch."""
+    dataset (an epoch) crops anew, and every image of every train split is in every epoch."""
     from fcn.train import train_dataset
 
-    write_split(str(tmp_path), "train", 4, size=(48, 48), seed=0)
-    cfg = dataclasses.replace(config(crop_size=24, cache_reads=True), data=str(tmp_path))
+    write_split(str(tmp_path), "train", 3, size=(48, 48), seed=0)
+    write_split(str(tmp_path / "labeled"), "default", 1, size=(48, 48), seed=1, files=1)
+    splits = ("train", "labeled/default")
+    cfg = config(crop_size=24, cache_reads=True, train_split=splits)
+    cfg = dataclasses.replace(cfg, data=str(tmp_path))
     dataset = train_dataset(cfg, preprocess.TORCHVISION)
     epochs = [
         [b["image"] for b in dataset.iter_batches(batch_size=None, batch_format="numpy")]
@@ -166,6 +169,58 @@ def test_cached_training_split_still_gets_new_crops_every_epoch(tmp_path, local_
 # --- class lists: data -> config -> checkpoint, metric names, panels ------------------------
 
 TINY = ClassList.from_names(["sky", "cat", "dog"], [(0, 0, 0), (10, 200, 30), (250, 5, 90)])
+
+
+def test_several_train_splits_are_checked_counted_and_logged_together(tmp_path):
+    from fcn.train import class_distribution, validate
+
+    data = _dataset_with_classes(tmp_path / "data", TINY)
+    write_split(data, "train", 2, size=(24, 24), classes=(1,), seed=0)
+    write_split(data, "val", 1, size=(24, 24), classes=(1,), seed=1, files=1)
+    labeled = _dataset_with_classes(tmp_path / "data" / "labeled-1", TINY)
+    write_split(labeled, "default", 1, size=(24, 24), classes=(2,), seed=2, files=1)
+    cfg = TrainConfig(data=data, workers=3, train_split=("train", "labeled-1/default"))
+    resolved, _, _ = validate(cfg)  # 3 rows over both splits: one image for each of 3 workers
+    with pytest.raises(ValueError, match="train labeled-1/default of .* holds 3 rows"):
+        validate(dataclasses.replace(cfg, workers=4))
+    found = class_distribution(resolved)
+    masks = [m for split in cfg.train_split for m in _masks(data, split)]
+    assert found.images == 3 and found.pixels.sum() == sum(int((m < 3).sum()) for m in masks)
+    assert found.image_counts.tolist() == [3, 2, 1]  # dog only in the labeled split
+    _dataset_with_classes(labeled, ClassList.from_names(["sky", "dog", "cat"]))
+    with pytest.raises(ValueError, match="'labeled-1/default' was ingested with classes sky, dog"):
+        validate(cfg)
+
+
+def _masks(data, split):
+    import pyarrow.parquet as pq
+
+    from fcn.images import decode_mask
+
+    return [
+        decode_mask(m) for m in pq.read_table(os.path.join(data, split)).column("mask").to_pylist()
+    ]
+
+
+def test_each_train_split_is_a_train_input_of_the_run(tmp_path):
+    """Train logs its splits so (fcn.train.run): one input per split, context "train"."""
+    write_split(str(tmp_path), "train", 1, size=(8, 8), files=1)
+    write_split(str(tmp_path / "labeled"), "default", 1, size=(8, 8), seed=1, files=1)
+    write_split(str(tmp_path), "val", 1, size=(8, 8), seed=2, files=1)
+    splits = [str(tmp_path / "train"), str(tmp_path / "labeled" / "default")]
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    run_id = tracking.start_run("splits", "two", uri=uri)
+    val = str(tmp_path / "val")
+    digests = tracking.log_split_inputs(run_id, {"train": splits, "val": val}, uri=uri)
+    run = tracking.client(uri).get_run(run_id)
+    contexts = [
+        (next(t.value for t in i.tags if t.key == tracking.DATASET_CONTEXT), i.dataset.digest)
+        for i in run.inputs.dataset_inputs
+    ]
+    own = [tracking.dataset_digest(s) for s in splits]
+    expected = [("train", own[0]), ("train", own[1]), ("val", tracking.dataset_digest(val))]
+    assert sorted(contexts) == sorted(expected)
+    assert digests["train"] not in own and run.data.tags["train_digest"] == digests["train"]
 
 
 def _dataset_with_classes(root, classes):
@@ -202,11 +257,18 @@ def test_checkpoint_metrics_and_panels_use_the_data_classes(tmp_path, monkeypatc
     data = _dataset_with_classes(tmp_path / "data", TINY)
     cfg, classes, recipe = resolve(TrainConfig(data=data, model="fcn32s", width=0.25))
     run_id = tracking.start_run("classes", "tiny", uri=uri)
-    run = RunContext(run_id, uri, str(tmp_path), preprocess.TORCHVISION, classes, None)
+    recorded = {"pixel_counts": [5, 4, 0], "image_counts": [2, 1, 0], "images": 2}
+    run = RunContext(run_id, uri, str(tmp_path), preprocess.TORCHVISION, classes, None,
+                     class_distribution=recorded)  # fmt: skip
     model = build_model("fcn32s", cfg.num_classes, width=0.25)
     directory = _checkpoint_dir(model, optim.build_optimizer(model, recipe), None, cfg, recipe,
                                 run, {"iteration": 1})  # fmt: skip
     assert classes_of(checkpoint.load_config(directory)) == TINY
+    # The training distribution travels with the checkpoint, as segment's drift reference.
+    assert checkpoint.check(directory)["class_distribution"] == recorded
+    broken = {**checkpoint.load_config(directory), "class_distribution": {"pixel_counts": [1]}}
+    with pytest.raises(checkpoint.ContractError, match="'class_distribution' .* for 3 classes"):
+        checkpoint.validate(broken, directory)
 
     hist = np.array([[5, 0, 0], [0, 4, 0], [0, 0, 0]])  # dog absent: no IU, no metric
     image = np.zeros((2, 2, 3), np.uint8)
