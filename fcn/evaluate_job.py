@@ -22,7 +22,7 @@ from fcn.config import EvaluateConfig, to_dict
 from fcn.evaluate import check_split, evaluate
 from fcn.inference import check_model, load_model
 from fcn.runtime import init_ray, worker_resources
-from fcn.storage import absolute  # fcn.train imports it from here too
+from fcn.storage import absolute
 
 
 def validate(config: EvaluateConfig) -> EvaluateConfig:

@@ -32,12 +32,12 @@ from fcn.config import TrainConfig, to_dict
 from fcn.data import transforms
 from fcn.data.classes import ClassList, default_classes
 from fcn.evaluate import check_split, evaluate, split_files
-from fcn.evaluate_job import absolute
 from fcn.inference import check_model, load_model
 from fcn.metrics import named_scores
 from fcn.models import build_model, preprocess
 from fcn.nightly import drift
 from fcn.runtime import ALLOCATOR_ENV, init_ray, worker_resources
+from fcn.storage import absolute
 from fcn.visualize import sample_panel
 
 # Worker progress goes through logging, not print: Ray Train patches print() in workers and,
@@ -231,7 +231,8 @@ def _log_validation(
     logger.log({**named_scores(scores, run.classes.names), **extra}, iteration)
     palette = run.classes.palette()
     for image_id, image, truth, pred in samples:  # one image series per val image: a slider
-        logger.log_image(sample_panel(image, truth, pred, palette), f"val/{image_id}", iteration)
+        panel = sample_panel(image, truth, pred, palette, run.classes.names)  # with a legend
+        logger.log_image(panel, f"val/{image_id}", iteration)
     logger.flush()  # the scores are in MLflow before the checkpoint is reported
 
 
@@ -484,12 +485,10 @@ def _check_init(config: TrainConfig) -> TrainConfig:
     if init in (None, ""):
         return config
     if init == "imagenet":
-        # The backbone each model name builds on (fcn.models keeps the table; the lead may
-        # want a public accessor for it).
-        from fcn.models import _BUILDERS
+        from fcn.models import backbone_of
 
         try:
-            surgery.find_backbone_weights(_BUILDERS[config.model][1])
+            surgery.find_backbone_weights(backbone_of(config.model))
         except FileNotFoundError as err:
             raise FileNotFoundError(f"--init imagenet: {err}") from None
     elif _is_weights_file(init):

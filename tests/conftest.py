@@ -400,3 +400,19 @@ def ray_worker_node(ray_head, s3):
         stop_group(proc, grace=15)
         shutil.rmtree(temp_dir, ignore_errors=True)
         log.unlink(missing_ok=True)
+
+
+@pytest.fixture(scope="session")
+def demo(tmp_path_factory):
+    """(root, env, stdout) of `python jobs/demo.py` run once as a new user runs it: a local Ray
+    and a local MLflow store. Shared by the demo's own tests (test_opex_job.py) and by the tests
+    that need a model which learned the synthetic scenes (test_insight_job.py): one training
+    of minutes for both."""
+    root = tmp_path_factory.mktemp("demo")
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}"}
+    done = subprocess.run(
+        [sys.executable, "jobs/demo.py", "--root", str(root)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=1200,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    return root, env, done.stdout

@@ -16,6 +16,7 @@ Sizes are chosen for 2 CPU cores: 64 px images, FCN-32s from scratch at --width 
 from __future__ import annotations
 
 import os
+import re
 
 import fault_drill  # this folder's test-only hook, imported here for its names
 import pytest
