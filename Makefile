@@ -31,7 +31,7 @@ demo: $(VENV)/.installed
 	$(PY) jobs/demo.py
 
 test: $(VENV)/.installed lint
-	$(PY) -m pytest tests
+	$(PY) -m pytest tests --durations=15
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
