@@ -9,8 +9,8 @@ train + that split.
 The model must have learned the scenes (an untrained one paints every image background, and
 no night differs from another): the demo's model (jobs/demo.py, run once per session by the
 `demo` fixture and shared with test_opex_job.py); the loop's training runs two steps.
-Re-running a night (nothing queued twice) is a unit test (tests/unit/test_insight.py), not
-a third segment job.
+The drift night run again (--force) with two late images queues the two and nothing queued
+before.
 """
 
 from __future__ import annotations
@@ -135,6 +135,15 @@ def test_a_drift_night_is_flagged_queued_labeled_and_trained_on(
     fog = np.mean([rank for name, rank in ranks.items() if name.startswith("fog_")])
     others = np.mean([rank for name, rank in ranks.items() if not name.startswith("fog_")])
     assert fog < others, ranks
+
+    # The same night again, every image redone (--force), two late images with it: the queue
+    # holds the two newcomers, nothing queued on an earlier night.
+    late = {f"late_{i}.png": a for i, a in enumerate(drifted(5, "fog", 2))}
+    upload(s3, "insight/images/day2", late)
+    rc, logs = ray_head.submit([*args, "--input", day2, "--force"], env=env)
+    assert rc != 0 and DRIFT_EXIT in logs and f"{night + 2} done" in logs, logs[-4000:]
+    again = pq.read_table(io.BytesIO(storage.read_bytes(f"{report_of(logs)[0]}/queue.parquet")))
+    assert sorted(u.rsplit("/", 1)[-1] for u in again.column("uri").to_pylist()) == sorted(late)
 
     # The MLflow run of the night holds the numbers, the tag and the picture.
     client = tracking.client(mlflow_server.uri)
