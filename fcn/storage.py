@@ -111,8 +111,11 @@ def _s3fs_options() -> dict:
     # No listings cache: a long-lived process (a nightly job, an actor) must see objects
     # written since its last listing, by itself or by anyone else. The retry policy is set
     # here, in the options, so it travels with a pickled Location to every worker.
+    # `total_max_attempts`, as AWS_MAX_ATTEMPTS means it (the first request included);
+    # botocore reads its `max_attempts` as retries and rewrites it in place (one more attempt,
+    # and options that change once a client exists).
     retries = {"mode": os.environ.get("AWS_RETRY_MODE") or "standard"}
-    retries["max_attempts"] = max_attempts()
+    retries["total_max_attempts"] = max_attempts()
     options: dict = {"use_listings_cache": False, "config_kwargs": {"retries": retries}}
     endpoint = _endpoint_url()
     if endpoint:

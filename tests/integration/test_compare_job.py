@@ -1,4 +1,4 @@
-"""jobs/compare.py against a real MLflow server (artifacts in a real S3 API) holding three real
+"""jobs/compare.py against a real MLflow server (artifacts in a real S3 API) holding two real
 training runs: `jobs/train.py` submitted with `ray job submit`, each registering its best
 checkpoint.
 
@@ -29,7 +29,9 @@ REPO = Path(__file__).resolve().parents[2]
 EXPERIMENT = "compare-it"
 MODEL = "fcn-compare-it"
 # (run name, model, val images): different subsets give different scores, even this early.
-RUNS = (("r32", "fcn32s", 3), ("r16", "fcn16s", 5), ("r8", "fcn8s", 7))
+# Two runs: an order to reproduce and two val datasets not to rank as one (each run is a
+# training job of about a minute).
+RUNS = (("r32", "fcn32s", 3), ("r8", "fcn8s", 7))
 
 
 def train(ray_head, s3, env, data, name, model, val_limit) -> None:
@@ -56,7 +58,7 @@ def test_compare_orders_runs_writes_outputs_and_promotes(ray_head, s3, mlflow_se
     runs = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
     assert set(runs) == {name for name, _, _ in RUNS}
     best = {name: run.data.metrics["best_mean_iu"] for name, run in runs.items()}
-    assert len(set(best.values())) == 3, best  # distinct, so the order is well defined
+    assert len(set(best.values())) == len(RUNS), best  # distinct, so the order is well defined
     expected = sorted(best, key=best.get, reverse=True)
     worst = expected[-1]
     worst_version = client.search_model_versions(f"run_id = '{runs[worst].info.run_id}'")[0]
@@ -67,7 +69,7 @@ def test_compare_orders_runs_writes_outputs_and_promotes(ray_head, s3, mlflow_se
     env = {**s3.env, **mlflow_server.env}
     done = subprocess.run(
         [sys.executable, str(REPO / "jobs" / "compare.py"), "--experiment", EXPERIMENT,
-         "--output", output, "--promote", "--log-artifacts", "--top", "3"],
+         "--output", output, "--promote", "--log-artifacts", "--top", str(len(RUNS))],
         env={**os.environ, **env}, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     digests = {run.data.tags.get(tracking.TAG_VAL_DIGEST) for run in runs.values()}
@@ -100,10 +102,10 @@ def test_compare_orders_runs_writes_outputs_and_promotes(ray_head, s3, mlflow_se
     if fair:
         assert champion.run_id == runs[expected[0]].info.run_id
         assert f"was {worst_version.version}" in done.stdout
-    else:  # three val subsets, three digests: the champion stays, and compare says why
+    else:  # two val subsets, two digests: the champion stays, and compare says why
         assert champion.run_id == runs[worst].info.run_id
         assert "champion unchanged" in done.stderr and "not comparable" in done.stderr
-        assert "validated on 3 different val datasets" in done.stdout
+        assert f"validated on {len(RUNS)} different val datasets" in done.stdout
     # The champion is a loadable checkpoint fetched through the registry.
     state, config = checkpoint.load(tracking.resolve_checkpoint(f"models:/{MODEL}@champion"))
     assert config["model"] == champion.tags["model"] and config["width"] == 0.25

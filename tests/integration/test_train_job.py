@@ -129,21 +129,6 @@ def test_mean_iu_rises_above_the_background_baseline(s3, data):
     assert max(history) > 0.40, history
 
 
-def test_staged_16s_from_the_32s_checkpoint(ray_head, s3, data, env):
-    """The paper's staged training: FCN-16s initialised from the FCN-32s checkpoint. (Killing
-    a job as a whole and resuming it is drilled in test_multinode.py.)"""
-    init = s3.uri("train-it/runs/accept/best")
-    args = train_args(data, s3, "staged", "--model", "fcn16s", "--init", init,
-                      "--registered-model", "", "--val-limit", "3")  # fmt: skip
-    args[args.index("--iterations") + 1] = "2"
-    args[args.index("--eval-every") + 1] = "2"
-    rc, logs = ray_head.submit(args, env=env, timeout=600)
-    assert rc == 0, why(logs)
-    client, run = mlflow_run("staged")
-    assert run.info.status == "FINISHED" and run.data.params["init"] == init
-    assert steps(client, run.info.run_id, "train_loss") == [1, 2]
-
-
 def test_evaluate_job_reproduces_the_registered_score(ray_head, s3, data, env):
     rc, logs = ray_head.submit(
         ["jobs/evaluate.py", "--data", data, "--split", "val", "--workers", "2",

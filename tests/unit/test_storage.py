@@ -155,7 +155,7 @@ def test_s3_requests_retry_once_per_policy_not_per_layer(monkeypatch):
     monkeypatch.delenv("AWS_RETRY_MODE", raising=False)
     where = storage.locate("s3://bucket/key")
     retries = where.fs.config_kwargs["retries"]
-    assert retries == {"mode": "standard", "max_attempts": storage.S3_MAX_ATTEMPTS}
+    assert retries == {"mode": "standard", "total_max_attempts": storage.S3_MAX_ATTEMPTS}
     assert where.fs.retries == 1
     copy = pickle.loads(pickle.dumps(where))
     assert type(copy.fs) is type(where.fs) and copy.fs.retries == 1
@@ -164,6 +164,6 @@ def test_s3_requests_retry_once_per_policy_not_per_layer(monkeypatch):
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "3")
     monkeypatch.setenv("AWS_RETRY_MODE", "adaptive")
     assert storage.locate("s3://bucket/key").fs.config_kwargs["retries"] == {
-        "mode": "adaptive", "max_attempts": 3
+        "mode": "adaptive", "total_max_attempts": 3
     }  # fmt: skip
     assert {"AWS_MAX_ATTEMPTS", "AWS_RETRY_MODE"} <= set(storage.forwarded_env())
