@@ -365,7 +365,8 @@ def ui_links(uri: str, run_id: str, model: str | None = None, version=None) -> l
     """The MLflow UI's pages of the run (and model version) when `uri` is a tracking server;
     for a local store, the command that serves the UI."""
     if not uri.startswith(("http://", "https://")):
-        return [f"MLflow UI: mlflow ui --backend-store-uri {uri}  (then http://127.0.0.1:5000)"]
+        # No address of our own: `mlflow ui` prints the one it listens on (its --host/--port).
+        return [f"MLflow UI: mlflow ui --backend-store-uri {uri}  (then open the URL it prints)"]
     server = redact(uri).rstrip("/")
     experiment = client(uri).get_run(run_id).info.experiment_id
     links = [f"MLflow run: {server}/#/experiments/{experiment}/runs/{run_id}"]

@@ -134,7 +134,7 @@ paper's 62-65% mean IU needs ImageNet weights and PASCAL VOC (see README).
 
 === try next (docs/after-demo.md explains each):
   export MLFLOW_TRACKING_URI={tracking}
-  .venv/bin/mlflow ui --backend-store-uri {tracking}     # then http://127.0.0.1:5000
+  .venv/bin/mlflow ui --backend-store-uri {tracking}     # then open the address it prints
   .venv/bin/python jobs/evaluate.py --data {parquet} --split val \\
       --model models:/fcn-demo@champion
   .venv/bin/python jobs/segment.py --input {root / "data" / "unlabeled"} \\
