@@ -7,6 +7,7 @@ have only torch, numpy, Pillow, pyarrow and fsspec.
 
 from __future__ import annotations
 
+import logging
 import os
 import statistics
 import subprocess
@@ -137,6 +138,95 @@ def start_s3_server(bucket: str) -> tuple[subprocess.Popen, str]:
 
     boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=bucket)
     return proc, f"s3://{bucket}"
+
+
+class InProcessS3:
+    """A moto S3 server in this process, for benchmarks of 10^5-10^6 objects: `put` seeds an
+    object straight into moto's store (HTTP PUTs to moto run at ~100/s here), and a listing
+    costs what it costs on S3, the page asked for, not a scan and sort of the whole bucket
+    (moto's own listing does that on every request: ~1 s a page at 400,000 keys). Clients
+    (other processes too) reach it over HTTP like any S3; this process's AWS_* variables
+    are set to reach it. Stop it with `stop()`."""
+
+    def __init__(self, bucket: str):
+        from moto.core import DEFAULT_ACCOUNT_ID
+        from moto.s3.models import S3Backend, s3_backends
+        from moto.server import ThreadedMotoServer
+
+        _index_listings(S3Backend)
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)  # a line per request otherwise
+        self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        self.server.start()
+        host, port = self.server.get_host_and_port()
+        os.environ.update(
+            AWS_ENDPOINT_URL=f"http://{host}:{port}",
+            AWS_ACCESS_KEY_ID="testing",
+            AWS_SECRET_ACCESS_KEY="testing",
+            AWS_DEFAULT_REGION="us-east-1",
+        )
+        self.backend = s3_backends[DEFAULT_ACCOUNT_ID]["global"]
+        self.backend.create_bucket(bucket, "us-east-1")
+        self.bucket, self.uri = bucket, f"s3://{bucket}"
+
+    def put(self, key: str, data: bytes) -> None:
+        self.backend.put_object(self.bucket, key, data)
+
+    def stop(self) -> None:
+        self.server.stop()
+
+
+def _index_listings(backend_class) -> None:
+    """Make moto's `list_objects` (which `list_objects_v2` calls) visit only the keys under the
+    prefix, found by bisection in a sorted index of the bucket's keys. The index is rebuilt
+    after any write or delete (each bumps the key store's generation), so listings stay exact."""
+    import bisect
+
+    from moto.s3.utils import _VersionedKeyStore
+
+    if getattr(backend_class, "_indexed", False):
+        return
+    generations = {}
+
+    def bumping(method):
+        def changed(self, *args, **kwargs):
+            generations[id(self)] = generations.get(id(self), 0) + 1
+            return method(self, *args, **kwargs)
+
+        return changed
+
+    for name in ("__setitem__", "__delitem__", "pop", "setlist"):
+        setattr(_VersionedKeyStore, name, bumping(getattr(_VersionedKeyStore, name)))
+
+    class Prefixed:
+        """The bucket as moto's listing sees it: only the keys that start with `prefix`."""
+
+        indexes = {}  # id(key store) -> (generation, sorted key names)
+
+        def __init__(self, bucket, prefix):
+            store = bucket.keys
+            generation = generations.get(id(store), 0)
+            cached = self.indexes.get(id(store))
+            if cached is None or cached[0] != generation:
+                cached = self.indexes[id(store)] = (generation, sorted(dict.keys(store)))
+            names = cached[1]
+            low = bisect.bisect_left(names, prefix)
+            high = bisect.bisect_left(names, prefix + "\U0010ffff") if prefix else len(names)
+            self.keys = Slice(store, names[low:high])
+
+    class Slice:
+        def __init__(self, store, names):
+            self.store, self.names = store, names
+
+        def items(self):
+            return ((name, self.store[name]) for name in self.names)
+
+    original = backend_class.list_objects
+
+    def list_objects(self, bucket, prefix, delimiter, marker, max_keys):
+        return original(self, Prefixed(bucket, prefix or ""), prefix, delimiter, marker, max_keys)
+
+    backend_class.list_objects = list_objects
+    backend_class._indexed = True
 
 
 def stop_server(proc: subprocess.Popen) -> None:

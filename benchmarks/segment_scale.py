@@ -1,16 +1,20 @@
 """Planning cost of the segment job against the number of past nights (issue 16's goal:
 365 nights / 1 night <= 1.2x in time and memory; 200k images with nothing to do <= 60 s).
 
-    python benchmarks/segment_scale.py [--images 200000] [--s3-images 20000] [--nights 1 30 365]
+    python benchmarks/segment_scale.py [--images 200000] [--s3-images 200000] [--nights 1 30 365]
 
-Twice, on local disk (`--images`) and on the S3 test server (`--s3-images`, a moto server
-from benchmarks/common.py; 0 skips it): tiny image objects and their masks, a state snapshot
-with every image done, and each simulated past night's run manifest (1% of the images each)
-in `_runs/`. Each measurement is a fresh process that does what the driver does before Ray
-starts (read the state, list the input and the masks, plan) and reports its wall time and
-peak RSS (VmHWM). Prints both side by side and writes results/segment_scale.md. The moto
-server takes ~100 PUTs/s and answers a listing page of 1000 keys in about a second on these
-machines, so its size is set apart: it measures the S3 client path, not an S3 service.
+Twice, on local disk (`--images`) and on the S3 test server (`--s3-images`; 0 skips it):
+tiny image objects and their masks, a state snapshot with every image done, and each
+simulated past night's run manifest (1% of the images each) in `_runs/`. Each measurement is
+a fresh process that does what the driver does before Ray starts (read the state, list the
+input and the masks, plan) and reports its wall time, CPU time and peak RSS (VmHWM). Prints
+both side by side and writes results/segment_scale.md.
+
+The S3 test server is moto, run inside this process (benchmarks/common.InProcessS3): the
+objects are seeded straight into its store (moto takes ~100 HTTP PUTs/s here) and its
+listings visit only the keys under the prefix asked for (moto's own scan and sort of the
+whole bucket on every page would make a 200,000-image listing take minutes). The planning
+process talks to it over HTTP through s3fs, as the job does.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ import pyarrow as pa  # noqa: E402
 import pyarrow.compute as pc  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
-from benchmarks.common import spread, start_s3_server, stop_server, write_report  # noqa: E402
+from benchmarks.common import InProcessS3, spread, write_report  # noqa: E402
 from fcn import manifest, storage  # noqa: E402
 from fcn.nightly import plan, state  # noqa: E402
 
@@ -54,8 +58,9 @@ print(json.dumps({"s": seconds, "cpu": cpu, "MiB": int(hwm) / 1024, "todo": work
 """
 
 
-def seed(src: str, out: str, images: int) -> None:
-    """`images` one-byte images under `src` and their masks under `out` (local or S3)."""
+def seed(src: str, out: str, images: int, server: InProcessS3 | None) -> None:
+    """`images` one-byte images under `src` and their masks under `out` (local, or in the
+    store of `server`)."""
     keys = [f"d{i // 1000:04d}/{i:07d}" for i in range(images)]
     src_at, out_at = storage.locate(src), storage.locate(out)
     if src_at.local:
@@ -67,10 +72,10 @@ def seed(src: str, out: str, images: int) -> None:
             image.write_bytes(b"x")
             mask.write_bytes(b"m")
         return
-    for start in range(0, images, 1000):  # s3fs sends a batch's PUTs concurrently
-        batch = {f"{src_at.path}/{k}.jpg": b"x" for k in keys[start : start + 1000]}
-        batch.update({f"{out_at.path}/{k}.png": b"m" for k in keys[start : start + 1000]})
-        src_at.fs.pipe(batch)
+    bucket = f"{server.bucket}/"
+    for key in keys:
+        server.put(f"{src_at.path}/{key}.jpg".removeprefix(bucket), b"x")
+        server.put(f"{out_at.path}/{key}.png".removeprefix(bucket), b"m")
 
 
 def write_state(src: str, out: str) -> None:
@@ -142,13 +147,15 @@ def measure(src: str, out: str) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def series(root: str, images: int, nights: list[int], trials: int) -> dict[int, dict]:
+def series(
+    root: str, images: int, nights: list[int], trials: int, server: InProcessS3 | None = None
+) -> dict[int, dict]:
     """Seed `root`, then measure planning with each number of past nights, in the order
     1, 30, 365, 365, 30, 1, ... (load that drifts during the run hits every count alike):
     {nights: {"s": [seconds...], "cpu": [CPU seconds...], "MiB": [peak RSS...]}}."""
     src, out, spare = f"{root}/in", f"{root}/out", f"{root}/spare-nights"
     t = time.perf_counter()
-    seed(src, out, images)
+    seed(src, out, images, server)
     write_state(src, out)
     write_nights(spare, max(nights), images)
     print(f"seeded {images} images under {src} in {time.perf_counter() - t:.0f} s", flush=True)
@@ -167,7 +174,7 @@ def series(root: str, images: int, nights: list[int], trials: int) -> dict[int, 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--images", type=int, default=200_000)
-    p.add_argument("--s3-images", type=int, default=20_000, help="0: no S3 run")
+    p.add_argument("--s3-images", type=int, default=200_000, help="0: no S3 run")
     p.add_argument("--nights", type=int, nargs="+", default=[1, 30, 365])
     p.add_argument("--trials", type=int, default=2, help="measurements per point (noisy machine)")
     p.add_argument("--out", default=str(REPO / "results" / "segment_scale.md"))
@@ -180,13 +187,13 @@ def main() -> None:
         )
         shutil.rmtree(root, ignore_errors=True)  # before the S3 run: a quiet disk
         if args.s3_images:
-            server, bucket = start_s3_server("fcn-bench-scale")
+            server = InProcessS3("fcn-bench-scale")
             try:
                 runs[f"S3 test server, {args.s3_images:,} images"] = series(
-                    bucket, args.s3_images, args.nights, args.trials
+                    server.uri, args.s3_images, args.nights, args.trials, server
                 )
             finally:
-                stop_server(server)
+                server.stop()
     finally:
         shutil.rmtree(root, ignore_errors=True)
     write_report(report(runs, args.nights), args.out)

@@ -2,15 +2,14 @@
 
 1. 2 CPU workers train FCN-32s from Parquet on S3; one worker is killed (injected fault) right
    after the first checkpoint: the group restarts from it, no iteration runs twice, one MLflow
-   run holds the whole history, mean IU rises above the all-background baseline, and the best
-   checkpoint is registered as the champion.
-2. Staged: FCN-16s from that run's best checkpoint; the job is stopped (`ray job stop`) after
-   its first checkpoint and submitted again with the same --name: it resumes, same MLflow run.
-3. jobs/evaluate.py on the champion over 2 workers reproduces the registered mean IU.
+   run holds the whole history, and the best checkpoint is registered as the champion.
+2. jobs/evaluate.py on the champion over 2 workers reproduces the registered mean IU.
 
-Sizes are chosen for 2 CPU cores: 64 px images, FCN-32s from scratch at --width 0.25 with the
-`fast` preset and balanced-sqrt class weights (measured: mean IU ~0.42 at 200 steps, ~0.49 at
-300; the all-background score is 0.29), ~2 minutes of training.
+Sizes are chosen for 2 CPU cores: 64 px images, FCN-32s from scratch at --width 0.25, 60
+steps: this file tests the plumbing. That training learns (mean IU well above predicting
+background everywhere) is the demo's test (tests/integration/test_opex_job.py: 2 Ray Train
+workers, mean IU >= 0.6); a job killed as a whole and resubmitted resumes its run in
+tests/integration/test_multinode.py.
 """
 
 from __future__ import annotations
@@ -27,7 +26,7 @@ from fcn.train import HOOK_ENV
 
 pytestmark = pytest.mark.integration
 
-ITERATIONS, EVAL_EVERY = 300, 100
+ITERATIONS, EVAL_EVERY = 60, 20
 CLASSES = (1, 2)  # background + 2 object classes
 MODEL_NAME = "fcn-it"
 DRILL = {HOOK_ENV: "tests.integration.fault_drill"}  # the test-only hook (a fault on demand)
@@ -119,14 +118,6 @@ def test_train_with_worker_failure(ray_head, s3, data, env):
     keys = s3.keys("train-it/runs/accept/")
     assert "train-it/runs/accept/best/config.json" in keys
     assert any(k.endswith(f"checkpoint_{ITERATIONS:06d}/training_state.pt") for k in keys)
-
-
-def test_mean_iu_rises_above_the_background_baseline(s3, data):
-    """Learning, not only plumbing: the run above must beat predicting background everywhere
-    (mean IU ~0.29 on this split: background IU ~0.86 over 3 classes)."""
-    client, run = mlflow_run("accept")
-    history = [m.value for m in client.get_metric_history(run.info.run_id, "mean_iu")]
-    assert max(history) > 0.40, history
 
 
 def test_evaluate_job_reproduces_the_registered_score(ray_head, s3, data, env):
