@@ -1,5 +1,5 @@
-"""What every benchmark here needs once: the machine's matmul peak, FLOP counts, trial
-statistics, the allocator re-exec and a loopback S3 server.
+"""What every benchmark here needs once: the machine's matmul and convolution peaks, FLOP
+counts, trial statistics, the allocator re-exec and loopback S3 servers.
 
 Plain torch (no Ray, MLflow or s3fs at import): benchmarks/gpu.py runs on GPU machines that
 have only torch, numpy, Pillow, pyarrow and fsspec.
@@ -47,6 +47,32 @@ def matmul_peak(
             a @ b
             _sync(device)
             best = max(best, 2 * n**3 / (time.perf_counter() - start) / 1e9)
+    return best
+
+
+def conv_peak(threads: int | None = None, trials: int = 5) -> float:
+    """GFLOP/s of the best of `trials` 3x3 convolutions shaped like VGG's conv5 (512 -> 512
+    channels, 64x64, channels_last, fp32 on CPU): the fastest dense kernel oneDNN runs here.
+
+    On the AMD hosts here MKL's fp32 matmul (what `matmul_peak` times) trails oneDNN's
+    convolutions (~190 against ~225 GFLOP/s on 2 cores), so a convolution network can run
+    "above the matmul peak"; this is the stricter reference for convolution work.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    if threads:
+        torch.set_num_threads(threads)
+    x = torch.randn(1, 512, 64, 64).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(512, 512, 3, 3).contiguous(memory_format=torch.channels_last)
+    flop = 2 * 512 * 512 * 9 * 64 * 64
+    best = 0.0
+    with torch.inference_mode():
+        F.conv2d(x, w, padding=1)  # warm-up: primitive creation, page faults
+        for _ in range(trials):
+            start = time.perf_counter()
+            F.conv2d(x, w, padding=1)
+            best = max(best, flop / (time.perf_counter() - start) / 1e9)
     return best
 
 

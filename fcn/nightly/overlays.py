@@ -55,7 +55,7 @@ def write_batch(batch: pa.Table, read, dir: Location, output: Location, classes:
         at = target(dir, output, mask_uri)
         try:
             image = images.decode_image(data[uri], max_pixels)
-            mask_at = Location(output.fs, storage.strip_scheme(mask_uri), output.scheme)
+            mask_at = output.child(storage.relative_key(output.uri, mask_uri))
             mask = images.decode_mask(mask_at.read_bytes())
             at.write_bytes(png_bytes(overlay(image, mask, palette, classes.names)))
             rows.append({"uri": uri, "overlay_uri": at.uri, "error": None})

@@ -215,16 +215,6 @@ def test_nightly_runs_on_s3_are_incremental_and_load_the_registry_alias(
     assert counts == [(0.0, 14.0), (2.0, 14.0), (8.0, 0.0)]
 
 
-def _submit_no_wait(ray_head, args, env) -> None:
-    runtime_env = {"env_vars": {**RAY_ENV, **env}}
-    cmd = [
-        str(BIN / "ray"), "job", "submit", "--no-wait", "--address", ray_head.address,
-        "--working-dir", str(REPO), "--runtime-env-json", json.dumps(runtime_env),
-        "--", "python", *args,
-    ]  # fmt: skip
-    subprocess.run(cmd, cwd=REPO, check=True, capture_output=True, env={**os.environ, **RAY_ENV})
-
-
 def _kill_driver(marker: str) -> int:
     """SIGKILL, by PID, the job driver whose command line names `marker`."""
     killed = 0
@@ -251,7 +241,7 @@ def test_killed_run_rerun_gives_exactly_one_whole_mask_per_image(s3, ray_head, m
         "jobs/segment.py", "--input", s3.uri("killed/images"), "--output",
         s3.uri("killed/masks"), "--model", model["s3"], "--batch-size", "1",
     ]  # fmt: skip
-    _submit_no_wait(ray_head, args, s3.env)
+    ray_head.submit_no_wait(args, env=s3.env)
     deadline = time.monotonic() + 180
     while not mask_objects(s3, "killed/masks") and time.monotonic() < deadline:
         time.sleep(0.2)
