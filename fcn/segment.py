@@ -131,13 +131,12 @@ def _plan(config, fmt, input, output, done, model):
         if not _parquet_files(input, output) and not config.allow_empty:
             raise NothingToSegment(f"--input {config.input} holds no Parquet files")
         return None
-    listing = planning.list_images(input, output)
+    listing, existing = planning.list_both(input, output)
     if not listing.num_rows and not config.allow_empty:
         raise NothingToSegment(
             f"--input {config.input} lists no images (jpg/png/bmp/webp): a mistyped prefix? "
             "(--allow-empty accepts an empty night)"
         )
-    existing = planning.existing_masks(output)
     return planning.plan(listing, done, existing, input, output, config, model)
 
 
