@@ -315,6 +315,34 @@ class Location:
         if paths:
             yield pa.table({"path": paths, "size": sizes, "mtime": mtimes}, schema=WALK_SCHEMA)
 
+    def paths(self, extensions=None, chunk: int = 50_000):
+        """The file paths `walk` would list, as Arrow string arrays of at most `chunk`, one
+        directory listing at a time (no sizes or times). On S3 through pyarrow's filesystem:
+        its C++ client parses listing pages several times faster than botocore and lets go of
+        the GIL, so this listing runs beside another one (the segment job lists the masks
+        this way while it walks the images). A missing prefix yields nothing."""
+        if self.scheme not in ("s3", "s3a"):
+            for table in self.walk(extensions, chunk):
+                yield table.column("path").combine_chunks()
+            return
+        fs, _ = pyarrow_filesystem(self.uri)
+        suffixes = _suffixes(extensions)
+        pending, paths = [self.path], []
+        while pending:
+            selector = pafs.FileSelector(pending.pop(), allow_not_found=True)
+            for info in fs.get_file_info(selector):
+                if info.type == pafs.FileType.Directory:
+                    pending.append(info.path)
+                elif info.type == pafs.FileType.File and (
+                    not suffixes or info.path.lower().endswith(suffixes)
+                ):
+                    paths.append(info.path)
+            if len(paths) >= chunk:
+                yield pa.array(paths, pa.string())
+                paths = []
+        if paths:
+            yield pa.array(paths, pa.string())
+
 
 def locate(uri: str) -> Location:
     """Parse `uri` once into its filesystem and path (see `Location`)."""

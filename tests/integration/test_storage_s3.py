@@ -52,3 +52,20 @@ def test_streamed_checkpoint_round_trip_on_s3(s3):
     saved = torch.load(data, weights_only=True)
     assert saved["progress"]["iteration"] == 7
     storage.delete(uri, recursive=True)
+
+
+def test_paths_lists_what_walk_lists(s3):
+    """The segment job lists the masks through pyarrow (`Location.paths`) and the images through
+    s3fs (`Location.walk`): both must see the same keys, odd ones included."""
+    base = s3.uri("paths-test")
+    keys = ["a.png", "A/b.PNG", "A/deep/er/c.png", "sp ace/#hash?.png", "ünï/çødé.png", "x.jpg"]
+    for key in keys:
+        storage.write_bytes(f"{base}/{key}", b"m")
+    at = storage.locate(base)
+    for extensions in (None, (".png",)):
+        walked = sorted(p for t in at.walk(extensions) for p in t.column("path").to_pylist())
+        listed = sorted(p for a in at.paths(extensions, chunk=2) for p in a.to_pylist())
+        assert listed == walked
+    assert len(walked) == 5 and f"{at.path}/sp ace/#hash?.png" in walked
+    assert list(storage.locate(s3.uri("paths-test-missing")).paths()) == []
+    storage.delete(base, recursive=True)
