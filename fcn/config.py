@@ -23,6 +23,16 @@ def required(help: str, **extra):
     return field(metadata={"help": help, "required": True, **extra})
 
 
+def placement(who: str):
+    """The `--placement-resource` setting of a job whose `who` (training workers, model
+    actors...) should run only on some nodes."""
+    return setting(
+        None, f"custom Ray resource each of the {who} asks one unit of, so they run only on the "
+        "nodes started with it (`ray start --resources '{\"NAME\": N}'`, N per node); "
+        "default: any node", group="cluster",
+    )  # fmt: skip
+
+
 # --- the jobs' settings (each job's owner keeps its own class) -------------------------------
 
 
@@ -160,11 +170,7 @@ class TrainConfig:
     amp: str = setting("none", "mixed precision on GPU", choices=("none", "bf16", "fp16"))
     channels_last: bool = setting(False, "channels_last memory format (faster convs on CPU/GPU)")
     max_failures: int = setting(3, "worker-group restarts from the last checkpoint")
-    placement_resource: str | None = setting(
-        None, "custom Ray resource each training worker asks one unit of, so workers run only "
-        "on the nodes started with it (`ray start --resources '{\"NAME\": N}'`, N per node); "
-        "default: any node", group="cluster",
-    )  # fmt: skip
+    placement_resource: str | None = placement("training workers")
     seed: int = setting(0, "seed of weights init and data order")
     # Off by default: a sampling thread per node and ~10 more metrics every 10 s.
     system_metrics: bool = setting(
@@ -217,6 +223,7 @@ class EvaluateConfig:
     workers: int = setting(2, "evaluation workers (the split is sharded, no image twice)")
     gpu: bool = setting(False, "one GPU per worker")
     cpus_per_worker: float = setting(1.0, "logical CPUs reserved per worker")
+    placement_resource: str | None = placement("evaluation workers")
     storage: str | None = setting(None, "Ray Train run storage (default: a temp dir)")
 
     def __post_init__(self):
@@ -264,11 +271,7 @@ class SegmentConfig:
     cpus_per_actor: float = setting(1.0, "Ray CPUs reserved per actor")
     threads: int = setting(0, "torch threads per actor; 0 = as many as its reserved CPUs")
     gpus_per_actor: float = setting(0.0, "GPUs per actor; > 0 runs the model on CUDA")
-    placement_resource: str | None = setting(
-        None, "custom Ray resource each model actor asks one unit of, so actors run only "
-        "on the nodes started with it (`ray start --resources '{\"NAME\": N}'`, N per node); "
-        "default: any node", group="cluster",
-    )  # fmt: skip
+    placement_resource: str | None = placement("model actors")
     # Reads and writes are latency-bound on object stores; two tasks each keep a slow store
     # from idling the model without taking the model actor's cores on a small node.
     io_concurrency: int = setting(2, "read+decode tasks and encode+write tasks running at once")

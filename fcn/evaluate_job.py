@@ -97,7 +97,9 @@ def run(config: EvaluateConfig) -> dict:
             train_loop_config={"config": config},
             scaling_config=ScalingConfig(
                 num_workers=config.workers, use_gpu=config.gpu,
-                resources_per_worker=worker_resources(config.cpus_per_worker, config.gpu),
+                resources_per_worker=worker_resources(
+                    config.cpus_per_worker, config.gpu, config.placement_resource
+                ),
             ),
             run_config=RunConfig(
                 name=f"evaluate-{run_id}", storage_path=storage_path,

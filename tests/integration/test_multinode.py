@@ -1,8 +1,9 @@
 """One training run on a two-node Ray cluster, drilled and checked three ways.
 
 The cluster: the test head and a second node (`ray_worker_node`) that alone has the custom
-resource `fcn_test_node`; with `--placement-resource fcn_test_node` the training worker and the
-segment model actor run there (Ray's state API says on which node each actor ran). Data,
+resource `fcn_test_node`; with `--placement-resource fcn_test_node` the training worker, the
+evaluation worker and the segment model actor run there (Ray's state API says on which node
+each actor ran). Data,
 checkpoints and masks are on the S3 test server; credentials only in the nodes' environment.
 
 1. The training job is SIGKILLed (its process group) once its first checkpoint is
@@ -163,9 +164,12 @@ def test_no_credential_reaches_logs_params_or_checkpoints(
     from mlflow import MlflowClient
 
     evaluate = ["jobs/evaluate.py", "--data", trained["data"], "--model", trained["best"],
-                "--workers", "1", "--experiment", EXPERIMENT]  # fmt: skip
+                "--workers", "1", "--experiment", EXPERIMENT,
+                "--placement-resource", ray_worker_node.resource]  # fmt: skip
     rc, logs = ray_head.submit(evaluate, env=env, timeout=900)
     assert rc == 0, logs[-4000:]
+    nodes = actor_nodes(ray_head, [submission_id(logs)], "RayTrainWorker")
+    assert nodes == {ray_worker_node.node_id}  # the evaluation worker, where it was asked
 
     needles = secrets(s3)
     assert files_holding(ray_head.temp_dir, needles) == []

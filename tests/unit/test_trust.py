@@ -116,7 +116,7 @@ def test_a_run_left_running_by_a_dead_job_is_marked_killed_then_continued(
 
 
 def test_a_placement_resource_is_one_unit_per_worker_and_off_by_default():
-    from fcn.config import SegmentConfig, TrainConfig
+    from fcn.config import EvaluateConfig, SegmentConfig, TrainConfig, parse
     from fcn.runtime import placement_resources, worker_resources
 
     assert worker_resources(2.0, False) == {"CPU": 2.0}
@@ -124,6 +124,14 @@ def test_a_placement_resource_is_one_unit_per_worker_and_off_by_default():
     assert placement_resources(None) == placement_resources("") == {}
     assert TrainConfig(data="d").placement_resource is None
     assert SegmentConfig(input="i", output="o", model="m").placement_resource is None
+    assert EvaluateConfig(data="d", model="m").placement_resource is None
+    for cls, args in (
+        (TrainConfig, ["--data", "d"]),
+        (EvaluateConfig, ["--data", "d", "--model", "m"]),
+        (SegmentConfig, ["--input", "i", "--output", "o", "--model", "m"]),
+    ):
+        parsed = parse(cls, [*args, "--placement-resource", "near_data"])
+        assert parsed.placement_resource == "near_data", cls
 
 
 def test_an_unreadable_image_is_an_error_tonight_and_tried_again_tomorrow(tmp_path):
