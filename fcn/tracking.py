@@ -56,6 +56,8 @@ _IMAGE_KEY = re.compile(r"[^a-zA-Z0-9_\-./ ]")  # what MLflow refuses in an imag
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 MLFLOW_SCHEMES = ("models:/", "runs:/", "mlflow-artifacts:/")
+# A pinned registry version, `models:/NAME/VERSION` (what `pin_model_uri` gives).
+REGISTRY_VERSION = re.compile(r"models:/([^/@]+)/(\d+)")
 
 
 def is_mlflow_uri(uri: str) -> bool:
@@ -655,7 +657,7 @@ def model_tags(model_uri: str) -> dict:
     """Run tags naming the model a run used: `model_uri`, and for a registry version
     (`models:/NAME/VERSION`, as `pin_model_uri` gives) `model_name` and `model_version`."""
     tags = {TAG_MODEL_URI: redact(model_uri)}
-    match = re.fullmatch(r"models:/([^/@]+)/(\d+)", model_uri)
+    match = REGISTRY_VERSION.fullmatch(model_uri)
     if match:
         tags[TAG_MODEL_NAME], tags[TAG_MODEL_VERSION] = match[1], match[2]
     return tags

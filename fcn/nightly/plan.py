@@ -20,7 +20,6 @@ bytes (see `SplitPlan`).
 
 from __future__ import annotations
 
-import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -33,12 +32,12 @@ import pyarrow.fs as pafs
 from fcn import images, masks
 from fcn.config import SegmentConfig
 from fcn.storage import WALK_SCHEMA, Location
+from fcn.tracking import REGISTRY_VERSION
 
 TODO_COLUMNS = ("uri", "path", "mask_uri", "mask_path", "etag", "size")
 # Keys the vectorized mapping cannot take as they are: odd characters, `.`/`..` segments,
 # hidden basenames, doubled slashes. They go through fcn.storage's checks one by one.
 ODD_KEY = r"\\|\x00|(^|/)\.|//"
-REGISTRY_VERSION = re.compile(r"models:/([^/@]+)/(\d+)")
 
 
 @dataclass
@@ -239,6 +238,12 @@ def _decide(table: pa.Table, existing: pa.Array, config: SegmentConfig, model: s
     return table.append_column("todo", pc.invert(done)).append_column("older", older)
 
 
+def _previous(state: pa.Table) -> pa.Table:
+    """The state's rows to join a listing with: `uri` and the rest as `prev_<column>`."""
+    prev = state.select(["uri", "etag", "mask_uri", "status", "model", "time"])
+    return prev.rename_columns(["uri"] + [f"prev_{n}" for n in prev.column_names[1:]])
+
+
 def plan(
     listing: pa.Table,
     state: pa.Table,
@@ -253,9 +258,8 @@ def plan(
     bad = pc.is_valid(candidates.column("error"))
     refused = candidates.filter(bad).select(["uri", "etag", "size", "mask_uri", "error"])
     candidates = candidates.filter(pc.invert(bad))
-    prev = state.select(["uri", "etag", "mask_uri", "status", "model", "time"])
-    prev = prev.rename_columns(["uri"] + [f"prev_{n}" for n in prev.column_names[1:]])
-    table = _decide(candidates.join(prev, "uri", join_type="left outer"), existing, config, model)
+    table = candidates.join(_previous(state), "uri", join_type="left outer")
+    table = _decide(table, existing, config, model)
     fresh = table.filter(table.column("todo")).sort_by(
         [("mtime", "ascending"), ("uri", "ascending")]
     )
@@ -325,9 +329,7 @@ def plan_split(
             "error": refused.column("error"),
         }
     )
-    prev = state.select(["uri", "etag", "mask_uri", "status", "model", "time"])
-    prev = prev.rename_columns(["uri"] + [f"prev_{n}" for n in prev.column_names[1:]])
-    table = table.filter(pc.invert(bad)).join(prev, "uri", join_type="left outer")
+    table = table.filter(pc.invert(bad)).join(_previous(state), "uri", join_type="left outer")
     table = _decide(table.append_column("etag", table.column("prev_etag")), existing, config, model)
     done = table.filter(pc.invert(pc.or_(table.column("todo"), table.column("older"))))
     known = pa.concat_tables([done.select(["uri", "etag"]), refused.select(["uri", "etag"])])
