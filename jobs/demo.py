@@ -53,13 +53,8 @@ def main(argv=None) -> int:
     root.mkdir(parents=True, exist_ok=True)
     data, parquet, runs = root / "data", root / "parquet", root / "runs"
     masks, mlflow_db, classes = root / "masks", root / "mlflow.db", root / "classes.txt"
-    for old in (
-        data,
-        parquet,
-        runs,
-        masks,
-        root / "overlays",
-    ):  # a demo starts clean; `make clean-demo` too
+    # A demo starts clean; `make clean-demo` too.
+    for old in (data, parquet, runs, masks, root / "overlays"):
         shutil.rmtree(old, ignore_errors=True)
     classes.write_text(DEMO_CLASSES)
     env = dict(os.environ)
