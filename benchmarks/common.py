@@ -128,6 +128,16 @@ def reexec_with_allocator_settings(skip: bool = False) -> None:
     os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **ALLOCATOR_ENV})
 
 
+def _use_test_server(endpoint: str) -> None:
+    """Point this process's AWS settings (and its children's) at a moto server's dummy account."""
+    os.environ.update(
+        AWS_ENDPOINT_URL=endpoint,
+        AWS_ACCESS_KEY_ID="testing",
+        AWS_SECRET_ACCESS_KEY="testing",
+        AWS_DEFAULT_REGION="us-east-1",
+    )
+
+
 def start_s3_server(bucket: str) -> tuple[subprocess.Popen, str]:
     """A moto S3 server on a free loopback port with `bucket` created; sets the AWS_* variables
     of this process to reach it. Returns (process, "s3://bucket"); stop it with stop_server."""
@@ -154,12 +164,7 @@ def start_s3_server(bucket: str) -> tuple[subprocess.Popen, str]:
             if time.monotonic() > deadline or proc.poll() is not None:
                 raise RuntimeError(f"moto_server did not answer at {endpoint}") from None
             time.sleep(0.1)
-    os.environ.update(
-        AWS_ENDPOINT_URL=endpoint,
-        AWS_ACCESS_KEY_ID="testing",
-        AWS_SECRET_ACCESS_KEY="testing",
-        AWS_DEFAULT_REGION="us-east-1",
-    )
+    _use_test_server(endpoint)
     import boto3
 
     boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=bucket)
@@ -184,12 +189,7 @@ class InProcessS3:
         self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
         self.server.start()
         host, port = self.server.get_host_and_port()
-        os.environ.update(
-            AWS_ENDPOINT_URL=f"http://{host}:{port}",
-            AWS_ACCESS_KEY_ID="testing",
-            AWS_SECRET_ACCESS_KEY="testing",
-            AWS_DEFAULT_REGION="us-east-1",
-        )
+        _use_test_server(f"http://{host}:{port}")
         self.backend = s3_backends[DEFAULT_ACCOUNT_ID]["global"]
         self.backend.create_bucket(bucket, "us-east-1")
         self.bucket, self.uri = bucket, f"s3://{bucket}"
