@@ -99,7 +99,7 @@ def step_gflop(model, size: int, num_classes: int, batch: int = 1) -> float:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from fcn import optim
+    from fcn.engine import optim
 
     device = next(model.parameters()).device
     x = torch.randn(batch, 3, size, size, device=device)

@@ -10,8 +10,8 @@ machines without the cluster stack can run it. What it does, in one process:
 2. train: FCN-32s and FCN-8s for `--steps` steps on a fixed synthetic batch, bf16 autocast and
    fp32, each wrapped in DistributedDataParallel over a one-process group (NCCL on CUDA, gloo
    on CPU): images/s, MFU, peak memory, first and last loss (it must fall);
-3. segment: `fcn.inference.predict` over `--images` generated images of mixed sizes (grouped by
-   size, as the segment job's actor does), fp32 and bf16: images/s and pixel agreement;
+3. segment: `fcn.engine.inference.predict` over `--images` generated images of mixed sizes
+   (grouped by size, as the segment job's actor does), fp32 and bf16: images/s and pixel agreement;
 4. export: a small-width FCN-8s trained a few steps here, its checkpoint and its fp32 masks of
    a few images under `--export` (so another machine can check that the checkpoint loads on
    CPU and gives the same masks: `--verify DIR`).
@@ -35,11 +35,11 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from benchmarks.common import matmul_peak, step_gflop  # noqa: E402
-from fcn import checkpoint, optim, step  # noqa: E402
-from fcn.data.classes import voc_classes  # noqa: E402
 from fcn.data.synthetic import render_scene  # noqa: E402
-from fcn.inference import load_model, predict  # noqa: E402
-from fcn.models import build_model, preprocess  # noqa: E402
+from fcn.engine import checkpoint, optim, step  # noqa: E402
+from fcn.engine.classes import voc_classes  # noqa: E402
+from fcn.engine.inference import load_model, predict  # noqa: E402
+from fcn.engine.models import build_model, preprocess  # noqa: E402
 
 NUM_CLASSES = 21
 
@@ -90,7 +90,7 @@ def sync(device: torch.device) -> None:
 
 def train(name: str, args, device, amp: str, images, masks) -> dict:
     """`args.steps` timed steps (after 2 warm-up steps) of `name` on a fixed batch: the same
-    `fcn.step.train_step` Ray Train's workers call, the model DDP-wrapped."""
+    `fcn.engine.step.train_step` Ray Train's workers call, the model DDP-wrapped."""
     torch.manual_seed(0)
     model = build_model(name, NUM_CLASSES, width=args.width)
     model, bare = step.prepare(model, device, channels_last=True, ddp=True)
@@ -254,7 +254,7 @@ def table(args, name, peak, peak_dtype, rows, segment_result) -> str:
         )
     lines += [
         "",
-        f"Segment batch function (`fcn.inference.predict` with the confidence statistics, "
+        f"Segment batch function (`fcn.engine.inference.predict` with the confidence statistics, "
         f"FCN-8s, {args.images} images of two sizes, equal sizes batched by 8, each batch "
         f"shape run once untimed first): bf16 ÷ fp32 speed "
         f"{bf16_rate / fp32_rate:.2f}x; fp32 {fp32_rate:.1f} images/s, bf16 {bf16_rate:.1f} "

@@ -60,7 +60,7 @@ def parse_args(argv=None):
 def build(name: str, device):
     import torchvision
 
-    from fcn.models import build_model
+    from fcn.engine.models import build_model
 
     if name == "fcn_resnet50":
         model = torchvision.models.segmentation.fcn_resnet50(
@@ -99,7 +99,7 @@ def main(argv=None) -> None:
     import torch
     import torchvision
 
-    from fcn.models import MODEL_NAMES
+    from fcn.engine.models import MODEL_NAMES
 
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)

@@ -51,10 +51,11 @@ import numpy as np  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 import torch  # noqa: E402
 
-from fcn import checkpoint, images, storage  # noqa: E402
+from fcn import storage  # noqa: E402
 from fcn.data import synthetic  # noqa: E402
-from fcn.models import build_model  # noqa: E402
-from fcn.models.preprocess import normalize  # noqa: E402
+from fcn.engine import checkpoint, images  # noqa: E402
+from fcn.engine.models import build_model  # noqa: E402
+from fcn.engine.models.preprocess import normalize  # noqa: E402
 
 # The job as its own driver (the measured RSS is this process's).
 DRIVER = """
@@ -127,7 +128,7 @@ def run_job(args: list[str], ray_address: str) -> tuple[dict, list[dict], float,
         raise RuntimeError(f"segment job failed:\n{out[-3000:]}\n{done.stderr[-3000:]}")
     result = json.loads(lines[0][7:])
     uri = next(line.split()[-1] for line in out.splitlines() if line.startswith("manifest:"))
-    rows = pq.read_table(io.BytesIO(storage.read_bytes(uri))).to_pylist()  # fcn.manifest
+    rows = pq.read_table(io.BytesIO(storage.read_bytes(uri))).to_pylist()  # fcn.nightly.manifest
     return result, rows, result["rss_MiB"], actors.peak_kib / 1024
 
 

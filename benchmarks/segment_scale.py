@@ -39,12 +39,16 @@ import pyarrow.compute as pc  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
 from benchmarks.common import InProcessS3, spread, write_report  # noqa: E402
-from fcn import manifest, storage  # noqa: E402
-from fcn.nightly import plan, state  # noqa: E402
+from fcn import storage  # noqa: E402
+from fcn.nightly import (  # noqa: E402
+    manifest,  # noqa: E402
+    plan,
+    state,
+)
 
 PLAN = """
 import json, sys, time
-from fcn import storage
+from fcn import storage  # noqa: E402
 from fcn.config import SegmentConfig
 from fcn.nightly import plan, state
 start, cpu = time.perf_counter(), time.process_time()

@@ -26,7 +26,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
 from benchmarks.common import matmul_peak, step_gflop  # noqa: E402
-from fcn.models import build_model  # noqa: E402
+from fcn.engine.models import build_model  # noqa: E402
 from fcn.runtime import ALLOCATOR_ENV as MALLOC_ENV  # noqa: E402
 from fcn.runtime import LOCAL_RAY_ENV as RAY_ENV  # noqa: E402
 
@@ -43,14 +43,14 @@ def parse_args(argv=None):
 
 
 def plain_loop(args, data: str, device: str) -> float:
-    """images/s of a plain PyTorch loop around the same step function (fcn.step.train_step),
+    """images/s of a plain PyTorch loop around the same step function (fcn.engine.step.train_step),
     decode/crop, model, loss and optimizer as the Ray Train workers."""
     import pyarrow.parquet as pq
     import torch
 
-    from fcn import optim, step
     from fcn.data.transforms import TrainTransform
-    from fcn.models import build_model
+    from fcn.engine import optim, step
+    from fcn.engine.models import build_model
 
     torch.set_num_threads(args.threads)
     model, bare = step.prepare(build_model(args.model, 21), torch.device(device))
@@ -71,9 +71,10 @@ def plain_loop(args, data: str, device: str) -> float:
 
 
 def ray_train(args, data: str, workers: int, root: str) -> float:
-    """images/s as measured inside the Ray Train loop (fcn.train reports `images_per_s`)."""
-    from fcn import train
+    """images/s as measured inside the Ray Train loop (the training driver reports
+    `images_per_s`)."""
     from fcn.config import TrainConfig
+    from fcn.training import driver as train
 
     threads = max(1, args.threads // workers)
     config = TrainConfig(

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 
 from fcn import storage, tracking
 from fcn.config import CompareConfig
-from fcn.data.classes import VOC_CLASSES, ClassList, voc_colormap
-from fcn.metrics import CLASS_METRIC_PREFIX, SCORE_NAMES, class_metric
+from fcn.engine.classes import VOC_CLASSES, ClassList, voc_colormap
+from fcn.engine.metrics import CLASS_METRIC_PREFIX, SCORE_NAMES, class_metric
 
 SORT_METRIC = "best_mean_iu"
 # Marks the runs compare itself logs, so a later comparison never ranks them.

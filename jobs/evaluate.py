@@ -24,14 +24,14 @@ EXAMPLES = """examples:
 def main(argv=None) -> int:
     try:
         config = parse(EvaluateConfig, argv, description=__doc__, epilog=EXAMPLES)
-        from fcn import evaluate_job  # after parsing: --help needs no torch
+        from fcn.evaluation import job as evaluate_job  # after parsing: --help needs no torch
 
         config = evaluate_job.validate(config)
     except (ValueError, FileNotFoundError) as err:  # the checks' own one-line messages
         print(f"error: {err}", file=sys.stderr)
         return 2
     from fcn import tracking
-    from fcn.metrics import SCORE_NAMES
+    from fcn.engine.metrics import SCORE_NAMES
 
     scores = evaluate_job.run(config)
     pixels = int(scores["hist"].sum())

@@ -40,8 +40,9 @@ def _from_is_source(argv: list[str]) -> list[str]:
 def check_inputs(config: ImportConfig):
     """(format, class list or None) after checking everything that needs no weights read.
     Raises ValueError / FileNotFoundError with one line."""
-    from fcn import checkpoint, storage
-    from fcn.data.classes import parse_class_list
+    from fcn import storage
+    from fcn.engine import checkpoint
+    from fcn.engine.classes import parse_class_list
 
     suffix = os.path.splitext(config.source.rstrip("/"))[1].lower()
     if suffix not in FORMATS:
@@ -75,7 +76,8 @@ def load_weights(config: ImportConfig, fmt: str, data: bytes):
     """The model with the file's weights (its `preprocessing` set)."""
     import torch
 
-    from fcn.models import caffe, surgery
+    from fcn.engine.models import surgery
+    from fcn.engine.weights import caffe
 
     if fmt == "caffemodel":
         try:
@@ -96,7 +98,7 @@ def load_weights(config: ImportConfig, fmt: str, data: bytes):
 
 def checkpoint_config(config: ImportConfig, model, classes, fmt: str, sha256: str) -> dict:
     from fcn import tracking
-    from fcn.models.surgery import model_name
+    from fcn.engine.models.surgery import model_name
 
     width = getattr(model, "width", 1.0)
     return {
@@ -147,8 +149,9 @@ def register(config: ImportConfig, local_dir: str, saved: dict) -> str:
 
 
 def run(config: ImportConfig) -> dict:
-    from fcn import checkpoint, storage
-    from fcn.data.classes import default_classes
+    from fcn import storage
+    from fcn.engine import checkpoint
+    from fcn.engine.classes import default_classes
 
     fmt, classes = check_inputs(config)
     data = storage.read_bytes(config.source)

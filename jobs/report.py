@@ -11,7 +11,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, unpackaged
 
 from fcn.config import parse  # noqa: E402
-from fcn.nightly.history import ReportConfig, markdown, write  # noqa: E402
+from fcn.nightly.report import ReportConfig, markdown, write  # noqa: E402
 
 EXAMPLES = """examples:
   python jobs/report.py --experiment segment --output s3://bucket/reports/nightly

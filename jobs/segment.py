@@ -26,7 +26,7 @@ EXAMPLES = """examples:
 
 def main(argv=None) -> int:
     config = parse(SegmentConfig, argv, description=__doc__, epilog=EXAMPLES)
-    from fcn.segment import exit_status, print_summary, run
+    from fcn.nightly.driver import exit_status, print_summary, run
 
     try:
         summary = run(config)

@@ -28,7 +28,7 @@ def main(argv=None) -> int:
     # Ray Data runs the training split anew every epoch: its progress bars would print a set
     # per epoch between the iteration lines, which already say how far training is.
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
-    from fcn import train
+    from fcn.training import driver as train
 
     try:  # a bad setting, a missing or wrong dataset, missing weights: one line, before Ray
         config, _, _ = train.validate(config)

@@ -59,7 +59,7 @@ def varied_model(num_classes: int):
     layers are zero, so it would paint every pixel class 0 and prove nothing."""
     import torch
 
-    from fcn.models import build_model
+    from fcn.engine.models import build_model
 
     torch.manual_seed(0)
     model = build_model("fcn-alexnet", num_classes=num_classes)

@@ -46,10 +46,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from fcn import images, storage
+from fcn import storage
 from fcn.config import IngestConfig, to_dict
 from fcn.data import voc
-from fcn.data.classes import VOID, ClassList, parse_class_list, voc_classes
+from fcn.engine import images
+from fcn.engine.classes import VOID, ClassList, parse_class_list, voc_classes
 from fcn.runtime import init_ray
 
 log = logging.getLogger(__name__)

@@ -35,8 +35,8 @@ import scipy.io
 import scipy.sparse
 from PIL import Image, ImageDraw
 
-from fcn.data.classes import VOC_CLASSES, VOID, ClassList, parse_class_list, voc_classes
-from fcn.images import encode_mask
+from fcn.engine.classes import VOC_CLASSES, VOID, ClassList, parse_class_list, voc_classes
+from fcn.engine.images import encode_mask
 
 OBJECT_CLASSES = tuple(range(1, len(VOC_CLASSES)))  # 1..20; 0 is background
 CLASS_FILE = "classes.json"  # written beside a set with its own class list

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from fcn.data.classes import VOID
-from fcn.images import decode_image, decode_mask
-from fcn.models import preprocess
+from fcn.engine.classes import VOID
+from fcn.engine.images import decode_image, decode_mask
+from fcn.engine.models import preprocess
 
 
 def normalize(image: np.ndarray, spec: dict) -> np.ndarray:

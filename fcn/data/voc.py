@@ -21,7 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.io
 
-from fcn import images, storage
+from fcn import storage
+from fcn.engine import images
 
 VOC_SPLITS = ("train", "val")  # trainval is their union; listing it too would duplicate rows
 SBD_SPLITS = ("train", "val")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fcn.visualize import figure_png
+from fcn.engine.visualize import figure_png
 
 
 def drift_chart(report: dict) -> bytes:

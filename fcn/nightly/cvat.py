@@ -18,8 +18,8 @@ import zipfile
 
 from PIL import Image
 
-from fcn import images
-from fcn.data.classes import ClassList
+from fcn.engine import images
+from fcn.engine.classes import ClassList
 
 JPEG_QUALITY = 95  # only non-JPEG images are re-encoded (VOC's folder holds .jpg files)
 SPLIT = "default"  # the split name CVAT writes and reads

@@ -18,8 +18,8 @@ from collections.abc import Callable
 
 import pyarrow.parquet as pq
 
-from fcn.data.classes import ClassList
-from fcn.metrics import CLASS_METRIC_PREFIX, class_metric
+from fcn.engine.classes import ClassList
+from fcn.engine.metrics import CLASS_METRIC_PREFIX, class_metric
 from fcn.nightly import chart, cvat, drift, queue
 from fcn.nightly.state import RUNS
 from fcn.storage import Location, locate

@@ -15,11 +15,12 @@ import math
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from fcn import images, storage
+from fcn import storage
 from fcn.config import SegmentConfig
-from fcn.data.classes import ClassList
+from fcn.engine import images
+from fcn.engine.classes import ClassList
+from fcn.engine.visualize import overlay, png_bytes
 from fcn.storage import Location
-from fcn.visualize import overlay, png_bytes
 
 MAX_BLOCKS = 2000  # a task per --batch-size images, fewer and larger on huge nights
 RESULT = pa.schema([("uri", pa.string()), ("overlay_uri", pa.string()), ("error", pa.string())])

@@ -29,8 +29,9 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 
-from fcn import images, masks
 from fcn.config import SegmentConfig
+from fcn.engine import images
+from fcn.nightly import masks
 from fcn.storage import WALK_SCHEMA, Location
 from fcn.tracking import REGISTRY_VERSION
 

@@ -16,9 +16,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from fcn import images, manifest, masks
 from fcn.config import SegmentConfig
-from fcn.nightly import plan
+from fcn.engine import images
+from fcn.nightly import manifest, masks, plan
 from fcn.storage import Location
 
 READ_THREADS = 8  # object-store reads are latency-bound: overlap them within a batch

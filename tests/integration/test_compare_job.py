@@ -21,7 +21,8 @@ from pathlib import Path
 import pytest
 from helpers_data import write_split
 
-from fcn import checkpoint, tracking
+from fcn import tracking
+from fcn.engine import checkpoint
 
 pytestmark = pytest.mark.integration
 

@@ -20,9 +20,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fcn import checkpoint, storage, tracking
+from fcn import storage, tracking
 from fcn.data import synthetic
-from fcn.data.classes import classes_of
+from fcn.engine import checkpoint
+from fcn.engine.classes import classes_of
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -13,9 +13,10 @@ from __future__ import annotations
 import pytest
 from helpers_data import varied_model, write_split
 
-from fcn import checkpoint, metrics, tracking
-from fcn.evaluate import evaluate
-from fcn.inference import load_model
+from fcn import tracking
+from fcn.engine import checkpoint, metrics
+from fcn.engine.inference import load_model
+from fcn.evaluation.score import evaluate
 
 pytestmark = pytest.mark.integration
 

@@ -26,9 +26,10 @@ from PIL import Image
 from s3_gate import S3Gate
 from test_segment_job import encode, expected_mask, mask_objects, picture, run_manifest
 
-from fcn import checkpoint, masks, storage
+from fcn import storage
 from fcn.data import ingest, synthetic
-from fcn.nightly import state
+from fcn.engine import checkpoint
+from fcn.nightly import masks, state
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -15,9 +15,10 @@ import pytest
 import torch
 from PIL import Image
 
-from fcn import checkpoint, storage
-from fcn.models import build_model, preprocess
-from fcn.models.preprocess import normalize
+from fcn import storage
+from fcn.engine import checkpoint
+from fcn.engine.models import build_model, preprocess
+from fcn.engine.models.preprocess import normalize
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -9,8 +9,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from fcn import images, storage
+from fcn import storage
 from fcn.data import ingest, synthetic, voc
+from fcn.engine import images
 
 pytestmark = pytest.mark.integration
 

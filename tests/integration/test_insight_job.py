@@ -26,9 +26,10 @@ import pytest
 from conftest import REPO
 from helpers_data import png
 
-from fcn import checkpoint, storage, tracking
+from fcn import storage, tracking
 from fcn.data import synthetic
-from fcn.data.classes import classes_of
+from fcn.engine import checkpoint
+from fcn.engine.classes import classes_of
 from fcn.nightly import cvat
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -10,7 +10,7 @@ checkpoints and masks are on the S3 test server; credentials only in the nodes' 
    registered: its MLflow run stays RUNNING; the next submission with the same --name marks it
    KILLED, resumes from the checkpoint in the same run and finishes.
 2. Segment masks images with the trained checkpoint on the second node: the masks equal
-   `fcn.inference.predict` in this process from the same checkpoint.
+   `fcn.engine.inference.predict` in this process from the same checkpoint.
 3. After the training, an evaluation and the segment run, no file of either node's Ray
    session, no job log, no MLflow param or tag, no checkpoint file and no artifact holds the
    secret key or the session token.
@@ -31,8 +31,10 @@ from helpers_data import write_split
 from PIL import Image
 from test_segment_job import encode, picture
 
-from fcn import images, inference, masks, storage
-from fcn.train import HOOK_ENV
+from fcn import storage
+from fcn.engine import images, inference
+from fcn.nightly import masks
+from fcn.training.driver import HOOK_ENV
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -20,10 +20,11 @@ from conftest import BIN, RAY_ENV
 from helpers_data import varied_model
 from PIL import Image
 
-from fcn import checkpoint, images, masks, storage
-from fcn.data.classes import voc_colormap
-from fcn.models.preprocess import normalize
-from fcn.nightly import state
+from fcn import storage
+from fcn.engine import checkpoint, images
+from fcn.engine.classes import voc_colormap
+from fcn.engine.models.preprocess import normalize
+from fcn.nightly import masks, state
 
 pytestmark = pytest.mark.integration
 

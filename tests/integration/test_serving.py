@@ -21,8 +21,9 @@ import torch
 from conftest import BIN, free_port, start, stop_group, tail, wait_http
 from PIL import Image
 
-from fcn import checkpoint, images, inference, tracking
-from fcn.models import build_model
+from fcn import tracking
+from fcn.engine import checkpoint, images, inference
+from fcn.engine.models import build_model
 
 pytestmark = pytest.mark.integration
 

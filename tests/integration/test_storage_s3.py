@@ -35,7 +35,7 @@ def test_streamed_checkpoint_round_trip_on_s3(s3):
     """checkpoint.save streams each file through a local temp file and one upload."""
     import torch
 
-    from fcn import checkpoint
+    from fcn.engine import checkpoint
 
     uri = s3.uri("storage-test/ckpt")
     state = {"w": torch.arange(6.0).reshape(2, 3)}

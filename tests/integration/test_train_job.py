@@ -21,8 +21,9 @@ import fault_drill  # this folder's test-only hook, imported here for its names
 import pytest
 from helpers_data import write_split
 
-from fcn import checkpoint, tracking
-from fcn.train import HOOK_ENV
+from fcn import tracking
+from fcn.engine import checkpoint
+from fcn.training.driver import HOOK_ENV
 
 pytestmark = pytest.mark.integration
 

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from fcn.models import build_model, preprocess
-from fcn.models.caffe import CaffeModelError, import_caffemodel, read_caffemodel
-from fcn.models.vgg import SKIPS
+from fcn.engine.models import build_model, preprocess
+from fcn.engine.models.vgg import SKIPS
+from fcn.engine.weights.caffe import CaffeModelError, import_caffemodel, read_caffemodel
 
 torch.set_num_threads(1)
 WIDTH = 0.125

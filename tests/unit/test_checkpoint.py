@@ -9,9 +9,9 @@ import json
 import pytest
 import torch
 
-from fcn import checkpoint
-from fcn.data.classes import ClassList
-from fcn.models import build_model, preprocess
+from fcn.engine import checkpoint
+from fcn.engine.classes import ClassList
+from fcn.engine.models import build_model, preprocess
 
 GOOD = {"model": "fcn32s", "num_classes": 3, "preprocessing": "caffe"}
 

@@ -114,7 +114,7 @@ def test_per_class_is_taken_at_the_best_evaluation(store):
 
 
 def test_plot_classes_without_a_recorded_list_use_voc_colours_by_index():
-    from fcn.data.classes import voc_colormap
+    from fcn.engine.classes import voc_colormap
 
     cmap = voc_colormap()
     classes = cmp.plot_classes([None], {"iu_cat", "iu_background", "iu_zebra"})

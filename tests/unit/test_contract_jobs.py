@@ -10,8 +10,8 @@ import pytest
 import torch
 from helpers_data import write_split
 
-from fcn import checkpoint
-from fcn.models import build_model
+from fcn.engine import checkpoint
+from fcn.engine.models import build_model
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -1,5 +1,5 @@
 """Evaluation on local files: every labeled image scored once across processes, masks from the
-one `fcn.inference.predict`, and the evaluate job's checks, which fail before Ray starts with
+one `fcn.engine.inference.predict`, and the evaluate job's checks, which fail before Ray starts with
 exit status 2 and one line."""
 
 from __future__ import annotations
@@ -22,12 +22,13 @@ import torch.multiprocessing as mp
 from helpers_data import varied_model, write_split
 from torch import nn
 
-from fcn import checkpoint, images, metrics, storage
+from fcn import storage
 from fcn.config import EvaluateConfig
-from fcn.evaluate import check_split, evaluate, shard_rows
-from fcn.evaluate_job import validate
-from fcn.inference import predict
-from fcn.models import preprocess
+from fcn.engine import checkpoint, images, metrics
+from fcn.engine.inference import predict
+from fcn.engine.models import preprocess
+from fcn.evaluation.job import validate
+from fcn.evaluation.score import check_split, evaluate, shard_rows
 
 REPO = Path(__file__).resolve().parents[2]
 NUM_CLASSES = 4

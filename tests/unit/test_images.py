@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fcn import evaluate, images
 from fcn.data import ingest, synthetic, transforms, voc
-from fcn.data.classes import voc_colormap
-from fcn.models import preprocess
+from fcn.engine import images
+from fcn.engine.classes import voc_colormap
+from fcn.engine.models import preprocess
+from fcn.evaluation import score as evaluate
 
 # Stored pixel array -> displayed array, per EXIF orientation (the EXIF specification's table).
 DISPLAYED = {

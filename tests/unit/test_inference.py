@@ -1,5 +1,5 @@
-"""fcn.inference: a checkpoint loaded once, uint8 images in, class maps out; no Ray, no MLflow
-on import; a URI that does not resolve or weights that do not fit fail with one line."""
+"""fcn.engine.inference: a checkpoint loaded once, uint8 images in, class maps out; no Ray, no
+MLflow on import; a URI that does not resolve or weights that do not fit fail with one line."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import pytest
 import torch
 from helpers_data import varied_model
 
-from fcn import checkpoint
-from fcn.inference import check_model, load_model, predict
-from fcn.models.preprocess import normalize
+from fcn.engine import checkpoint
+from fcn.engine.inference import check_model, load_model, predict
+from fcn.engine.models.preprocess import normalize
 
 REPO = Path(__file__).resolve().parents[2]
 NUM_CLASSES = 4
@@ -31,7 +31,7 @@ def model_dir(tmp_path_factory):
 
 def test_importing_inference_and_evaluate_imports_neither_ray_nor_mlflow():
     code = (
-        "import sys, fcn.inference, fcn.evaluate, fcn.checkpoint; "
+        "import sys, fcn.engine.inference, fcn.evaluation.score, fcn.engine.checkpoint; "
         "print(sorted(m for m in ('ray', 'mlflow') if m in sys.modules))"
     )
     done = subprocess.run(

@@ -11,11 +11,11 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from fcn import images
 from fcn.config import IngestConfig
 from fcn.data import ingest, synthetic, voc
-from fcn.data.classes import voc_classes, voc_colormap
 from fcn.data.ingest import Rejected
+from fcn.engine import images
+from fcn.engine.classes import voc_classes, voc_colormap
 
 
 def _jpeg(h=40, w=50):

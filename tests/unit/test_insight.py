@@ -14,11 +14,12 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from fcn import images, manifest, storage
+from fcn import storage
 from fcn.config import IngestConfig, SegmentConfig
 from fcn.data import ingest, synthetic
-from fcn.data.classes import ClassList
-from fcn.nightly import cvat, drift, insight, queue, state
+from fcn.engine import images
+from fcn.engine.classes import ClassList
+from fcn.nightly import cvat, drift, insight, manifest, queue, state
 
 CLASSES = ClassList.from_names(("background", "car", "tree"))
 
@@ -247,7 +248,7 @@ def test_drift_scenes_are_foggy_or_dominated():
     "ok, drifted, status", [(True, False, 0), (True, True, 3), (False, True, 1), (False, False, 1)]
 )
 def test_exit_status_errors_win_over_drift(ok, drifted, status):
-    from fcn.segment import exit_status
+    from fcn.nightly.driver import exit_status
 
     assert exit_status({"ok": ok, "drift": drifted}) == status
 

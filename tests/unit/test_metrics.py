@@ -6,7 +6,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from fcn.metrics import all_reduce_confusion, confusion_matrix, scores
+from fcn.engine.metrics import all_reduce_confusion, confusion_matrix, scores
 
 NUM_CLASSES = 6
 

@@ -14,9 +14,9 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from fcn.models import MODEL_NAMES, build_from_config, build_model, preprocess
-from fcn.models.layers import bilinear_kernel, crop, upsample
-from fcn.models.surgery import convolutionalize, copy_alexnet, copy_vgg16
+from fcn.engine.models import MODEL_NAMES, build_from_config, build_model, preprocess
+from fcn.engine.models.layers import bilinear_kernel, crop, upsample
+from fcn.engine.models.surgery import convolutionalize, copy_alexnet, copy_vgg16
 
 torch.set_num_threads(1)
 
@@ -364,7 +364,7 @@ def test_preprocessing_follows_the_weights():
 
 def test_models_and_metrics_import_no_ray_mlflow_or_storage():
     code = (
-        "import sys, fcn.models, fcn.models.surgery, fcn.models.shift_stitch, fcn.metrics\n"
+        "import sys, fcn.models, fcn.engine.models.surgery, fcn.engine.models.shift_stitch, fcn.metrics\n"
         "bad = [m for m in sys.modules if m.split('.')[0] in ('ray', 'mlflow', 's3fs', 'fsspec')"
         " or m == 'fcn.storage']\n"
         "assert not bad, bad\n"

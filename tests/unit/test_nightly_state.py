@@ -6,8 +6,8 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from fcn import manifest, storage
-from fcn.nightly import state
+from fcn import storage
+from fcn.nightly import manifest, state
 
 
 def rows(table: pa.Table) -> dict[str, dict]:

@@ -114,7 +114,7 @@ def test_train_refuses_an_unknown_model_alias(data, tracking, capsys):
 
 
 def test_relative_paths_become_absolute(data, monkeypatch):
-    from fcn.train import validate
+    from fcn.training.driver import validate
 
     monkeypatch.chdir(os.path.dirname(data))
     config, _, _ = validate(TrainConfig(data=os.path.basename(data), storage="runs"))
@@ -164,7 +164,7 @@ def test_flags_are_grouped():
 
 
 def test_training_progress_line_has_eta_lr_and_rate():
-    from fcn.train import _Throughput
+    from fcn.training.driver import _Throughput
 
     meter = _Throughput(start=0, images_per_step=4, print_every=1)
     assert meter.line(1, 12, 0.5, 1e-4, now=meter.began + 1).endswith("eta ?")
@@ -181,7 +181,7 @@ def test_model_choices_are_the_models_that_build():
     """fcn.config spells the names out (--help imports no torch): the same list as fcn.models."""
     import dataclasses
 
-    from fcn.models import MODEL_NAMES, backbone_of
+    from fcn.engine.models import MODEL_NAMES, backbone_of
 
     field = next(f for f in dataclasses.fields(TrainConfig) if f.name == "model")
     assert field.metadata["choices"] == MODEL_NAMES
@@ -220,7 +220,7 @@ GRAY = 100
 
 def _scene():
     """A gray 40 x 60 image; its mask: class 1 top-left, class 3 bottom-right, a void row."""
-    from fcn.data.classes import voc_classes
+    from fcn.engine.classes import voc_classes
 
     image = np.full((40, 60, 3), GRAY, np.uint8)
     mask = np.zeros((40, 60), np.uint8)
@@ -235,7 +235,7 @@ def _has_color(array, color) -> bool:
 
 
 def test_overlay_blends_the_class_colours_over_a_legend_of_the_classes_present():
-    from fcn.visualize import overlay
+    from fcn.engine.visualize import overlay
 
     image, mask, classes = _scene()
     palette = classes.palette()
@@ -252,7 +252,7 @@ def test_overlay_blends_the_class_colours_over_a_legend_of_the_classes_present()
 
 
 def test_legend_wraps_and_sample_panel_gets_one_with_names():
-    from fcn.visualize import legend, sample_panel
+    from fcn.engine.visualize import legend, sample_panel
 
     image, mask, classes = _scene()
     palette = classes.palette()
@@ -271,10 +271,11 @@ def test_legend_wraps_and_sample_panel_gets_one_with_names():
 def test_overlays_go_to_the_mask_keys_under_their_own_folder(tmp_path):
     from PIL import Image
 
-    from fcn import images, storage
+    from fcn import storage
+    from fcn.engine import images
+    from fcn.engine.visualize import overlay, png_bytes
     from fcn.nightly import overlays
-    from fcn.segment import _image_bytes
-    from fcn.visualize import overlay, png_bytes
+    from fcn.nightly.driver import _image_bytes
 
     image, mask, classes = _scene()
     split, out, shown = tmp_path / "split", tmp_path / "out", tmp_path / "shown"

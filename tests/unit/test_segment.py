@@ -17,12 +17,13 @@ import torch
 from helpers_data import varied_model
 from PIL import Image
 
-from fcn import checkpoint, images, manifest, masks, storage
+from fcn import storage
 from fcn.config import SegmentConfig
-from fcn.data.classes import voc_colormap
-from fcn.models import build_from_config
-from fcn.models.preprocess import normalize
-from fcn.nightly import plan, state
+from fcn.engine import checkpoint, images
+from fcn.engine.classes import voc_colormap
+from fcn.engine.models import build_from_config
+from fcn.engine.models.preprocess import normalize
+from fcn.nightly import manifest, masks, plan, state
 
 NUM_CLASSES = 4
 
@@ -293,7 +294,7 @@ def test_output_inside_input_is_not_listed_as_input(tmp_path):
 
 
 def test_state_files_under_the_input_do_not_make_it_parquet(tmp_path):
-    from fcn.segment import input_format
+    from fcn.nightly.driver import input_format
 
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "x.jpg").write_bytes(b"x")
@@ -321,7 +322,7 @@ def test_unreadable_state_file_is_ignored_and_kept(tmp_path, capsys):
 
 def test_predictor_masks_equal_a_direct_forward(tmp_path, model_dir):
     from fcn.nightly import stages
-    from fcn.predictor import Predictor
+    from fcn.nightly.predictor import Predictor
 
     pictures = {"a.png": picture(64, 80, 1), "b.png": picture(64, 80, 2)}
     pictures["c.png"] = picture(72, 96, 3)
@@ -357,7 +358,7 @@ def test_predictor_masks_equal_a_direct_forward(tmp_path, model_dir):
 
 
 def test_multi_scale_averages_to_full_size_masks(model_dir):
-    from fcn.inference import load_model, predict
+    from fcn.engine.inference import load_model, predict
 
     loaded = load_model(model_dir)
     model, spec = loaded.model, loaded.preprocessing
@@ -379,7 +380,7 @@ def masks_in(tmp_path):
 
 @pytest.mark.slow
 def test_run_local_incremental_and_exit_status(tmp_path, model_dir, local_ray):
-    from fcn.segment import run
+    from fcn.nightly.driver import run
 
     src = tmp_path / "in"
     (src / "d").mkdir(parents=True)
@@ -417,7 +418,7 @@ def test_run_local_incremental_and_exit_status(tmp_path, model_dir, local_ray):
 
 @pytest.mark.slow
 def test_run_local_on_a_parquet_split(tmp_path, model_dir, local_ray):
-    from fcn.segment import run
+    from fcn.nightly.driver import run
 
     images = [picture(64, 64, 5), picture(64, 72, 6), picture(64, 64, 7)]
     table = pa.table(
@@ -459,9 +460,9 @@ class _StrideTwoNet(torch.nn.Module):
 
 
 def test_predict_with_shift_and_stitch_takes_the_dense_logits():
-    from fcn.inference import predict
-    from fcn.models.preprocess import CAFFE, normalize
-    from fcn.models.shift_stitch import dense_logits
+    from fcn.engine.inference import predict
+    from fcn.engine.models.preprocess import CAFFE, normalize
+    from fcn.engine.models.shift_stitch import dense_logits
 
     model = _StrideTwoNet().eval()
     images = np.random.default_rng(0).integers(0, 256, (2, 9, 11, 3), dtype=np.uint8)

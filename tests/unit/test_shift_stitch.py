@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fcn.models.shift_stitch import dense_logits, shift_and_stitch
+from fcn.engine.models.shift_stitch import dense_logits, shift_and_stitch
 
 torch.set_num_threads(1)
 
@@ -118,7 +118,7 @@ def test_dense_logits_are_translation_equivariant_at_stride_one():
 
 def test_dense_logits_refuse_skip_nets():
     with torch.device("meta"):
-        from fcn.models import build_model
+        from fcn.engine.models import build_model
 
         model = build_model("fcn8s", num_classes=2)
     with pytest.raises(ValueError, match="single-stride"):

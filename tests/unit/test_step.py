@@ -1,4 +1,4 @@
-"""fcn.step, the training step without Ray: importable with Ray and MLflow absent, gradient
+"""fcn.engine.step, the training step without Ray: importable with Ray and MLflow absent, gradient
 accumulation and DDP give the update of one big batch, for a mean and a summed loss."""
 
 import os
@@ -13,7 +13,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from fcn import optim, step
+from fcn.engine import optim, step
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -125,7 +125,7 @@ def test_step_imports_and_runs_with_ray_and_mlflow_absent():
                     raise ModuleNotFoundError(f"hidden: {{name}}")
         sys.meta_path.insert(0, Hide())
         import torch
-        from fcn import optim, step
+        from fcn.engine import optim, step
         model, bare = step.prepare(torch.nn.Conv2d(3, 2, 1), torch.device("cpu"))
         recipe = optim.Recipe("sgd", 0.1, 0.9, 0.0, 1, "sum")
         batch = [(torch.randn(1, 3, 4, 4), torch.randint(0, 2, (1, 4, 4)))]

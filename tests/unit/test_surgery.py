@@ -5,9 +5,9 @@ import torch
 import torchvision
 from torch import nn
 
-from fcn.models import build_model, preprocess
-from fcn.models.layers import crop
-from fcn.models.surgery import (
+from fcn.engine.models import build_model, preprocess
+from fcn.engine.models.layers import crop
+from fcn.engine.models.surgery import (
     fcn8s_from_fcn16s,
     fcn16s_from_fcn32s,
     import_pytorch_fcn,
@@ -232,7 +232,7 @@ def test_import_reads_the_width_and_names_mismatches_in_one_line():
     "name", ["fcn32s", "fcn16s", "fcn8s", "fcn8s-atonce", "fcn-alexnet", "fcn-googlenet"]
 )
 def test_model_name_inverts_build_model(name):
-    from fcn.models.surgery import model_name
+    from fcn.engine.models.surgery import model_name
 
     with torch.device("meta"):
         assert model_name(build_model(name, num_classes=3)) == name

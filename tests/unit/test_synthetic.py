@@ -9,7 +9,7 @@ import scipy.io
 from PIL import Image
 
 from fcn.data import synthetic
-from fcn.data.classes import VOC_CLASSES, ClassList, parse_class_list, voc_colormap
+from fcn.engine.classes import VOC_CLASSES, ClassList, parse_class_list, voc_colormap
 
 
 def _tree(root: Path) -> dict[str, bytes]:

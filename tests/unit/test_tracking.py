@@ -15,8 +15,9 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from fcn import checkpoint, images, inference, tracking
-from fcn.models import build_model
+from fcn import tracking
+from fcn.engine import checkpoint, images, inference
+from fcn.engine.models import build_model
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -310,8 +311,8 @@ def test_the_system_metrics_flag_starts_a_monitor_of_the_run(store, tmp_path, mo
     from ray.train.torch import TorchTrainer
 
     from fcn.config import TrainConfig, parse
-    from fcn.data.classes import default_classes
-    from fcn.train import RunContext, _start_worker
+    from fcn.engine.classes import default_classes
+    from fcn.training.driver import RunContext, _start_worker
 
     assert parse(TrainConfig, ["--data", "d"]).system_metrics is False
     assert parse(TrainConfig, ["--data", "d", "--system-metrics"]).system_metrics is True

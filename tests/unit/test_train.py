@@ -11,11 +11,12 @@ import torch
 from helpers_data import write_split
 from torch import nn
 
-from fcn import checkpoint, metrics, optim, tracking
+from fcn import tracking
 from fcn.config import TrainConfig
-from fcn.data.classes import ClassList, classes_of
-from fcn.models import build_model, preprocess
-from fcn.train import build_initial_model, initial_preprocessing, resolve
+from fcn.engine import checkpoint, metrics, optim
+from fcn.engine.classes import ClassList, classes_of
+from fcn.engine.models import build_model, preprocess
+from fcn.training.driver import build_initial_model, initial_preprocessing, resolve
 
 
 def config(**kw):
@@ -148,7 +149,7 @@ def test_recipe_rejects_nonsense():
 def test_cached_training_splits_still_get_new_crops_every_epoch(tmp_path, local_ray):
     """--cache-reads keeps the encoded rows, not the transformed ones: each pass over the
     dataset (an epoch) crops anew, and every image of every train split is in every epoch."""
-    from fcn.train import train_dataset
+    from fcn.training.driver import train_dataset
 
     write_split(str(tmp_path), "train", 3, size=(48, 48), seed=0)
     write_split(str(tmp_path / "labeled"), "default", 1, size=(48, 48), seed=1, files=1)
@@ -172,7 +173,7 @@ TINY = ClassList.from_names(["sky", "cat", "dog"], [(0, 0, 0), (10, 200, 30), (2
 
 
 def test_several_train_splits_are_checked_counted_and_logged_together(tmp_path):
-    from fcn.train import class_distribution, validate
+    from fcn.training.driver import class_distribution, validate
 
     data = _dataset_with_classes(tmp_path / "data", TINY)
     write_split(data, "train", 2, size=(24, 24), classes=(1,), seed=0)
@@ -195,7 +196,7 @@ def test_several_train_splits_are_checked_counted_and_logged_together(tmp_path):
 def _masks(data, split):
     import pyarrow.parquet as pq
 
-    from fcn.images import decode_mask
+    from fcn.engine.images import decode_mask
 
     return [
         decode_mask(m) for m in pq.read_table(os.path.join(data, split)).column("mask").to_pylist()
@@ -203,7 +204,7 @@ def _masks(data, split):
 
 
 def test_each_train_split_is_a_train_input_of_the_run(tmp_path):
-    """Train logs its splits so (fcn.train.run): one input per split, context "train"."""
+    """Train logs its splits so (fcn.training.driver.run): one input per split, context "train"."""
     write_split(str(tmp_path), "train", 1, size=(8, 8), files=1)
     write_split(str(tmp_path / "labeled"), "default", 1, size=(8, 8), seed=1, files=1)
     write_split(str(tmp_path), "val", 1, size=(8, 8), seed=2, files=1)
@@ -250,7 +251,7 @@ def test_data_without_a_class_list_gets_voc_or_numbered_classes(tmp_path):
 def test_checkpoint_metrics_and_panels_use_the_data_classes(tmp_path, monkeypatch):
     from PIL import Image
 
-    from fcn.train import RunContext, _checkpoint_dir, _log_validation
+    from fcn.training.driver import RunContext, _checkpoint_dir, _log_validation
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.chdir(tmp_path)  # artifacts of a local store land under here

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from helpers_data import png
 
-from fcn import images
 from fcn.data import transforms
-from fcn.models import preprocess
+from fcn.engine import images
+from fcn.engine.models import preprocess
 
 TV = preprocess.TORCHVISION
 

@@ -51,7 +51,7 @@ def test_a_later_nights_newcomer_never_takes_an_existing_mask_over(tmp_path):
 
 
 def test_workers_get_settings_but_no_credential(monkeypatch):
-    from fcn.train import _worker_env
+    from fcn.training.driver import _worker_env
 
     for key, value in {
         "AWS_ACCESS_KEY_ID": "AKIDLEAK", "AWS_SECRET_ACCESS_KEY": "SECRETLEAK",
@@ -100,7 +100,7 @@ def test_a_run_left_running_by_a_dead_job_is_marked_killed_then_continued(
     tmp_path, capsys, monkeypatch
 ):
     from fcn.config import TrainConfig
-    from fcn.train import _start_tracking
+    from fcn.training.driver import _start_tracking
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     run_dir = str(tmp_path / "runs" / "r")

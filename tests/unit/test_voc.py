@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fcn import images
 from fcn.data import synthetic, voc
-from fcn.data.classes import VOC_CLASSES, parse_class_list, voc_classes, voc_colormap
+from fcn.engine import images
+from fcn.engine.classes import VOC_CLASSES, parse_class_list, voc_classes, voc_colormap
 
 LABELS = set(range(len(VOC_CLASSES))) | {255}
 

@@ -17,8 +17,8 @@ import numpy as np
 import pyarrow as pa
 
 from fcn.config import SegmentConfig
-from fcn.inference import STATISTICS as STATS
-from fcn.inference import load_model, predict
+from fcn.engine.inference import STATISTICS as STATS
+from fcn.engine.inference import load_model, predict
 
 
 class Predictor:

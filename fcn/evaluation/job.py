@@ -17,10 +17,11 @@ import tempfile
 import numpy as np
 import torch
 
-from fcn import metrics, storage, tracking
+from fcn import storage, tracking
 from fcn.config import EvaluateConfig, to_dict
-from fcn.evaluate import check_split, evaluate
-from fcn.inference import check_model, load_model
+from fcn.engine import metrics
+from fcn.engine.inference import check_model, load_model
+from fcn.evaluation.score import check_split, evaluate
 from fcn.runtime import init_ray, worker_resources
 from fcn.storage import absolute
 

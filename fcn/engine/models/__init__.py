@@ -5,8 +5,8 @@ says, output logits `N x num_classes x H x W` (same H, W, any H, W >= 1); `state
 the Caffe layer names. Plain PyTorch: no Ray, MLflow or storage imports here.
 """
 
-from fcn.models import alexnet, googlenet, preprocess, vgg
-from fcn.models.preprocess import normalize, preprocessing_for
+from fcn.engine.models import alexnet, googlenet, preprocess, vgg
+from fcn.engine.models.preprocess import normalize, preprocessing_for
 
 _BUILDERS = {
     "fcn32s": (vgg.fcn32s, "vgg16"),
@@ -51,7 +51,7 @@ def build_model(name: str, num_classes: int = 21, pretrained=False, **options):
         options["width"] = width
     weights = None
     if pretrained:
-        from fcn.models import surgery  # torchvision weight enums: loaded only when needed
+        from fcn.engine.models import surgery  # torchvision weight enums: loaded only when needed
 
         # Find the file before building: a missing file fails in milliseconds, not after init.
         weights = surgery.find_backbone_weights(arch, None if pretrained is True else pretrained)

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from fcn.models import build_model, preprocess, surgery, vgg
+from fcn.engine.models import build_model, preprocess, surgery, vgg
 
 # Caffe itself refuses to parse more than INT_MAX bytes (kProtoReadBytesLimit).
 MAX_BYTES = 2**31 - 1

@@ -22,7 +22,7 @@ it at 32 o + 31, hence the crop of 18 and exact alignment.
 import torch
 from torch import nn
 
-from fcn.models.layers import crop, upsample, upscore_offset
+from fcn.engine.models.layers import crop, upsample, upscore_offset
 
 UPSCORE_CROP = 18
 

@@ -19,8 +19,9 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow.parquet as pq
 
-from fcn import images, metrics, storage
-from fcn.inference import predict
+from fcn import storage
+from fcn.engine import images, metrics
+from fcn.engine.inference import predict
 
 # What an evaluation reads of each row (ARCHITECTURE.md, the dataset contract).
 COLUMNS = ("image_id", "image", "mask")

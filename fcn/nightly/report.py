@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 
 from fcn import storage, tracking
 from fcn.config import required, setting
-from fcn.visualize import figure_png
+from fcn.engine.visualize import figure_png
 
 COLUMNS = ("night", "done", "drift_distance", "drift", "queued", "report")
 

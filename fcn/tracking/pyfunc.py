@@ -31,7 +31,7 @@ import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 
-from fcn import images, inference
+from fcn.engine import images, inference
 
 IMAGE_COLUMN = "image"
 CHECKPOINT_ARTIFACT = "checkpoint"
@@ -94,7 +94,7 @@ def requirements() -> list[str]:
     except importlib.metadata.PackageNotFoundError:
         import tomllib
 
-        pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+        pyproject = Path(__file__).resolve().parents[2] / "pyproject.toml"
         lines = tomllib.loads(pyproject.read_text())["project"]["dependencies"]
     wanted = []
     for line in lines:
@@ -109,7 +109,7 @@ def requirements() -> list[str]:
 
 def save(checkpoint_dir: str, path: str) -> None:
     """Write the pyfunc model of checkpoint directory `checkpoint_dir` to the new `path`."""
-    package = os.path.dirname(os.path.abspath(__file__))
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     with tempfile.TemporaryDirectory(prefix="fcn-code-") as tmp:
         code = os.path.join(tmp, "fcn")
         shutil.copytree(package, code, ignore=shutil.ignore_patterns("__pycache__"))

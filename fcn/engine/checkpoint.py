@@ -53,7 +53,7 @@ def save(state_dict: dict, config: dict, uri: str, extra: dict[str, object] | No
 
 def resolve_preprocessing(value) -> dict:
     """A config's `preprocessing` (a spec name or a spec dict) as the full spec dict."""
-    from fcn.models import preprocess
+    from fcn.engine.models import preprocess
 
     if isinstance(value, str):
         if value not in preprocess.SPECS:
@@ -76,8 +76,8 @@ def resolve_preprocessing(value) -> dict:
 def validate(config: dict, uri: str) -> dict:
     """Check the whole contract of a checkpoint's config.json; returns it with `preprocessing`
     resolved to the full spec. Raises ContractError: "checkpoint URI: <field> ... (what to do)"."""
-    from fcn.data.classes import classes_of
-    from fcn.models import MODEL_NAMES
+    from fcn.engine.classes import classes_of
+    from fcn.engine.models import MODEL_NAMES
 
     def fail(message: str):
         raise ContractError(f"checkpoint {uri}: {message}") from None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import posixpath
 
-from fcn.images import MASK_EXTENSION
+from fcn.engine.images import MASK_EXTENSION
 
 
 def mask_key(image_key: str) -> str:

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from fcn.data.classes import VOID
+from fcn.engine.classes import VOID
 
 SWATCH = 12  # px: a legend entry's colour square, about the default font's height
 PAD = 4  # px around and between legend entries

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fcn.data.classes import VOID
+from fcn.engine.classes import VOID
 
 
 @dataclass(frozen=True)

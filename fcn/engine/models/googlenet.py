@@ -24,7 +24,7 @@ import torch
 import torchvision
 from torch import nn
 
-from fcn.models.layers import crop, upsample, upscore_offset
+from fcn.engine.models.layers import crop, upsample, upscore_offset
 
 BACKBONE = (
     "conv1", "maxpool1", "conv2", "conv3", "maxpool2",

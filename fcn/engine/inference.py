@@ -14,11 +14,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fcn import checkpoint, tracking
-from fcn.data.classes import ClassList, classes_of
-from fcn.models import build_from_config
-from fcn.models.preprocess import normalize
-from fcn.models.shift_stitch import dense_logits
+from fcn import tracking
+from fcn.engine import checkpoint
+from fcn.engine.classes import ClassList, classes_of
+from fcn.engine.models import build_from_config
+from fcn.engine.models.preprocess import normalize
+from fcn.engine.models.shift_stitch import dense_logits
 
 
 @dataclass

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from fcn.models.layers import crop, upsample, upscore_offset
+from fcn.engine.models.layers import crop, upsample, upscore_offset
 
 # (block, convolutions, channels) of VGG16 "D".
 VGG16_BLOCKS = ((1, 2, 64), (2, 2, 128), (3, 3, 256), (4, 3, 512), (5, 3, 512))

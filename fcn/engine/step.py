@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from fcn import optim
+from fcn.engine import optim
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 

@@ -12,6 +12,7 @@ called): compare and the Ray-free jobs pay for neither until they talk to MLflow
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -53,7 +54,7 @@ _MAX_PARAM = 6000  # MLflow's limit on a param value's length
 _MAX_BATCH = 1000  # MLflow's limit on metrics per log_batch request
 _MAX_REASON = 500  # a failure reason is a line to read in the UI, not a log
 _IMAGE_KEY = re.compile(r"[^a-zA-Z0-9_\-./ ]")  # what MLflow refuses in an image key
-_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 MLFLOW_SCHEMES = ("models:/", "runs:/", "mlflow-artifacts:/")
 # A pinned registry version, `models:/NAME/VERSION` (what `pin_model_uri` gives).
@@ -76,7 +77,7 @@ def resolve_checkpoint(uri: str, download_dir: str | None = None) -> str:
         return uri
     import mlflow
 
-    from fcn import checkpoint  # here: it imports torch, and only this function needs it
+    from fcn.engine import checkpoint  # here: it imports torch, and only this function needs it
 
     local = mlflow.artifacts.download_artifacts(
         artifact_uri=uri, dst_path=download_dir or tempfile.mkdtemp(prefix="fcn-model-")
@@ -177,6 +178,27 @@ def end_run(run_id: str, status: str = "FINISHED", uri=None, error=None) -> None
             mlflow_client.set_tag(run_id, TAG_FAILURE, failure_reason(error))
     finally:
         mlflow_client.set_terminated(run_id, status=status)
+
+
+@contextlib.contextmanager
+def run_scope(experiment: str, run_name: str, run_id: str | None = None, tags=None, uri=None):
+    """Start run `run_name` (or resume `run_id`) and always end it: FINISHED when the block
+    ends, KILLED on KeyboardInterrupt/SystemExit (`ray job stop`), FAILED with its
+    `failure_reason` on any other exception. Yields the run id.
+
+        with tracking.run_scope(experiment, name, tags=tags, uri=uri) as run_id:
+            ...
+    """
+    run_id = start_run(experiment, run_name, run_id, tags=tags, uri=uri)
+    status = "FAILED"
+    try:
+        yield run_id
+        status = "FINISHED"
+    except (KeyboardInterrupt, SystemExit):
+        status = "KILLED"
+        raise
+    finally:
+        end_run(run_id, status, uri)
 
 
 def failure_reason(error: BaseException) -> str:
@@ -328,8 +350,7 @@ def log_run(
     from mlflow.entities import Param, RunTag
 
     mlflow_client = client(uri)
-    run_id = start_run(experiment, run_name, uri=uri)
-    try:
+    with run_scope(experiment, run_name, uri=uri) as run_id:
         mlflow_client.log_batch(
             run_id,
             params=[Param(k, v) for k, v in _param_texts(params).items()],
@@ -338,10 +359,6 @@ def log_run(
         _send_metrics(mlflow_client, run_id, _metrics(metrics, 0))
         for path, data in (artifacts or {}).items():
             _log_bytes(mlflow_client, run_id, data, path)
-    except BaseException:
-        end_run(run_id, "FAILED", uri)
-        raise
-    end_run(run_id, "FINISHED", uri)
     return run_id
 
 
@@ -542,7 +559,7 @@ def _log_pyfunc(mlflow_client, run_id: str, local_dir: str) -> str:
     """The checkpoint as an MLflow 3 logged model of run `run_id`; returns its model id."""
     from mlflow.entities import LoggedModelOutput
 
-    from fcn import serving  # here: it imports MLflow's pyfunc and torch
+    from fcn.tracking import pyfunc as serving  # here: it imports MLflow's pyfunc and torch
 
     experiment_id = mlflow_client.get_run(run_id).info.experiment_id
     model = mlflow_client.create_logged_model(experiment_id, MODEL_NAME, source_run_id=run_id)
@@ -562,8 +579,8 @@ def _log_pyfunc(mlflow_client, run_id: str, local_dir: str) -> str:
 def _version_tags(local_dir: str, run_tags: dict) -> dict:
     """What a reader of the registry needs to know about a version, from its config.json and
     its run: model, width, classes, val data, code."""
-    from fcn import checkpoint
-    from fcn.data.classes import classes_of
+    from fcn.engine import checkpoint
+    from fcn.engine.classes import classes_of
 
     config = checkpoint.load_config(local_dir)
     tags = {

@@ -27,12 +27,13 @@ import uuid
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from fcn import checkpoint, manifest, storage, tracking
+from fcn import storage, tracking
 from fcn.config import SegmentConfig, to_dict
-from fcn.data.classes import classes_of
-from fcn.nightly import insight, overlays, stages, state
+from fcn.engine import checkpoint
+from fcn.engine.classes import classes_of
+from fcn.nightly import insight, manifest, overlays, stages, state
 from fcn.nightly import plan as planning
-from fcn.predictor import Predictor
+from fcn.nightly.predictor import Predictor
 from fcn.runtime import ALLOCATOR_ENV, init_ray, placement_resources
 
 MAX_BLOCKS = 2000  # about one block per batch (a unit of scheduling), capped for huge nights

@@ -16,10 +16,10 @@ import torch
 import torchvision
 from torch import nn
 
-from fcn.models import preprocess, vgg
-from fcn.models.alexnet import FCNAlexNet
-from fcn.models.googlenet import BACKBONE as GOOGLENET_BACKBONE
-from fcn.models.googlenet import FCNGoogLeNet
+from fcn.engine.models import preprocess, vgg
+from fcn.engine.models.alexnet import FCNAlexNet
+from fcn.engine.models.googlenet import BACKBONE as GOOGLENET_BACKBONE
+from fcn.engine.models.googlenet import FCNGoogLeNet
 
 # The torchvision weights each FCN family starts from (their file names come from these).
 TORCHVISION_WEIGHTS = {
@@ -290,7 +290,7 @@ def import_pytorch_fcn(checkpoint, name: str | None = None, file_name: str = "",
     pytorch-fcn feeds its models Caffe-style input (BGR, 0-255, mean subtracted), so the
     preprocessing returned is "caffe" for all of them.
     """
-    from fcn.models import build_model  # here, not at import: fcn.models imports this module
+    from fcn.engine.models import build_model  # here, not at import: fcn.models imports this module
 
     hint = file_name
     state = checkpoint

@@ -27,18 +27,19 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from fcn import checkpoint, images, optim, step, storage, tracking
+from fcn import storage, tracking
 from fcn.config import TrainConfig, to_dict
 from fcn.data import transforms
-from fcn.data.classes import ClassList, default_classes
-from fcn.evaluate import check_split, evaluate, split_files
-from fcn.inference import check_model, load_model
-from fcn.metrics import named_scores
-from fcn.models import build_model, preprocess
+from fcn.engine import checkpoint, images, optim, step
+from fcn.engine.classes import ClassList, default_classes
+from fcn.engine.inference import check_model, load_model
+from fcn.engine.metrics import named_scores
+from fcn.engine.models import build_model, preprocess
+from fcn.engine.visualize import sample_panel
+from fcn.evaluation.score import check_split, evaluate, split_files
 from fcn.nightly import drift
 from fcn.runtime import ALLOCATOR_ENV, init_ray, worker_resources
 from fcn.storage import absolute
-from fcn.visualize import sample_panel
 
 # Worker progress goes through logging, not print: Ray Train patches print() in workers and,
 # when another library has wrapped stdout, emits every printed line twice.
@@ -117,7 +118,7 @@ def initial_preprocessing(config: TrainConfig) -> dict:
 def build_initial_model(config: TrainConfig) -> torch.nn.Module:
     """The model to train, from `config.init`; other architectures transplant (32s -> 16s).
     `config.num_classes` must be resolved (see `resolve`)."""
-    from fcn.models import surgery
+    from fcn.engine.models import surgery
 
     options = {"learnable_upsampling": config.learnable_upsampling, "width": config.width}
     init = config.init
@@ -479,13 +480,13 @@ def _check_split_classes(config: TrainConfig, classes: ClassList) -> None:
 def _check_init(config: TrainConfig) -> TrainConfig:
     """The config with `init` pinned (a models:/ alias -> its version, so every worker and
     every restart loads the same weights), after checking that the weights exist."""
-    from fcn.models import surgery
+    from fcn.engine.models import surgery
 
     init = config.init
     if init in (None, ""):
         return config
     if init == "imagenet":
-        from fcn.models import backbone_of
+        from fcn.engine.models import backbone_of
 
         try:
             surgery.find_backbone_weights(backbone_of(config.model))
