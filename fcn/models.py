@@ -2,6 +2,16 @@
 this module keeps the published import path `fcn.models.build_model`. Nothing inside fcn/ imports
 it (the layer test checks that)."""
 
-from fcn.engine.models import MODEL_NAMES, backbone_of, build_from_config, build_model
+from collections.abc import Mapping
+
+from fcn.engine.checkpoint import CheckpointConfig
+from fcn.engine.models import MODEL_NAMES, backbone_of, build_model
 
 __all__ = ["MODEL_NAMES", "backbone_of", "build_from_config", "build_model"]
+
+
+def build_from_config(config: CheckpointConfig | Mapping, **options):
+    """The untrained model a checkpoint's config describes (load its model.pt into it)."""
+    if not isinstance(config, CheckpointConfig):
+        config = CheckpointConfig.from_dict(config)
+    return config.build_model(**options)

@@ -76,12 +76,11 @@ def load_weights(config: ImportConfig, fmt: str, data: bytes):
     """The model with the file's weights (its `preprocessing` set)."""
     import torch
 
-    from fcn.engine.models import surgery
-    from fcn.engine.weights import caffe
+    from fcn.engine.weights import caffe, pytorch_fcn
 
     if fmt == "caffemodel":
         try:
-            return caffe.import_caffemodel(data, config.model, config.max_bytes)
+            return caffe.import_caffemodel(data, config.model, config.max_bytes)[0]
         except caffe.CaffeModelError as err:
             raise ValueError(
                 f"--from {config.source!r} is not a readable .caffemodel: {err}"
@@ -93,7 +92,7 @@ def load_weights(config: ImportConfig, fmt: str, data: bytes):
             f"--from {config.source!r} is not a plain state_dict file ({type(err).__name__})"
         ) from None
     file_name = os.path.basename(config.source.rstrip("/"))
-    return surgery.import_pytorch_fcn(state, config.model, file_name=file_name)[0]
+    return pytorch_fcn.import_pytorch_fcn(state, config.model, file_name=file_name)[0]
 
 
 def checkpoint_config(config: ImportConfig, model, classes, fmt: str, sha256: str) -> dict:

@@ -3,58 +3,136 @@
 `model.pt` is a plain state_dict and is always loaded with `weights_only=True`: a checkpoint
 may come from a bucket anyone can write to, and unpickling it could run arbitrary code.
 `config.json` holds at least `model`, `num_classes`, `preprocessing` and the settings that
-trained it, so a checkpoint can be used with nothing else at hand. `validate` checks the whole
-contract once, in a job's driver, so a bad checkpoint fails there with one line instead of in
-every Ray actor.
+trained it, so a checkpoint can be used with nothing else at hand. `CheckpointConfig.from_dict`
+checks the whole contract once, in a job's driver, so a bad checkpoint fails there with one
+line instead of in every Ray actor.
 
 Checkpoints made elsewhere (imported weights, hand-written configs) declare their input with
 `"preprocessing": "caffe"` (BGR, 0-255, the Caffe VGG mean subtracted: the reference FCNs and
 pytorch-fcn's files) or `"torchvision"` (RGB, 0-1, ImageNet mean/std), or the full spec dict
-of `fcn.models.preprocess`; `resolve_preprocessing` turns either form into the dict.
+of `fcn.engine.models.preprocess`; `resolve_preprocessing` turns either form into the dict.
+
+In code the file is a `CheckpointConfig`: typed, checked once when read (`from_dict`), and the
+one place a checkpoint's model is built from (`build_model`). Nothing is attached to the
+`nn.Module`: who needs the input spec or the classes reads them from the config.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import io
 import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import torch
 
 from fcn import storage
+from fcn.engine.classes import ClassList, classes_of
+from fcn.engine.models import MODEL_NAMES, build_model, preprocess
 
 MODEL_FILE = "model.pt"
 CONFIG_FILE = "config.json"
 REQUIRED_KEYS = ("model", "num_classes")
 SPEC_KEYS = ("channel_order", "scale", "mean", "std")
+# The keys CheckpointConfig types; every other key of config.json (the settings that trained
+# the model, an import's source, the iteration) is kept as written in `extra`.
+_TYPED_KEYS = ("model", "num_classes", "preprocessing", "width", "classes", "class_names",
+               "class_distribution")  # fmt: skip
 
 
 class ContractError(ValueError):
     """A checkpoint that breaks the contract; the message is one line naming the field."""
 
 
-def save(state_dict: dict, config: dict, uri: str, extra: dict[str, object] | None = None):
+@dataclass(frozen=True)
+class CheckpointConfig:
+    """A checkpoint's config.json, checked (ARCHITECTURE.md, "Contracts").
+
+    `width` is None when the file leaves it out (the paper's network, width 1);
+    `class_distribution` is training's count of its masks' classes (the drift reference);
+    `extra` holds the file's other keys untouched, so `to_dict` writes back what it read.
+    """
+
+    model: str
+    num_classes: int
+    preprocessing: Mapping  # the full input spec (fcn.engine.models.preprocess)
+    classes: ClassList
+    width: float | None = None
+    class_distribution: Mapping | None = None
+    extra: Mapping = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, raw: Mapping, uri: str = "config.json") -> CheckpointConfig:
+        """Check config.json's contents `raw` (read from `uri`, named in errors): one
+        ContractError line saying which field is wrong and what to write instead."""
+        _check_fields(raw, uri)
+        try:
+            spec = resolve_preprocessing(raw["preprocessing"])
+        except ContractError as err:
+            raise ContractError(f"checkpoint {uri}: {err}") from None
+        try:
+            classes = classes_of(raw)
+        except KeyError as err:  # a 'classes' dict without 'names'
+            raise ContractError(f"checkpoint {uri}: 'classes' lacks {err}") from None
+        except (ValueError, TypeError) as err:
+            raise ContractError(f"checkpoint {uri}: 'classes': {err}") from None
+        return cls(
+            model=raw["model"], num_classes=raw["num_classes"], preprocessing=spec,
+            classes=classes, width=raw.get("width"),
+            class_distribution=raw.get("class_distribution"),
+            extra={k: v for k, v in raw.items() if k not in _TYPED_KEYS},
+        )  # fmt: skip
+
+    def to_dict(self) -> dict:
+        """The config.json contents (JSON types only)."""
+        typed = {
+            "model": self.model,
+            "num_classes": self.num_classes,
+            "preprocessing": dict(self.preprocessing),
+            "classes": self.classes.to_dict(),
+        }
+        if self.width is not None:
+            typed["width"] = self.width
+        if self.class_distribution is not None:
+            typed["class_distribution"] = dict(self.class_distribution)
+        return {**self.extra, **typed}
+
+    def replace(self, **changes) -> CheckpointConfig:
+        return dataclasses.replace(self, **changes)
+
+    def build_model(self, **options) -> torch.nn.Module:
+        """The untrained model this config describes (load its model.pt into it)."""
+        return build_model(self.model, self.num_classes, width=self.width, **options)
+
+
+def save(
+    state_dict: dict,
+    config: CheckpointConfig | Mapping,
+    uri: str,
+    extra: dict[str, object] | None = None,
+):
     """Write a checkpoint to `uri`; `config.json` goes last, so its presence marks it complete.
 
-    `extra`: more files, name -> object saved with torch.save (it must load with
-    `weights_only=True`: tensors, containers, numbers), e.g. the optimizer state. Tensors are
-    streamed to a file, never built in memory: a VGG16 checkpoint with Adam state is ~1.6 GB,
-    and with the workers' allocator settings a transient copy stays resident for good.
+    `config`: what config.json will hold. `extra`: more files, name -> object saved with
+    torch.save (it must load with `weights_only=True`: tensors, containers, numbers), e.g. the
+    optimizer state. Tensors are streamed to a file, never built in memory: a VGG16 checkpoint
+    with Adam state is ~1.6 GB, and with the workers' allocator settings a transient copy stays
+    resident for good.
     """
-    missing = [k for k in REQUIRED_KEYS if k not in config]
-    if missing:
-        raise ValueError(f"checkpoint config lacks {missing}; it needs at least {REQUIRED_KEYS}")
+    # A mapping is written as given: checkpoints made by hand (and the contract's own tests,
+    # which write broken ones on purpose); readers check it (`load_config`).
+    content = config.to_dict() if isinstance(config, CheckpointConfig) else dict(config)
     storage.makedirs(uri)
     files = {**(extra or {}), MODEL_FILE: {k: v.detach().cpu() for k, v in state_dict.items()}}
     for name, obj in files.items():
         storage.write_with(storage.join(uri, name), functools.partial(torch.save, obj))
-    storage.write_text(storage.join(uri, CONFIG_FILE), json.dumps(config, indent=2, default=str))
+    storage.write_text(storage.join(uri, CONFIG_FILE), json.dumps(content, indent=2, default=str))
 
 
 def resolve_preprocessing(value) -> dict:
     """A config's `preprocessing` (a spec name or a spec dict) as the full spec dict."""
-    from fcn.engine.models import preprocess
-
     if isinstance(value, str):
         if value not in preprocess.SPECS:
             raise ContractError(
@@ -73,11 +151,8 @@ def resolve_preprocessing(value) -> dict:
     return value
 
 
-def validate(config: dict, uri: str) -> dict:
-    """Check the whole contract of a checkpoint's config.json; returns it with `preprocessing`
-    resolved to the full spec. Raises ContractError: "checkpoint URI: <field> ... (what to do)"."""
-    from fcn.engine.classes import classes_of
-    from fcn.engine.models import MODEL_NAMES
+def _check_fields(config: Mapping, uri: str) -> None:
+    """The checks of config.json's fields that need no parsing (CheckpointConfig.from_dict)."""
 
     def fail(message: str):
         raise ContractError(f"checkpoint {uri}: {message}") from None
@@ -104,40 +179,30 @@ def validate(config: dict, uri: str) -> dict:
              "'image_counts', 'images'), as training writes it; or leave it out")  # fmt: skip
     if "classes" in config and not isinstance(config["classes"], dict):
         fail("'classes' must be a dict with 'names' (and 'colors'), as ClassList.to_dict()")
-    try:
-        preprocessing = resolve_preprocessing(config["preprocessing"])
-    except ContractError as err:
-        fail(str(err))
-    try:
-        classes_of(config)
-    except KeyError as err:  # a 'classes' dict without 'names'
-        fail(f"'classes' lacks {err}")
-    except (ValueError, TypeError) as err:
-        fail(f"'classes': {err}")
-    return {**config, "preprocessing": preprocessing}
 
 
-def check(uri: str) -> dict:
-    """The validated config.json of the checkpoint at `uri`, without reading the weights
-    (their file must be there)."""
-    config = validate(load_config(uri), uri)
+def check(uri: str) -> CheckpointConfig:
+    """The checked config of the checkpoint at `uri`, without reading the weights (their file
+    must be there)."""
+    config = load_config(uri)
     if not storage.exists(storage.join(uri, MODEL_FILE)):
         raise ContractError(f"checkpoint {uri}: {MODEL_FILE} is missing beside {CONFIG_FILE}")
     return config
 
 
-def load_config(uri: str) -> dict:
+def load_config(uri: str) -> CheckpointConfig:
+    """The checked config.json of the checkpoint at `uri`."""
     config_uri = storage.join(uri, CONFIG_FILE)
     if not storage.exists(config_uri):
         raise FileNotFoundError(
             f"{uri!r} is not a checkpoint: no {CONFIG_FILE} there (a checkpoint directory holds "
             f"{MODEL_FILE} and {CONFIG_FILE})"
         )
-    return json.loads(storage.read_text(config_uri))
+    return CheckpointConfig.from_dict(json.loads(storage.read_text(config_uri)), uri)
 
 
-def load(uri: str, map_location: str | torch.device = "cpu") -> tuple[dict, dict]:
-    """(state_dict, validated config) of the checkpoint at `uri`."""
+def load(uri: str, map_location: str | torch.device = "cpu") -> tuple[dict, CheckpointConfig]:
+    """(state_dict, checked config) of the checkpoint at `uri`."""
     config = check(uri)
     data = storage.read_bytes(storage.join(uri, MODEL_FILE))
     try:

@@ -1,90 +1,69 @@
 """A trained FCN as the jobs use it: load a checkpoint once, turn uint8 images into class maps.
 
-Ray-free and MLflow-free (an MLflow URI imports MLflow only to download it): evaluation,
-the segment job's model actor, training's init and the GPU benchmark all call these two
-functions, so a mask is computed one way everywhere.
+Ray-free and MLflow-free: `load_model` takes a checkpoint directory (local or object
+storage); MLflow's models:/ and runs:/ URIs are resolved a layer up, by
+`fcn.tracking.load_model`. Evaluation, the segment job's model actor, training's init,
+serving and the GPU benchmark all call these functions, so a mask is computed one way
+everywhere.
 """
 
 from __future__ import annotations
 
-import tempfile
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fcn import tracking
 from fcn.engine import checkpoint
-from fcn.engine.classes import ClassList, classes_of
-from fcn.engine.models import build_from_config
+from fcn.engine.classes import ClassList
 from fcn.engine.models.preprocess import normalize
 from fcn.engine.models.shift_stitch import dense_logits
 
+# URIs only the tracking layer resolves (this module never imports MLflow).
+MLFLOW_SCHEMES = ("models:/", "runs:/", "mlflow-artifacts:/")
 
-@dataclass
+
+@dataclass(frozen=True)
 class LoadedModel:
     model: torch.nn.Module  # eval mode, on the device asked for
-    config: dict  # the checkpoint's config.json
-    preprocessing: dict  # the input spec the weights expect (fcn.models.preprocess)
-    classes: ClassList
+    config: checkpoint.CheckpointConfig  # the checkpoint's config.json, checked
+
+    @property
+    def preprocessing(self) -> dict:
+        """The input spec the weights expect (fcn.engine.models.preprocess)."""
+        return dict(self.config.preprocessing)
+
+    @property
+    def classes(self) -> ClassList:
+        return self.config.classes
 
     @property
     def num_classes(self) -> int:
-        return self.classes.num_classes
+        return self.config.num_classes
 
 
 def load_model(uri: str, device: str | torch.device = "cpu") -> LoadedModel:
-    """The model of a checkpoint directory or an MLflow models:/ / runs:/ URI, ready to run.
+    """The model of the checkpoint directory at `uri` (local or object storage), ready to run.
 
     The weights go channels_last: convolutions run faster in that layout on CPU (~7-15%
     here) and with cuDNN's tensor-core kernels on GPU (benchmarks/gpu.py measures both).
     """
-    with tempfile.TemporaryDirectory(prefix="fcn-model-") as tmp:
-        state_dict, config = checkpoint.load(_resolve(uri, tmp))
-    classes = classes_of(config)
-    model = build_from_config(config)
+    if uri.startswith(MLFLOW_SCHEMES):
+        raise ValueError(f"{uri} is an MLflow URI: load it with fcn.tracking.load_model")
+    state_dict, config = checkpoint.load(uri)
+    model = config.build_model()
     try:
         model.load_state_dict(state_dict, strict=True)
     except RuntimeError as err:  # torch lists every mismatched tensor: one line is enough
         first = str(err).splitlines()[1].strip() if "\n" in str(err) else str(err)
         raise checkpoint.ContractError(
             f"checkpoint {uri}: {checkpoint.MODEL_FILE} does not fit its config.json (model "
-            f"{config['model']}, num_classes {config['num_classes']}, width "
-            f"{config.get('width') or 1}): {first}"
+            f"{config.model}, num_classes {config.num_classes}, width {config.width or 1}): "
+            f"{first}"
         ) from None
     model = model.eval().to(device).to(memory_format=torch.channels_last)
-    model.preprocessing = config["preprocessing"]
-    return LoadedModel(model, config, config["preprocessing"], classes)
-
-
-def check_model(uri: str) -> dict:
-    """The validated config.json of the model at `uri` (what `load_model` would load), without
-    building it: a job's driver calls this before Ray starts, so a wrong URI or a checkpoint
-    that breaks the contract fails once with one line instead of in every worker.
-
-    Raises FileNotFoundError (nothing at `uri`: no checkpoint, an unknown registered model,
-    alias or run) or `checkpoint.ContractError`.
-    """
-    with tempfile.TemporaryDirectory(prefix="fcn-model-") as tmp:
-        return checkpoint.check(_resolve(uri, tmp))
-
-
-def _resolve(uri: str, download_dir: str) -> str:
-    """`tracking.resolve_checkpoint`, with MLflow's "not found" as one line naming `uri`."""
-    if not tracking.is_mlflow_uri(uri):
-        return uri
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return tracking.resolve_checkpoint(uri, download_dir)
-    except MlflowException as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise FileNotFoundError(
-            f"{uri} does not resolve ({reason}) in the MLflow store at "
-            f"{tracking.tracking_uri()}: check the model name and alias (models:/NAME@ALIAS) "
-            "or the run id"
-        ) from None
+    return LoadedModel(model, config)
 
 
 # A pixel whose best class has under even odds is a guess (the low-confidence statistic).

@@ -20,10 +20,10 @@ import torch
 from fcn import storage, tracking
 from fcn.config import EvaluateConfig, to_dict
 from fcn.engine import metrics
-from fcn.engine.inference import check_model, load_model
 from fcn.evaluation.score import check_split, evaluate
 from fcn.runtime import init_ray, worker_resources
 from fcn.storage import absolute
+from fcn.tracking.models import check_model, load_model
 
 
 def validate(config: EvaluateConfig) -> EvaluateConfig:

@@ -20,7 +20,6 @@ import functools
 import math
 import os
 import sys
-import tempfile
 import time
 import uuid
 
@@ -29,12 +28,12 @@ import pyarrow.compute as pc
 
 from fcn import storage, tracking
 from fcn.config import SegmentConfig, to_dict
-from fcn.engine import checkpoint
-from fcn.engine.classes import classes_of
+from fcn.engine.checkpoint import CheckpointConfig
 from fcn.nightly import insight, manifest, overlays, stages, state
 from fcn.nightly import plan as planning
 from fcn.nightly.predictor import Predictor
 from fcn.runtime import ALLOCATOR_ENV, init_ray, placement_resources
+from fcn.tracking.models import check_model
 
 MAX_BLOCKS = 2000  # about one block per batch (a unit of scheduling), capped for huge nights
 IO_CPUS = 0.5  # the CPU stages wait on the store half the time: two share a core
@@ -117,12 +116,10 @@ def _segment(config, fmt, input, output, work, done, model, palette, run_id) -> 
 # --- the job (driver) ------------------------------------------------------------------------
 
 
-def _check_model(config: SegmentConfig) -> tuple[str, dict]:
-    """(the pinned model URI, its config.json), checked before any Ray start."""
+def _check_model(config: SegmentConfig) -> tuple[str, CheckpointConfig]:
+    """(the pinned model URI, its config), checked before any Ray start."""
     model = tracking.pin_model_uri(config.model)
-    with tempfile.TemporaryDirectory(prefix="fcn-segment-") as tmp:
-        ckpt_config = checkpoint.check(tracking.resolve_checkpoint(model, tmp))
-    return model, ckpt_config
+    return model, check_model(model)
 
 
 def _plan(config, fmt, input, output, done, model):
@@ -159,7 +156,7 @@ def run(config: SegmentConfig) -> dict:
     started = time.time()
     run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:8]
     model, ckpt_config = _check_model(config)  # fail early, clearly
-    classes = classes_of(ckpt_config)
+    classes = ckpt_config.classes
     palette = classes.palette()
     input, output = storage.locate(config.input), storage.locate(config.output)
     shown = storage.locate(config.save_overlays) if config.save_overlays else None

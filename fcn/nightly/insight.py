@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 import pyarrow.parquet as pq
 
+from fcn.engine.checkpoint import CheckpointConfig
 from fcn.engine.classes import ClassList
 from fcn.engine.metrics import CLASS_METRIC_PREFIX, class_metric
 from fcn.nightly import chart, cvat, drift, queue
@@ -56,8 +57,8 @@ def trailing(output: Location, run_id: str, num_classes: int, nights: int):
     return total, used
 
 
-def training(checkpoint_config: dict, num_classes: int) -> drift.Distribution | None:
-    recorded = checkpoint_config.get("class_distribution")
+def training(checkpoint_config: CheckpointConfig, num_classes: int) -> drift.Distribution | None:
+    recorded = checkpoint_config.class_distribution
     return drift.Distribution.from_dict(recorded, num_classes) if recorded else None
 
 
@@ -71,7 +72,9 @@ def _history(output: Location, run_id: str) -> list[dict]:
     return out
 
 
-def drift_report(table, classes: ClassList, checkpoint_config: dict, output, run_id, config):
+def drift_report(
+    table, classes: ClassList, checkpoint_config: CheckpointConfig, output, run_id, config
+):
     """The night's drift report (a JSON-able dict); `table` is the run's manifest."""
     tonight = drift.of_manifest(table, classes.num_classes)
     notes, references = [], {}

@@ -18,7 +18,8 @@ import pyarrow as pa
 
 from fcn.config import SegmentConfig
 from fcn.engine.inference import STATISTICS as STATS
-from fcn.engine.inference import load_model, predict
+from fcn.engine.inference import predict
+from fcn.tracking.models import load_model
 
 
 class Predictor:

@@ -580,14 +580,13 @@ def _version_tags(local_dir: str, run_tags: dict) -> dict:
     """What a reader of the registry needs to know about a version, from its config.json and
     its run: model, width, classes, val data, code."""
     from fcn.engine import checkpoint
-    from fcn.engine.classes import classes_of
 
     config = checkpoint.load_config(local_dir)
     tags = {
-        "model": str(config.get("model")),
-        "width": str(config.get("width", 1)),
-        "num_classes": str(config.get("num_classes")),
-        "classes": _param_text(",".join(classes_of(config).names)),
+        "model": config.model,
+        "width": str(1 if config.width is None else config.width),
+        "num_classes": str(config.num_classes),
+        "classes": _param_text(",".join(config.classes.names)),
         TAG_VAL_DIGEST: run_tags.get(TAG_VAL_DIGEST, ""),
         "train_digest": run_tags.get("train_digest", ""),
         # The code that trained it (the run's source tag), else the code registering it.

@@ -32,14 +32,15 @@ from fcn.config import TrainConfig, to_dict
 from fcn.data import transforms
 from fcn.engine import checkpoint, images, optim, step
 from fcn.engine.classes import ClassList, default_classes
-from fcn.engine.inference import check_model, load_model
 from fcn.engine.metrics import named_scores
-from fcn.engine.models import build_model, preprocess
+from fcn.engine.models import backbone_of, build_model, preprocess, surgery
 from fcn.engine.visualize import sample_panel
+from fcn.engine.weights import pytorch_fcn
 from fcn.evaluation.score import check_split, evaluate, split_files
 from fcn.nightly import drift
 from fcn.runtime import ALLOCATOR_ENV, init_ray, worker_resources
 from fcn.storage import absolute
+from fcn.tracking.models import check_model, load_model
 
 # Worker progress goes through logging, not print: Ray Train patches print() in workers and,
 # when another library has wrapped stdout, emits every printed line twice.
@@ -112,14 +113,12 @@ def initial_preprocessing(config: TrainConfig) -> dict:
         if _is_fcn_state(path):
             return preprocess.preprocessing_for(config.model, "pytorch-fcn")
         return preprocess.preprocessing_for(config.model, path)
-    return checkpoint.check(tracking.resolve_checkpoint(config.init))["preprocessing"]
+    return dict(check_model(config.init).preprocessing)
 
 
 def build_initial_model(config: TrainConfig) -> torch.nn.Module:
     """The model to train, from `config.init`; other architectures transplant (32s -> 16s).
     `config.num_classes` must be resolved (see `resolve`)."""
-    from fcn.engine.models import surgery
-
     options = {"learnable_upsampling": config.learnable_upsampling, "width": config.width}
     init = config.init
     if init in (None, "", "imagenet"):
@@ -132,19 +131,17 @@ def build_initial_model(config: TrainConfig) -> torch.nn.Module:
         # being trained (staging 8s -> 8s-atonce from a bare .pth makes no sense).
         eight = config.model if config.model in ("fcn8s", "fcn8s-atonce") else None
         try:
-            source, spec = surgery.import_pytorch_fcn(path)
+            source, _spec = pytorch_fcn.import_pytorch_fcn(path)
         except ValueError:
             if eight is None:
                 raise
-            source, spec = surgery.import_pytorch_fcn(path, name=eight)
+            source, _spec = pytorch_fcn.import_pytorch_fcn(path, name=eight)
     else:
-        loaded = load_model(init)
-        source, spec = loaded.model, loaded.preprocessing
+        source = load_model(init).model
         # Staged training keeps the previous stage's width unless told otherwise.
         options["width"] = config.width or getattr(source, "width", 1.0)
     target = build_model(config.model, config.num_classes, **options)
     surgery.transplant(source, target)
-    target.preprocessing = spec
     return target
 
 
@@ -206,17 +203,16 @@ def _restore(model, rank: int) -> tuple[int, float, dict | None]:
 
 
 def _checkpoint_dir(model, optimizer, scaler, config, recipe, run: RunContext, progress) -> str:
-    saved = {
-        "model": config.model,
-        "num_classes": config.num_classes,
-        "width": getattr(model, "width", 1.0),
-        "preprocessing": run.spec,
-        "classes": run.classes.to_dict(),
-        "train": tracking_params(config, recipe),
+    saved = checkpoint.CheckpointConfig(
+        model=config.model,
+        num_classes=config.num_classes,
+        width=getattr(model, "width", 1.0),
+        preprocessing=run.spec,
+        classes=run.classes,
         # The reference of segment's drift report (docs/insight.md).
-        **({"class_distribution": run.class_distribution} if run.class_distribution else {}),
-        **progress,
-    }
+        class_distribution=run.class_distribution or None,
+        extra={"train": tracking_params(config, recipe), **progress},
+    )
     state = {"optimizer": optimizer.state_dict(), "progress": progress}
     if scaler is not None:
         state["scaler"] = scaler.state_dict()
@@ -480,14 +476,10 @@ def _check_split_classes(config: TrainConfig, classes: ClassList) -> None:
 def _check_init(config: TrainConfig) -> TrainConfig:
     """The config with `init` pinned (a models:/ alias -> its version, so every worker and
     every restart loads the same weights), after checking that the weights exist."""
-    from fcn.engine.models import surgery
-
     init = config.init
     if init in (None, ""):
         return config
     if init == "imagenet":
-        from fcn.engine.models import backbone_of
-
         try:
             surgery.find_backbone_weights(backbone_of(config.model))
         except FileNotFoundError as err:

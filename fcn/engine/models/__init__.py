@@ -1,11 +1,12 @@
 """FCN models (docs/paper.md): `build_model(name, num_classes, pretrained)`.
 
-Contract (ARCHITECTURE.md): input `N x 3 x H x W` floats normalized as `model.preprocessing`
-says, output logits `N x num_classes x H x W` (same H, W, any H, W >= 1); `state_dict()` keys are
-the Caffe layer names. Plain PyTorch: no Ray, MLflow or storage imports here.
+Contract (ARCHITECTURE.md): input `N x 3 x H x W` floats normalized as
+`preprocessing_for(name, pretrained)` says (a checkpoint records it in its config), output
+logits `N x num_classes x H x W` (same H, W, any H, W >= 1); `state_dict()` keys are the Caffe
+layer names. Plain PyTorch: no Ray, MLflow or storage imports here.
 """
 
-from fcn.engine.models import alexnet, googlenet, preprocess, vgg
+from fcn.engine.models import alexnet, googlenet, vgg
 from fcn.engine.models.preprocess import normalize, preprocessing_for
 
 _BUILDERS = {
@@ -35,8 +36,8 @@ def build_model(name: str, num_classes: int = 21, pretrained=False, **options):
     torch hub cache; a clear FileNotFoundError if absent) or a path to such a state_dict file
     (pytorch-fcn's `vgg16_from_caffe.pth` included). options: `learnable_upsampling=False`,
     `width=1.0` (VGG16 models only: channel multiplier, 1 = the paper's network).
-    The returned model carries `model.preprocessing`, the input spec its weights expect (a
-    dict to record in the checkpoint's config.json).
+    The input spec its weights expect is `preprocessing_for(name, pretrained)` (record it in
+    the checkpoint's config).
     """
     arch = backbone_of(name)  # an unknown name: one clear ValueError
     if not isinstance(num_classes, int) or num_classes < 1:
@@ -58,20 +59,12 @@ def build_model(name: str, num_classes: int = 21, pretrained=False, **options):
     model = builder(num_classes, **options)
     if weights is not None:
         surgery.load_pretrained_backbone(model, arch, weights)
-    model.preprocessing = preprocess.preprocessing_for(name, pretrained or None)
     return model
-
-
-def build_from_config(config: dict, **options):
-    """The untrained model a checkpoint's config.json describes (load its model.pt into it)."""
-    width = config.get("width")  # absent before widths existed: the paper's network
-    return build_model(config["model"], int(config["num_classes"]), width=width, **options)
 
 
 __all__ = [
     "MODEL_NAMES",
     "backbone_of",
-    "build_from_config",
     "build_model",
     "normalize",
     "preprocessing_for",

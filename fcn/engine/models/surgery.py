@@ -5,8 +5,8 @@
 - `load_pretrained_backbone`: those weights from the local torch hub cache or a given file
   (never downloaded, never silently replaced by random weights);
 - `transplant`, `fcn16s_from_fcn32s`, `fcn8s_from_fcn16s`: staged training (docs/paper.md);
-- `import_pytorch_fcn`: wkentaro/pytorch-fcn checkpoints, Caffe-converted ones included;
-  `infer_model_name` and `load_exactly` serve it and the .caffemodel import (fcn/models/caffe.py).
+- `infer_model_name`, `vgg_width` and `load_exactly` serve the weight-file readers
+  (fcn/engine/weights/: pytorch-fcn checkpoints and .caffemodel files).
 """
 
 import os
@@ -16,7 +16,7 @@ import torch
 import torchvision
 from torch import nn
 
-from fcn.engine.models import preprocess, vgg
+from fcn.engine.models import vgg
 from fcn.engine.models.alexnet import FCNAlexNet
 from fcn.engine.models.googlenet import BACKBONE as GOOGLENET_BACKBONE
 from fcn.engine.models.googlenet import FCNGoogLeNet
@@ -179,13 +179,6 @@ def fcn8s_from_fcn16s(fcn16s: vgg.FCNVGG16, learnable_upsampling: bool = False):
     return target
 
 
-# pytorch-fcn class names (the 'arch' entry of its training checkpoints) -> our names.
-PYTORCH_FCN_ARCH = {
-    "FCN32s": "fcn32s",
-    "FCN16s": "fcn16s",
-    "FCN8s": "fcn8s",
-    "FCN8sAtOnce": "fcn8s-atonce",
-}
 # Caffe's FCN-8s at-once scales pool4 and pool3 with fixed `Scale` layers of these names; they
 # are saved in its .caffemodel (our net applies the same constants without parameters).
 AT_ONCE_SCALE_LAYERS = tuple(f"scale_{skip.pool}" for skip in vgg.SKIPS)
@@ -278,41 +271,3 @@ def vgg_width(fc6_channels: int) -> float | None:
     """The `width` option of an FCN-VGG16 whose fc6 has `fc6_channels` outputs (None: 1)."""
     width = fc6_channels / 4096
     return None if width == 1 else width
-
-
-def import_pytorch_fcn(checkpoint, name: str | None = None, file_name: str = "", **options):
-    """Load a pytorch-fcn checkpoint -> `(model, preprocessing)`.
-
-    `checkpoint`: a path to its training checkpoint (`{'model_state_dict': ..., 'arch': ...}`),
-    a bare state_dict file (e.g. `fcn8s-atonce_from_caffe.pth`), or such a dict (`file_name`:
-    the name of the file it came from). The model name, num_classes and width are read from
-    the keys, the 'arch' entry and the file name (`infer_model_name`) unless `name` is given.
-    pytorch-fcn feeds its models Caffe-style input (BGR, 0-255, mean subtracted), so the
-    preprocessing returned is "caffe" for all of them.
-    """
-    from fcn.engine.models import build_model  # here, not at import: fcn.models imports this module
-
-    hint = file_name
-    state = checkpoint
-    if isinstance(checkpoint, str | os.PathLike):
-        hint = os.path.basename(os.fspath(checkpoint))
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    if not isinstance(state, dict):
-        raise ValueError(f"expected a state_dict or {{'model_state_dict': ...}}, got {type(state)}")
-    if "model_state_dict" in state:
-        hint = state.get("arch", "") or hint
-        if name is None and hint in PYTORCH_FCN_ARCH:
-            name = PYTORCH_FCN_ARCH[hint]
-        state = state["model_state_dict"]
-    # Checkpoints saved from nn.DataParallel / DDP prefix every key with "module.".
-    state = {k.removeprefix("module."): v for k, v in state.items()}
-    if "score_fr.weight" not in state:
-        raise ValueError("not an FCN state_dict: no 'score_fr.weight'")
-    name = name or infer_model_name(state, hint)
-    if "conv1_1.weight" in state and "fc6.weight" in state:  # FCN-VGG16: any width
-        options.setdefault("width", vgg_width(state["fc6.weight"].shape[0]))
-    model = build_model(name, num_classes=state["score_fr.weight"].shape[0], **options)
-    load_exactly(model, state, f"{name} ({model.num_classes} classes)")
-    spec = preprocess.preprocessing_for(name, "pytorch-fcn")
-    model.preprocessing = spec
-    return model, spec

@@ -244,7 +244,8 @@ def state_dict_of(layers: list[CaffeLayer], model: torch.nn.Module) -> dict[str,
 
 
 def import_caffemodel(data: bytes, name: str | None = None, max_bytes: int = MAX_BYTES):
-    """A .caffemodel's bytes -> our model with its weights (`model.preprocessing`: Caffe's).
+    """A .caffemodel's bytes -> `(model, preprocessing)`: our model with its weights, and the
+    input spec they expect (Caffe's).
 
     `name`: the model (default: read from the layers, `surgery.infer_model_name`); the number
     of classes and the VGG width come from the blobs. Raises ValueError with one line when the
@@ -264,8 +265,7 @@ def import_caffemodel(data: bytes, name: str | None = None, max_bytes: int = MAX
     except ValueError as err:
         note = SHAPE_NOTES.get(name)
         raise ValueError(f"{err} ({note})" if note else str(err)) from None
-    model.preprocessing = preprocess.preprocessing_for(name, "caffe")
-    return model
+    return model, preprocess.preprocessing_for(name, "caffe")
 
 
 def _describe(name: str, model: torch.nn.Module) -> str:
