@@ -4,14 +4,16 @@ it (the layer test checks that)."""
 
 from collections.abc import Mapping
 
-from fcn.engine.checkpoint import CheckpointConfig
 from fcn.engine.models import MODEL_NAMES, backbone_of, build_model
 
 __all__ = ["MODEL_NAMES", "backbone_of", "build_from_config", "build_model"]
 
 
-def build_from_config(config: CheckpointConfig | Mapping, **options):
-    """The untrained model a checkpoint's config describes (load its model.pt into it)."""
+def build_from_config(config: Mapping, **options):
+    """The untrained model a checkpoint's config.json (or a CheckpointConfig) describes."""
+    # Imported here: `import fcn.models` stays plain PyTorch (no storage clients), as promised.
+    from fcn.engine.checkpoint import CheckpointConfig
+
     if not isinstance(config, CheckpointConfig):
         config = CheckpointConfig.from_dict(config)
     return config.build_model(**options)

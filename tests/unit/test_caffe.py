@@ -106,10 +106,11 @@ def blobs_of(net: torch.nn.Module) -> list[tuple[str, str, list[np.ndarray]]]:
 def test_a_caffemodel_imports_exactly(name, v1):
     source = reference_net(name)
     data = caffemodel(blobs_of(source), v1)
-    model = import_caffemodel(data).eval()  # model, classes and width read from the file
+    model, spec = import_caffemodel(data)  # model, classes and width read from the file
+    model.eval()
     assert getattr(model, "at_once", False) == (name == "fcn8s-atonce")
     assert model.num_classes == NUM_CLASSES and model.width == WIDTH
-    assert model.preprocessing == preprocess.CAFFE
+    assert spec == preprocess.CAFFE
     blobs = {n: b for n, _, b in blobs_of(source)}
     for key_name, tensor in model.state_dict().items():
         layer, index = key_name.rsplit(".", 1)[0], 0 if key_name.endswith("weight") else 1
@@ -121,7 +122,7 @@ def test_a_caffemodel_imports_exactly(name, v1):
 def test_model_named_explicitly_and_file_read_once_more():
     source = reference_net("fcn16s")
     data = caffemodel(blobs_of(source), v1=False)
-    model = import_caffemodel(data, "fcn16s")
+    model, _ = import_caffemodel(data, "fcn16s")
     torch.testing.assert_close(model.score_pool4.bias, source.score_pool4.bias, rtol=0, atol=0)
     layers = read_caffemodel(data)
     assert [layer.name for layer in layers][:2] == ["conv1_1", "conv1_2"]

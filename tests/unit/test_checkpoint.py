@@ -80,14 +80,14 @@ def test_no_config_is_not_a_checkpoint(tmp_path):
 @pytest.mark.parametrize("name", ["caffe", "torchvision"])
 def test_preprocessing_declared_by_name_resolves_to_the_spec(tmp_path, name):
     config = checkpoint.check(write(tmp_path, {**GOOD, "preprocessing": name}))
-    assert config["preprocessing"] == preprocess.SPECS[name]
-    assert config["model"] == "fcn32s" and config["num_classes"] == 3
+    assert config.preprocessing == preprocess.SPECS[name]
+    assert config.model == "fcn32s" and config.num_classes == 3
 
 
 def test_a_full_spec_dict_and_a_class_list_pass(tmp_path):
     classes = ClassList.from_names(["sky", "road", "car"], [(0, 0, 255), (90, 90, 90), None])
     config = {**GOOD, "preprocessing": preprocess.TORCHVISION, "classes": classes.to_dict()}
-    assert checkpoint.check(write(tmp_path, config))["preprocessing"] == preprocess.TORCHVISION
+    assert checkpoint.check(write(tmp_path, config)).preprocessing == preprocess.TORCHVISION
 
 
 def test_garbage_weights_fail_with_one_line(tmp_path):
@@ -115,4 +115,17 @@ def test_save_then_load_round_trip(tmp_path):
     checkpoint.save(state, {**GOOD, "lr": 1e-4}, uri)
     loaded, config = checkpoint.load(uri)
     assert torch.equal(loaded["conv.weight"], state["conv.weight"])
-    assert config["lr"] == 1e-4 and config["preprocessing"] == preprocess.CAFFE
+    assert config.extra["lr"] == 1e-4 and config.preprocessing == preprocess.CAFFE
+
+
+def test_the_typed_config_reads_old_checkpoints_and_writes_back_what_it_read(tmp_path):
+    """A checkpoint written before class lists travelled (`class_names`, no width) still loads,
+    and to_dict keeps every key the typed fields do not cover (the training settings)."""
+    old = {**GOOD, "class_names": ["sky", "road", "car"], "train": {"lr": 1e-10}, "iteration": 7}
+    config = checkpoint.check(write(tmp_path, old))
+    assert config.classes.names == ("sky", "road", "car") and config.width is None
+    assert config.build_model().fc7.out_channels == 4096  # width absent: the paper's net
+    written = config.to_dict()
+    assert written["train"] == {"lr": 1e-10} and written["iteration"] == 7
+    assert "width" not in written and written["classes"]["names"] == ["sky", "road", "car"]
+    assert checkpoint.CheckpointConfig.from_dict(written) == config

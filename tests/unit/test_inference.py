@@ -13,8 +13,10 @@ import torch
 from helpers_data import varied_model
 
 from fcn.engine import checkpoint
-from fcn.engine.inference import check_model, load_model, predict
+from fcn.engine.classes import default_classes
+from fcn.engine.inference import load_model, predict
 from fcn.engine.models.preprocess import normalize
+from fcn.tracking.models import check_model
 
 REPO = Path(__file__).resolve().parents[2]
 NUM_CLASSES = 4
@@ -55,18 +57,24 @@ def test_predict_is_the_argmax_of_the_models_logits(model_dir):
 
 def test_check_model_reads_the_config_without_building_the_model(model_dir):
     config = check_model(model_dir)
-    assert config["num_classes"] == NUM_CLASSES and config["preprocessing"]["scale"] == 1
+    assert config.num_classes == NUM_CLASSES and config.preprocessing["scale"] == 1
 
 
 def test_weights_that_do_not_fit_the_config_fail_with_one_line(model_dir, tmp_path):
     state, config = checkpoint.load(model_dir)
     other = str(tmp_path / "other")
-    checkpoint.save(state, {**config, "num_classes": NUM_CLASSES + 1}, other)
+    wider = default_classes(NUM_CLASSES + 1)
+    checkpoint.save(state, config.replace(num_classes=NUM_CLASSES + 1, classes=wider), other)
     with pytest.raises(checkpoint.ContractError) as caught:
         load_model(other)
     message = str(caught.value)
     assert "\n" not in message and "does not fit its config.json" in message
     assert f"num_classes {NUM_CLASSES + 1}" in message and "size mismatch" in message
+
+
+def test_the_engine_leaves_mlflow_uris_to_the_tracking_layer():
+    with pytest.raises(ValueError, match="fcn.tracking.load_model"):
+        load_model("models:/fcn@champion")
 
 
 def test_an_unknown_registered_model_alias_fails_with_one_line(tmp_path, monkeypatch):

@@ -14,7 +14,8 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from fcn.engine.models import MODEL_NAMES, build_from_config, build_model, preprocess
+from fcn.engine.models import MODEL_NAMES, build_model, preprocess
+from fcn.models import build_from_config
 from fcn.engine.models.layers import bilinear_kernel, crop, upsample
 from fcn.engine.models.surgery import convolutionalize, copy_alexnet, copy_vgg16
 
@@ -314,9 +315,10 @@ def test_width_scales_channels_but_keeps_names_and_geometry():
     x = torch.randn(1, 3, 63, 97)
     with torch.no_grad():
         assert build_model("fcn8s", 3, width=0.25).eval()(x).shape == (1, 3, 63, 97)
-    rebuilt = build_from_config({"model": "fcn16s", "num_classes": 3, "width": 0.25})
+    config = {"model": "fcn16s", "num_classes": 3, "preprocessing": "torchvision"}
+    rebuilt = build_from_config({**config, "width": 0.25})
     assert rebuilt.width == 0.25 and rebuilt.fc7.out_channels == 1024
-    assert build_from_config({"model": "fcn16s", "num_classes": 3}).fc7.out_channels == 4096
+    assert build_from_config(config).fc7.out_channels == 4096
     with pytest.raises(ValueError, match="VGG16 models only"):
         build_model("fcn-alexnet", width=0.5)
     with pytest.raises(ValueError, match="width 1 only"):
@@ -356,8 +358,9 @@ def test_torchvision_preprocessing_batch():
 def test_preprocessing_follows_the_weights():
     assert preprocess.preprocessing_for("fcn8s", "/models/vgg16_from_caffe.pth")["name"] == "caffe"
     assert preprocess.preprocessing_for("fcn8s", True)["name"] == "torchvision"
+    spec = preprocess.preprocessing_for("fcn32s")
     with torch.device("meta"):
-        spec = build_model("fcn32s", num_classes=21).preprocessing
+        assert not hasattr(build_model("fcn32s", num_classes=21), "preprocessing")
     assert spec == preprocess.TORCHVISION and spec is not preprocess.TORCHVISION
     assert set(spec) == {"name", "channel_order", "scale", "mean", "std"}
 

@@ -10,10 +10,10 @@ from fcn.engine.models.layers import crop
 from fcn.engine.models.surgery import (
     fcn8s_from_fcn16s,
     fcn16s_from_fcn32s,
-    import_pytorch_fcn,
     torchvision_weights_file,
     transplant,
 )
+from fcn.engine.weights.pytorch_fcn import import_pytorch_fcn
 
 torch.set_num_threads(1)
 
@@ -111,7 +111,8 @@ def test_pretrained_googlenet_loads_from_the_hub_cache(tmp_path, monkeypatch):
     )
     torch.testing.assert_close(model.conv1.bn.running_var, net.conv1.bn.running_var)
     assert model.score_fr.weight.abs().sum() == 0
-    assert model.preprocessing["name"] == "torchvision"
+    assert preprocess.preprocessing_for("fcn-googlenet", True)["name"] == "torchvision"
+    assert not hasattr(model, "preprocessing")  # the spec travels in configs, not on modules
 
 
 def test_pretrained_from_a_wrong_file_fails_loudly(tmp_path):
@@ -177,7 +178,7 @@ def test_import_pytorch_fcn_checkpoints(tmp_path):
         training,
     )
     model, spec = import_pytorch_fcn(training)
-    assert model.at_once and spec == preprocess.CAFFE and model.preprocessing == spec
+    assert model.at_once and spec == preprocess.CAFFE and not hasattr(model, "preprocessing")
     torch.testing.assert_close(model.score_pool3.bias, source.score_pool3.bias)
     del model
     # ... and a Caffe-converted bare state_dict, named as pytorch-fcn names them.
