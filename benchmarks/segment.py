@@ -54,7 +54,7 @@ import torch  # noqa: E402
 from fcn import storage  # noqa: E402
 from fcn.data import synthetic  # noqa: E402
 from fcn.engine import checkpoint, images  # noqa: E402
-from fcn.engine.models import build_model  # noqa: E402
+from fcn.engine.models import build_model, preprocessing_for  # noqa: E402
 from fcn.engine.models.preprocess import normalize  # noqa: E402
 
 # The job as its own driver (the measured RSS is this process's).
@@ -166,7 +166,8 @@ def main() -> None:
         torch.manual_seed(0)
         model = build_model(args.model, num_classes=21).eval()
         ckpt = str(work / "checkpoint")
-        config = {"model": args.model, "num_classes": 21, "preprocessing": model.preprocessing}
+        spec = preprocessing_for(args.model)
+        config = {"model": args.model, "num_classes": 21, "preprocessing": spec}
         checkpoint.save(model.state_dict(), config, ckpt)
         print(f"generating {args.images} x {args.scale} images of {args.size}^2 ...", flush=True)
         n = args.images * args.scale
@@ -184,7 +185,9 @@ def main() -> None:
 
         matmul, conv = matmul_peak(threads), conv_peak(threads)
         gflop = forward_gflop(model, args.size)
-        plain_s = plain_loop(model, model.preprocessing, decoded, args.batch_size, threads)
+        plain_s = plain_loop(
+            model, preprocessing_for(args.model), decoded, args.batch_size, threads
+        )
         plain_rate = len(decoded) / plain_s
         print(
             f"peak: matmul {matmul:.0f}, conv {conv:.0f} GFLOP/s; plain loop "
@@ -259,7 +262,8 @@ def main() -> None:
         matmul, conv = max(matmul, matmul_peak(threads)), max(conv, conv_peak(threads))
         peak = max(matmul, conv)
         plain_s = min(
-            plain_s, plain_loop(model, model.preprocessing, decoded, args.batch_size, threads)
+            plain_s,
+            plain_loop(model, preprocessing_for(args.model), decoded, args.batch_size, threads),
         )
         plain_rate = len(decoded) / plain_s
     finally:

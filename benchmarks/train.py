@@ -50,11 +50,11 @@ def plain_loop(args, data: str, device: str) -> float:
 
     from fcn.data.transforms import TrainTransform
     from fcn.engine import optim, step
-    from fcn.engine.models import build_model
+    from fcn.engine.models import build_model, preprocessing_for
 
     torch.set_num_threads(args.threads)
     model, bare = step.prepare(build_model(args.model, 21), torch.device(device))
-    transform = TrainTransform(bare.preprocessing, crop_size=args.size)
+    transform = TrainTransform(preprocessing_for(args.model), crop_size=args.size)
     recipe = optim.Recipe("sgd", 1e-4, 0.9, 5e-4, 1, "mean")
     optimizer = optim.build_optimizer(bare, recipe)
     table = pq.read_table(os.path.join(data, "train"))

@@ -109,7 +109,7 @@ def test_compare_orders_runs_writes_outputs_and_promotes(ray_head, s3, mlflow_se
         assert f"validated on {len(RUNS)} different val datasets" in done.stdout
     # The champion is a loadable checkpoint fetched through the registry.
     state, config = checkpoint.load(tracking.resolve_checkpoint(f"models:/{MODEL}@champion"))
-    assert config["model"] == champion.tags["model"] and config["width"] == 0.25
+    assert config.model == champion.tags["model"] and config.width == 0.25
     assert "score_fr.weight" in state
 
     comparison_runs = client.search_runs(

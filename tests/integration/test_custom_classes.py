@@ -23,7 +23,6 @@ from PIL import Image
 from fcn import storage, tracking
 from fcn.data import synthetic
 from fcn.engine import checkpoint
-from fcn.engine.classes import classes_of
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -63,7 +62,7 @@ def test_a_custom_class_list_travels_from_data_to_masks(ray_head, s3, mlflow_ser
     assert per_class and per_class <= {f"iu_{name}" for name in CLASSES.names}, per_class
     assert run.data.params["num_classes"] == "5"
     best = s3.uri("classes-it/runs/five/best")
-    assert classes_of(checkpoint.load_config(best)) == CLASSES
+    assert checkpoint.load_config(best).classes == CLASSES
 
     run_ok(ray_head, ["jobs/evaluate.py", "--data", data, "--split", "val", "--model",
                       f"models:/{MODEL}@champion", "--experiment", EXPERIMENT + "-eval",

@@ -73,8 +73,8 @@ def test_segment_killed_and_cut_off_loses_nothing_and_finishes_next_night(
     s3, ray_head, gate, env, tmp_path
 ):
     net = varied_model(4)
-    model = {"net": net, "config": {"model": "fcn-alexnet", "num_classes": 4}}
-    model["config"]["preprocessing"] = net.preprocessing
+    config = {"model": "fcn-alexnet", "num_classes": 4, "preprocessing": "torchvision"}
+    model = {"net": net, "config": config}
     checkpoint.save(net.state_dict(), model["config"], s3.uri("drill/checkpoint"))
     # Distinct sizes: no two images share a forward, nothing depends on batching.
     files = {f"drill/images/img_{i}.png": encode(picture(40 + 4 * i, 48, 9 + i)) for i in range(4)}

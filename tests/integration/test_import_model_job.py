@@ -73,18 +73,18 @@ def test_a_pytorch_fcn_file_imports_registers_and_segments(s3, mlflow_server, ra
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"registered: models:/{MODEL_NAME}/1" in done.stdout
     state, config = checkpoint.load(output)
-    assert config["model"] == "fcn16s" and config["num_classes"] == 3 and config["width"] == 0.125
-    assert config["preprocessing"] == preprocess.CAFFE
-    assert config["classes"]["names"] == ["background", "road", "car"]
-    assert config["weights_source"] == s3.uri("published/fcn16s_from_caffe.pth")
+    assert config.model == "fcn16s" and config.num_classes == 3 and config.width == 0.125
+    assert config.preprocessing == preprocess.CAFFE
+    assert config.classes.names == ("background", "road", "car")
+    assert config.extra["weights_source"] == s3.uri("published/fcn16s_from_caffe.pth")
     for key, tensor in net.state_dict().items():
         assert torch.equal(state[key], tensor), key
 
     client = MlflowClient(mlflow_server.uri)
     tags = client.get_model_version(MODEL_NAME, "1").tags
-    assert tags["fcn.source"] == config["weights_source"]
+    assert tags["fcn.source"] == config.extra["weights_source"]
     assert tags["fcn.source_format"] == "pytorch-fcn"
-    assert tags["fcn.source_sha256"] == config["weights_sha256"]
+    assert tags["fcn.source_sha256"] == config.extra["weights_sha256"]
     with pytest.raises(MlflowException):  # no champion move unless asked
         client.get_model_version_by_alias(MODEL_NAME, "champion")
     again = import_model(args, env)  # the same --output: refused before any work

@@ -29,7 +29,6 @@ from helpers_data import png
 from fcn import storage, tracking
 from fcn.data import synthetic
 from fcn.engine import checkpoint
-from fcn.engine.classes import classes_of
 from fcn.nightly import cvat
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -99,7 +98,7 @@ def test_a_drift_night_is_flagged_queued_labeled_and_trained_on(
     s3, mlflow_server, ray_head, trained, tmp_path
 ):
     data, model = trained
-    recorded = checkpoint.load_config(model)["class_distribution"]
+    recorded = checkpoint.load_config(model).class_distribution
     trained_on = recorded["images"]  # the demo's training split, every image counted
     assert trained_on > 0 and len(recorded["pixel_counts"]) == NUM_CLASSES
     env = {**s3.env, **mlflow_server.env}
@@ -166,7 +165,7 @@ def test_a_drift_night_is_flagged_queued_labeled_and_trained_on(
     archive.extractall(tmp_path / "labeled")
     labeled = s3.upload_tree(tmp_path / "labeled", "insight/labeled-tree")
     classes = s3.uri("insight/classes.json")
-    storage.write_text(classes, json.dumps(classes_of(checkpoint.load_config(model)).to_dict()))
+    storage.write_text(classes, json.dumps(checkpoint.load_config(model).classes.to_dict()))
     run_ok(ray_head, ["jobs/ingest.py", "--voc", labeled, "--voc-splits", "default",
                       "--classes", classes, "--output", f"{data}/labeled-day2"], env)  # fmt: skip
     loop = [*train_args(data, s3.uri("insight/runs"), "loop", 2), "--init", model,

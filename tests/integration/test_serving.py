@@ -24,6 +24,7 @@ from PIL import Image
 from fcn import tracking
 from fcn.engine import checkpoint, images, inference
 from fcn.engine.models import build_model
+from fcn.tracking.models import load_model
 
 pytestmark = pytest.mark.integration
 
@@ -38,7 +39,7 @@ def tiny_checkpoint(path) -> str:
         if isinstance(module, torch.nn.Conv2d):
             torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
     config = {"model": "fcn32s", "num_classes": 3, "width": 0.0625,
-              "preprocessing": model.preprocessing}  # fmt: skip
+              "preprocessing": "torchvision"}  # fmt: skip
     checkpoint.save(model.state_dict(), config, str(path))
     return str(path)
 
@@ -176,6 +177,6 @@ def test_a_version_registered_as_a_bare_directory_still_resolves(registered, tmp
     ).version
     resolved = tracking.resolve_checkpoint(f"models:/{MODEL}-old/{version}", str(tmp_path))
     state, config = checkpoint.load(resolved)
-    assert config["width"] == 0.0625 and "score_fr.weight" in state
-    model = inference.load_model(f"models:/{MODEL}-old/{version}")
+    assert config.width == 0.0625 and "score_fr.weight" in state
+    model = load_model(f"models:/{MODEL}-old/{version}")
     assert model.num_classes == 3

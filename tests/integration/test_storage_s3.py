@@ -47,7 +47,7 @@ def test_streamed_checkpoint_round_trip_on_s3(s3):
         "storage-test/ckpt/training_state.pt",
     ]  # fmt: skip
     loaded, config = checkpoint.load(uri)
-    assert torch.equal(loaded["w"], state["w"]) and config["num_classes"] == 2
+    assert torch.equal(loaded["w"], state["w"]) and config.num_classes == 2
     data = io.BytesIO(storage.read_bytes(f"{uri}/training_state.pt"))
     saved = torch.load(data, weights_only=True)
     assert saved["progress"]["iteration"] == 7

@@ -115,7 +115,7 @@ def test_train_with_worker_failure(ray_head, s3, data, env):
     # The version is an MLflow model whose artifact is the checkpoint directory.
     resolved = tracking.resolve_checkpoint(f"models:/{MODEL_NAME}/{version.version}")
     assert sorted(os.listdir(resolved)) == ["config.json", "model.pt"]
-    assert checkpoint.check(resolved)["num_classes"] == 3
+    assert checkpoint.check(resolved).num_classes == 3
     keys = s3.keys("train-it/runs/accept/")
     assert "train-it/runs/accept/best/config.json" in keys
     assert any(k.endswith(f"checkpoint_{ITERATIONS:06d}/training_state.pt") for k in keys)

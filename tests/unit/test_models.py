@@ -15,9 +15,9 @@ import torchvision
 from torch import nn
 
 from fcn.engine.models import MODEL_NAMES, build_model, preprocess
-from fcn.models import build_from_config
 from fcn.engine.models.layers import bilinear_kernel, crop, upsample
 from fcn.engine.models.surgery import convolutionalize, copy_alexnet, copy_vgg16
+from fcn.models import build_from_config
 
 torch.set_num_threads(1)
 

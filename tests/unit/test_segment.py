@@ -21,7 +21,6 @@ from fcn import storage
 from fcn.config import SegmentConfig
 from fcn.engine import checkpoint, images
 from fcn.engine.classes import voc_colormap
-from fcn.engine.models import build_from_config
 from fcn.engine.models.preprocess import normalize
 from fcn.nightly import manifest, masks, plan, state
 
@@ -35,7 +34,7 @@ def model_dir(tmp_path_factory):
     config = {
         "model": "fcn-alexnet",
         "num_classes": NUM_CLASSES,
-        "preprocessing": model.preprocessing,
+        "preprocessing": "torchvision",
     }
     checkpoint.save(model.state_dict(), config, uri)
     return uri
@@ -58,10 +57,10 @@ def encode(image, fmt="PNG", **kwargs) -> bytes:
 
 def direct(model_dir: str, image: np.ndarray) -> np.ndarray:
     state, config = checkpoint.load(model_dir)
-    model = build_from_config(config)
+    model = config.build_model()
     model.load_state_dict(state)
     with torch.inference_mode():
-        logits = model.eval()(normalize(image, config["preprocessing"])[None])
+        logits = model.eval()(normalize(image, config.preprocessing)[None])
     return logits.argmax(1)[0].numpy()
 
 

@@ -50,7 +50,7 @@ def tiny_checkpoint(path, seed=0, num_classes=3) -> str:
         if isinstance(module, torch.nn.Conv2d):
             torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
     config = {"model": "fcn32s", "num_classes": num_classes, "width": 0.0625,
-              "preprocessing": model.preprocessing}  # fmt: skip
+              "preprocessing": "torchvision"}  # fmt: skip
     checkpoint.save(model.state_dict(), config, str(path))
     return str(path)
 
@@ -263,7 +263,7 @@ def test_registered_version_is_a_pyfunc_model_and_a_checkpoint(store, tmp_path):
     local = tracking.resolve_checkpoint("models:/served@champion", str(tmp_path / "dl"))
     state, config = checkpoint.load(local)
     direct, _ = checkpoint.load(str(tmp_path / "a"))
-    assert all(torch.equal(state[k], direct[k]) for k in direct) and config["width"] == 0.0625
+    assert all(torch.equal(state[k], direct[k]) for k in direct) and config.width == 0.0625
 
     pyfunc = mlflow.pyfunc.load_model("models:/served@champion")
     assert pyfunc.metadata.signature.inputs.input_names() == ["image"]
@@ -361,7 +361,7 @@ def test_a_version_registered_as_a_bare_directory_still_resolves(store, tmp_path
     mlflow_client.create_registered_model("old")
     mlflow_client.create_model_version("old", source=f"runs:/{run_id}/checkpoint", run_id=run_id)
     local = tracking.resolve_checkpoint("models:/old/1", str(tmp_path / "dl"))
-    assert checkpoint.load(local)[1]["model"] == "fcn32s"
+    assert checkpoint.load(local)[1].model == "fcn32s"
     assert tracking.pin_model_uri("models:/m/1") == "models:/m/1"
 
 
