@@ -3,6 +3,10 @@
 URIs are `s3://bucket/key`, `file:///abs/path` or a plain local path. Everything else in the
 project goes through here, so that the S3 endpoint (`AWS_ENDPOINT_URL`, for a MinIO or moto
 server) and the credentials are honored the same way by fsspec, pyarrow and Ray Data.
+
+Long module: on purpose. Every filesystem the project builds (fsspec/s3fs, pyarrow's S3 client,
+Ray Data's) is configured here, with one endpoint rule, one retry policy and one rule for
+credentials; split over several modules those rules drifted apart before.
 """
 
 from __future__ import annotations
