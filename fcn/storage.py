@@ -6,7 +6,7 @@ server) and the credentials are honored the same way by fsspec, pyarrow and Ray 
 
 Long module: on purpose. Every filesystem the project builds (fsspec/s3fs, pyarrow's S3 client,
 Ray Data's) is configured here, with one endpoint rule, one retry policy and one rule for
-credentials; split over several modules those rules drifted apart before.
+credentials; spread over several modules, those rules would drift apart.
 """
 
 from __future__ import annotations

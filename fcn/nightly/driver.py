@@ -184,7 +184,9 @@ def run(config: SegmentConfig) -> dict:
     summary["images_per_s"] = (
         round(summary["done"] / pipeline_seconds, 3) if summary["done"] else 0.0
     )
-    report = insight.drift_report(table, classes, ckpt_config, output, run_id, config)
+    report = insight.drift_report(
+        table, classes, ckpt_config.class_distribution, output, run_id, config
+    )
     files = insight.write(output, report)
     if config.queue_size:
         read = functools.partial(_image_bytes, fmt, input, output)

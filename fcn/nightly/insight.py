@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import pyarrow.parquet as pq
 
-from fcn.engine.checkpoint import CheckpointConfig
 from fcn.engine.classes import ClassList
 from fcn.engine.metrics import CLASS_METRIC_PREFIX, class_metric
 from fcn.nightly import chart, cvat, drift, queue
@@ -57,8 +56,8 @@ def trailing(output: Location, run_id: str, num_classes: int, nights: int):
     return total, used
 
 
-def training(checkpoint_config: CheckpointConfig, num_classes: int) -> drift.Distribution | None:
-    recorded = checkpoint_config.class_distribution
+def training(recorded: Mapping | None, num_classes: int) -> drift.Distribution | None:
+    """The class distribution a checkpoint recorded of its training masks (None: not recorded)."""
     return drift.Distribution.from_dict(recorded, num_classes) if recorded else None
 
 
@@ -72,13 +71,12 @@ def _history(output: Location, run_id: str) -> list[dict]:
     return out
 
 
-def drift_report(
-    table, classes: ClassList, checkpoint_config: CheckpointConfig, output, run_id, config
-):
-    """The night's drift report (a JSON-able dict); `table` is the run's manifest."""
+def drift_report(table, classes: ClassList, trained: Mapping | None, output, run_id, config):
+    """The night's drift report (a JSON-able dict); `table` is the run's manifest, `trained`
+    the model's recorded training distribution (CheckpointConfig.class_distribution)."""
     tonight = drift.of_manifest(table, classes.num_classes)
     notes, references = [], {}
-    reference = training(checkpoint_config, classes.num_classes)
+    reference = training(trained, classes.num_classes)
     if reference is None:
         notes.append("the model records no training class distribution: trailing nights only")
     else:

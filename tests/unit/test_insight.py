@@ -104,7 +104,7 @@ def config(**kwargs) -> SegmentConfig:
 def test_report_without_training_distribution_or_history_says_so(tmp_path):
     out = storage.locate(str(tmp_path))
     report = insight.drift_report(
-        night([[1, 1, 0]]), CLASSES, {}, out, "20260101T000000Z-a", config(drift_threshold=0.1)
+        night([[1, 1, 0]]), CLASSES, None, out, "20260101T000000Z-a", config(drift_threshold=0.1)
     )
     assert report["distance"] is None and report["drift"] is False
     assert any("no training class distribution" in n for n in report["notes"])
@@ -116,8 +116,7 @@ def test_report_without_training_distribution_or_history_says_so(tmp_path):
 
 def test_report_flags_a_night_past_the_threshold_and_keeps_history(tmp_path):
     out = storage.locate(str(tmp_path))
-    trained = {"class_distribution": {"pixel_counts": [2, 0, 0], "image_counts": [2, 0, 0],
-                                      "images": 2}}  # fmt: skip
+    trained = {"pixel_counts": [2, 0, 0], "image_counts": [2, 0, 0], "images": 2}
     write_night(out, "20260101T000000Z-a", night([[4, 0, 0]]))
     first = insight.drift_report(
         night([[4, 0, 0]]), CLASSES, trained, out, "20260101T000000Z-a", config(drift_threshold=0.3)
@@ -144,7 +143,7 @@ def test_report_flags_a_night_past_the_threshold_and_keeps_history(tmp_path):
 
 def test_recorded_training_distribution_must_fit_the_class_list():
     with pytest.raises(ValueError, match="3 classes"):
-        insight.training({"class_distribution": {"pixel_counts": [1, 2]}}, 3)
+        insight.training({"pixel_counts": [1, 2]}, 3)
 
 
 def test_drift_settings_are_checked():
