@@ -31,10 +31,9 @@ class Skip:
     upscore: str  # Caffe name of the 2x upsampling of the coarser score before the sum
 
 
-SKIPS = (
-    Skip("pool4", 512, crop=5, at_once_scale=0.01, upscore="upscore2"),
-    Skip("pool3", 256, crop=9, at_once_scale=0.0001, upscore="upscore_pool4"),
-)
+POOL4 = Skip("pool4", 512, crop=5, at_once_scale=0.01, upscore="upscore2")
+POOL3 = Skip("pool3", 256, crop=9, at_once_scale=0.0001, upscore="upscore_pool4")
+SKIPS = (POOL4, POOL3)  # FCN-16s fuses the first, FCN-8s both
 
 
 @dataclass(frozen=True)
@@ -157,15 +156,21 @@ class FCNVGG16(nn.Module):
         h = self.drop6(self.relu6(self.fc6(h)))
         h = self.drop7(self.relu7(self.fc7(h)))
         score = self.score_fr(h)
-
-        for skip in self.skips:
-            score = getattr(self, skip.upscore)(score)
-            pool = pools[skip.pool]
-            if self.at_once:
-                pool = pool * skip.at_once_scale
-            skip_score = getattr(self, f"score_{skip.pool}")(pool)
-            score = score + crop(skip_score, skip.crop, score.shape[-2], score.shape[-1])
+        # The skips as the reference net.py writes them: upsample the coarse score 2x, add the
+        # cropped score of the finer pool (crop 5 for pool4, 9 for pool3: docs/paper.md).
+        if POOL4 in self.skips:  # FCN-16s, FCN-8s
+            upscore2 = self.upscore2(score)
+            score_pool4 = self.score_pool4(self._fused_input(pools["pool4"], POOL4))
+            score = upscore2 + crop(score_pool4, POOL4.crop, *upscore2.shape[-2:])
+        if POOL3 in self.skips:  # FCN-8s
+            upscore_pool4 = self.upscore_pool4(score)
+            score_pool3 = self.score_pool3(self._fused_input(pools["pool3"], POOL3))
+            score = upscore_pool4 + crop(score_pool3, POOL3.crop, *upscore_pool4.shape[-2:])
         return score
+
+    def _fused_input(self, pool: torch.Tensor, skip: Skip) -> torch.Tensor:
+        """FCN-8s at-once scales a pool before its score layer (Caffe's fixed Scale layers)."""
+        return pool * skip.at_once_scale if self.at_once else pool
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         score = getattr(self, self.final.name)(self.coarse_score(x))
