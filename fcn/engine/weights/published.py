@@ -16,7 +16,8 @@ from fcn import storage
 from fcn.config import ImportConfig
 from fcn.engine import checkpoint
 from fcn.engine.classes import ClassList, default_classes, parse_class_list
-from fcn.engine.weights import pytorch_fcn
+from fcn.engine.models.surgery import model_name
+from fcn.engine.weights import caffe, pytorch_fcn
 
 CAFFEMODEL = "caffemodel"
 
@@ -61,8 +62,6 @@ def check_inputs(config: ImportConfig) -> tuple[str, ClassList | None]:
 
 def read_weights(config: ImportConfig, fmt: str, data: bytes):
     """The model with the file's weights (its `preprocessing` set)."""
-    from fcn.engine.weights import caffe
-
     if fmt == CAFFEMODEL:
         try:
             return caffe.import_caffemodel(data, config.model, config.max_bytes)
@@ -77,8 +76,6 @@ def read_weights(config: ImportConfig, fmt: str, data: bytes):
 
 
 def checkpoint_config(config: ImportConfig, model, classes, fmt: str, sha256: str) -> dict:
-    from fcn.engine.models.surgery import model_name
-
     width = getattr(model, "width", 1.0)
     return {
         "model": model_name(model),

@@ -15,6 +15,8 @@ import os
 
 import torch
 
+from fcn.engine.models import surgery
+
 SUFFIXES = (".pth", ".pt", ".pth.tar")
 FORMAT = "pytorch-fcn"  # the weights format name checkpoints and version tags record
 
@@ -45,8 +47,6 @@ def read_model(data: bytes, name: str | None = None, file_name: str = "") -> tor
     """The FCN of a pytorch-fcn file's bytes, its `preprocessing` set (see
     `surgery.import_pytorch_fcn`; `file_name` can name the model). A file torch cannot read
     as plain weights is `UnreadableWeights` (one line); one that is no FCN, ValueError."""
-    from fcn.engine.models import surgery
-
     try:
         state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - torch's own message advises weights_only=False
