@@ -53,7 +53,7 @@ def main(argv=None) -> int:
     if not config.registered_model:
         return 0
     version, decision = tracking.register_imported(
-        config.output, config.registered_model, config.experiment, config.champion
+        config.output, saved, config.registered_model, config.experiment, config.champion
     )
     alias = f", alias {tracking.CHAMPION}" if decision and decision.is_champion else ""
     print(f"registered: models:/{config.registered_model}/{version}{alias}")

@@ -110,26 +110,29 @@ def register_checkpoint(
 
 
 def register_imported(
-    checkpoint_uri: str, model_name: str, experiment: str, champion: bool = False, uri=None
+    checkpoint_uri: str,
+    saved: dict,
+    model_name: str,
+    experiment: str,
+    champion: bool = False,
+    uri=None,
 ) -> tuple[str, ChampionDecision | None]:
-    """Published weights already imported as checkpoint `checkpoint_uri` (any URI; its
-    config.json names the source, `weights_*`) as a version of `model_name`, from a run
-    `import <file>` of `experiment`: the same pyfunc model as a trained version, tagged with
-    where its weights came from. It has no val digest and no mean IU; with `champion`, it is
-    offered to `promote` (rule above). Returns (version, the decision or None)."""
-    from fcn.engine import checkpoint
-
-    config = checkpoint.load_config(checkpoint_uri)
-    source = os.path.basename(config["weights_source"].rstrip("/"))
+    """Published weights imported as checkpoint `checkpoint_uri` (any URI; `saved`: the
+    config.json written there, naming the source in `weights_*`) as a version of `model_name`,
+    from a run `import <file>` of `experiment`: the same pyfunc model as a trained version,
+    tagged with where its weights came from. It has no val digest and no mean IU; with
+    `champion` it is offered to `promote` (rule above). Returns (version, the decision or
+    None)."""
+    source = os.path.basename(saved["weights_source"].rstrip("/"))
     tags = {
-        TAG_WEIGHTS_SOURCE: redact(config["weights_source"]),
-        TAG_WEIGHTS_FORMAT: config["weights_format"],
-        TAG_WEIGHTS_SHA256: config["weights_sha256"],
+        TAG_WEIGHTS_SOURCE: redact(saved["weights_source"]),
+        TAG_WEIGHTS_FORMAT: saved["weights_format"],
+        TAG_WEIGHTS_SHA256: saved["weights_sha256"],
     }
     with tempfile.TemporaryDirectory(prefix="fcn-import-") as tmp:
         local = _local_checkpoint(checkpoint_uri, tmp)
         with run_scope(experiment, f"import {source}", uri=uri) as run_id:
-            log_params(run_id, {k: v for k, v in config.items() if k != "classes"}, uri)
+            log_params(run_id, {k: v for k, v in saved.items() if k != "classes"}, uri)
             version = register_version(run_id, local, model_name, tags, uri)
             decision = promote(model_name, version, uri=uri) if champion else None
     return version, decision
