@@ -23,7 +23,8 @@ def main(argv=None) -> int:
     config = parse(CompareConfig, argv, description=__doc__, epilog=EXAMPLES)
     from mlflow.exceptions import MlflowException
 
-    from fcn.compare import compare, to_markdown
+    from fcn.compare import compare
+    from fcn.compare.table import to_markdown
 
     try:
         result = compare(config)

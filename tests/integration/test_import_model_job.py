@@ -1,6 +1,7 @@
 """Issue 17 acceptance on real services: a pytorch-fcn-format .pth on the S3 test server imports
-and registers on the MLflow test server, and the nightly segment job (`ray job submit`) runs
-with `models:/NAME/1`, painting what the file's net predicts with the imported class list."""
+and registers on the MLflow test server as a pyfunc model version (as trained versions are),
+and the nightly segment job (`ray job submit`) runs with `models:/NAME/1`, painting what the
+file's net predicts with the imported class list, as the pyfunc model does."""
 
 from __future__ import annotations
 
@@ -54,6 +55,8 @@ def png(image: np.ndarray) -> bytes:
 
 
 def test_a_pytorch_fcn_file_imports_registers_and_segments(s3, mlflow_server, ray_head, tmp_path):
+    import mlflow
+    import pandas as pd
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
@@ -85,6 +88,8 @@ def test_a_pytorch_fcn_file_imports_registers_and_segments(s3, mlflow_server, ra
     assert tags["fcn.source"] == config.extra["weights_source"]
     assert tags["fcn.source_format"] == "pytorch-fcn"
     assert tags["fcn.source_sha256"] == config.extra["weights_sha256"]
+    assert tags["model"] == "fcn16s" and tags["classes"] == "background,road,car"
+    served = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}/1")  # not a bare directory
     with pytest.raises(MlflowException):  # no champion move unless asked
         client.get_model_version_by_alias(MODEL_NAME, "champion")
     again = import_model(args, env)  # the same --output: refused before any work
@@ -113,4 +118,6 @@ def test_a_pytorch_fcn_file_imports_registers_and_segments(s3, mlflow_server, ra
             list(c) for c in COLORS
         ]
         classes_seen |= set(np.unique(expected).tolist())
+        answer = served.predict(pd.DataFrame({"image": [png(image)]}))
+        assert np.array_equal(answer["mask"][0], expected), key
     assert len(classes_seen) > 1  # the comparison above could tell weights apart

@@ -15,8 +15,11 @@ pytest.importorskip("mlflow")
 from mlflow.entities import Metric, Param  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
-from fcn import compare as cmp  # noqa: E402
 from fcn import tracking  # noqa: E402
+from fcn.compare import job as cmp  # noqa: E402
+from fcn.compare import plots as cmp_plots  # noqa: E402
+from fcn.compare import rows as cmp_rows  # noqa: E402
+from fcn.compare import table as cmp_table  # noqa: E402
 from fcn.config import CompareConfig, parse  # noqa: E402
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -100,27 +103,27 @@ def test_table_order_settings_and_files(store):
 
 def test_per_class_is_taken_at_the_best_evaluation(store):
     uri, client, ids, _ = store
-    row = cmp.to_row(client.get_run(ids["low"]))
+    row = cmp_rows.to_row(client.get_run(ids["low"]))
     curve = tracking.metric_history(row.run_id, "mean_iu", uri)
-    values = cmp.per_class_at_best(row, curve, uri)
+    values = cmp_plots.per_class_at_best(row, curve, uri)
     assert values["iu_background"] == pytest.approx(0.1 / 3)  # step 10, not the later 0.05
-    assert cmp.class_order(row.class_metrics) == ["background", "aeroplane", "cat"]
-    assert cmp.class_order(["iu_zebra", "iu_cat", "iu_background"]) == [
+    assert cmp_plots.class_order(row.class_metrics) == ["background", "aeroplane", "cat"]
+    assert cmp_plots.class_order(["iu_zebra", "iu_cat", "iu_background"]) == [
         "background",
         "cat",
         "zebra",
     ]
-    assert cmp.class_order([f"iu_{i}" for i in (10, 2, 0, 1)]) == ["0", "1", "2", "10"]
+    assert cmp_plots.class_order([f"iu_{i}" for i in (10, 2, 0, 1)]) == ["0", "1", "2", "10"]
 
 
 def test_plot_classes_without_a_recorded_list_use_voc_colours_by_index():
     from fcn.engine.classes import voc_colormap
 
     cmap = voc_colormap()
-    classes = cmp.plot_classes([None], {"iu_cat", "iu_background", "iu_zebra"})
+    classes = cmp_plots.plot_classes([None], {"iu_cat", "iu_background", "iu_zebra"})
     assert classes.names == ("background", "cat", "zebra")
     assert classes.colors[1] == tuple(cmap[8])  # cat is VOC class 8, wherever it is plotted
-    numbered = cmp.plot_classes([], {"iu_0", "iu_3"})
+    numbered = cmp_plots.plot_classes([], {"iu_0", "iu_3"})
     assert numbered.names == ("0", "3") and numbered.colors[1] == tuple(cmap[3])
 
 
@@ -145,7 +148,7 @@ def test_per_class_plot_uses_the_runs_class_names_and_colours(store):
     out = tmp_path / "out"
     cmp.compare(CompareConfig(experiment="five", output=str(out), tracking_uri=uri))
 
-    classes = cmp.plot_classes([listed, None], {f"iu_{n}" for n in (*names, "extra")})
+    classes = cmp_plots.plot_classes([listed, None], {f"iu_{n}" for n in (*names, "extra")})
     assert classes.names == (*names, "extra")  # metric iu_car park names class "car park"
     assert [list(c) for c in classes.colors[:5]] == colors
     found = _colours((out / cmp.PER_CLASS_FILE).read_bytes())
@@ -198,10 +201,10 @@ def test_table_groups_runs_by_validation_data(store):
     result = cmp.compare(CompareConfig(experiment="groups", output=str(tmp_path / "o"),
                                        tracking_uri=uri))  # fmt: skip
     assert [r.name for r in result.rows] == ["b", "c", "a"]  # d2's group first: it holds 0.9
-    assert cmp.ranks(result.rows) == [1, 1, 2]
-    markdown = cmp.to_markdown(result.rows, result.settings)
+    assert cmp_rows.ranks(result.rows) == [1, 1, 2]
+    markdown = cmp_table.to_markdown(result.rows, result.settings)
     assert "validated on 2 different val datasets" in markdown
-    table = list(csv.DictReader(io.StringIO(cmp.to_csv(result.rows, result.settings))))
+    table = list(csv.DictReader(io.StringIO(cmp_table.to_csv(result.rows, result.settings))))
     assert [(r["run"], r["rank"], r["val_digest"]) for r in table] == [
         ("b", "1", "d2"), ("c", "1", "d1"), ("a", "2", "d1"),
     ]  # fmt: skip
@@ -238,15 +241,15 @@ def test_unknown_experiment_names_the_ones_there(store):
 def test_table_helpers_without_a_store():
     scores = {"pixel_acc": 0.9, "mean_acc": 0.7, "mean_iu": 0.5, "fw_iu": 0.6}
     rows = [
-        cmp.RunRow("a" * 32, "x", "fcn8s", "FINISHED", float("nan"), {}, 3725.0),
-        cmp.RunRow("b" * 32, "y|z", "fcn8s", "FINISHED", 0.5, scores, 59.6),
+        cmp_rows.RunRow("a" * 32, "x", "fcn8s", "FINISHED", float("nan"), {}, 3725.0),
+        cmp_rows.RunRow("b" * 32, "y|z", "fcn8s", "FINISHED", 0.5, scores, 59.6),
     ]
-    ordered = cmp.sort_rows(rows)
+    ordered = cmp_rows.sort_rows(rows)
     assert [r.name for r in ordered] == ["y|z", "x"]  # NaN sorts as missing
-    markdown = cmp.to_markdown(ordered, [])
+    markdown = cmp_table.to_markdown(ordered, [])
     assert "y\\|z" in markdown and "1h02m" in markdown and "0m60s" not in markdown
     assert "1m00s" in markdown
-    table = list(csv.DictReader(io.StringIO(cmp.to_csv(ordered, []))))
+    table = list(csv.DictReader(io.StringIO(cmp_table.to_csv(ordered, []))))
     assert math.isnan(float(table[1]["best_mean_iu"]))
 
 

@@ -1,6 +1,7 @@
 """MLflow through fcn.tracking on a local sqlite store: run lifecycle, batched metrics, dataset
 digests, the registry with its pyfunc model, and the champion alias."""
 
+import importlib.util
 import json
 import os
 import re
@@ -10,6 +11,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -371,3 +373,74 @@ def test_run_classes_reads_the_logged_class_list(store):
     listed = {"num_classes": 2, "names": ["sky", "road"], "colors": [[1, 2, 3], [4, 5, 6]]}
     tracking.log_classes(run_id, listed)
     assert tracking.run_classes(run_id) == listed
+
+
+def _import_job():
+    """jobs/import_model.py as a module: its main() runs here, against the test store."""
+    spec = importlib.util.spec_from_file_location("import_model", REPO / "jobs/import_model.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_imported_weights_are_a_pyfunc_champion_that_training_can_replace(store, tmp_path,
+                                                                           capsys):  # fmt: skip
+    """Defect: `import_model --champion` registered a bare checkpoint directory (not a pyfunc
+    model: `mlflow models serve` failed) without a val digest, so no trained version could
+    ever replace it."""
+    import mlflow
+
+    weights = tmp_path / "fcn32s_from_caffe.pth"  # a pytorch-fcn file: our keys, a state_dict
+    net = tiny_checkpoint(tmp_path / "net")
+    torch.save(checkpoint.load(net)[0], weights)
+    job = _import_job()
+    args = ["--from", str(weights), "--registered-model", "imported", "--champion"]
+    assert job.main([*args, "--output", str(tmp_path / "imported")]) == 0
+    assert "registered: models:/imported/1, alias champion" in capsys.readouterr().out
+    served = mlflow.pyfunc.load_model("models:/imported@champion")
+    picture = np.random.default_rng(1).integers(0, 256, (29, 41, 3), dtype=np.uint8)
+    out = served.predict(pd.DataFrame({"image": [_jpeg(picture)]}))
+    loaded = inference.load_model(str(tmp_path / "imported"))
+    image = images.decode_image(_jpeg(picture))
+    expected = inference.predict(loaded.model, image[None], loaded.preprocessing)[0]
+    np.testing.assert_array_equal(out["mask"][0], expected)
+    tags = tracking.client().get_model_version("imported", "1").tags
+    assert tags["fcn.source"] == str(weights) and tags["fcn.source_format"] == "pytorch-fcn"
+    assert tags["model"] == "fcn32s" and tags["num_classes"] == "3"
+    assert tracking.TAG_VAL_DIGEST not in tags
+
+    # A trained version (validated on recorded data) replaces the unmeasured champion...
+    assert _register(tmp_path, "trained", 0.1, "d1", model="imported")[1] == ("2", True)
+    # ...and an imported one never replaces a measured champion: registered, alias unmoved.
+    assert job.main([*args, "--output", str(tmp_path / "again")]) == 2
+    assert "error: champion unchanged: version 3 has no recorded validation data" in (
+        capsys.readouterr().err
+    )
+    assert str(tracking.champion_version("imported").version) == "2"
+
+
+def test_the_champion_rule_for_versions_without_a_val_digest():
+    from types import SimpleNamespace
+
+    def version(number, digest=None, mean_iu=None):
+        tags = {"val_digest": digest, "mean_iu": mean_iu}
+        return SimpleNamespace(version=number, tags={k: v for k, v in tags.items() if v})
+
+    imported, old, measured = version("1"), version("2", mean_iu="0.6"), version("3", "d1", "0.1")
+    assert tracking.incomparable(imported, None) is None  # no champion: anything may be one
+    assert tracking.incomparable(measured, imported) is None  # a digest beats none
+    assert tracking.incomparable(measured, old) is None
+    assert "no recorded validation data" in tracking.incomparable(imported, measured)
+    assert tracking.incomparable(imported, old) is None  # both unmeasured: comparable
+    assert "not comparable" in tracking.incomparable(version("4", "d2"), measured)
+
+
+def test_checked_model_pins_the_alias_and_checks_the_checkpoint_once(store, tmp_path):
+    _register(tmp_path, "checked", 0.5, model="checked")
+    pinned, config = tracking.checked_model("models:/checked@champion")
+    assert pinned == "models:/checked/1" and config["model"] == "fcn32s"
+    local = str(tmp_path / "checked")
+    assert tracking.checked_model(local) == (local, checkpoint.check(local))
+    with pytest.raises(FileNotFoundError, match="models:/checked@nope does not resolve") as err:
+        tracking.checked_model("models:/checked@nope")
+    assert "\n" not in str(err.value)

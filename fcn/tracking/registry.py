@@ -1,0 +1,288 @@
+"""The model registry: the only code that registers model versions and moves `champion`.
+
+A version is always an MLflow pyfunc model (fcn.tracking.pyfunc) whose artifact `checkpoint/`
+is the checkpoint directory, whoever registers it: a training run (`register_checkpoint`) or
+published weights (`register_imported`, jobs/import_model.py). The alias moves only through
+`promote`, so every alias move passes one rule and one place could record it.
+
+The champion rule. A mean IU means something only next to another one measured on the same
+validation data: the versions' `val_digest` tags (content digests of the val split).
+1. No champion yet: the candidate becomes champion.
+2. Equal digests (both recorded and equal, or both unrecorded): comparable. Training asks for
+   a higher mean IU (`better_only`); compare --promote and import --champion move it on request.
+3. A champion without a digest (imported weights, or a version from before digests) has no
+   score on recorded data: a candidate that has one replaces it, its mean IU aside.
+4. A candidate without a digest never replaces a champion that has one, and versions with
+   different digests are not ranked: refused with the reason. Adopting new validation data, or
+   preferring an unmeasured version, is a person's call: set the alias by hand.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+
+from fcn.tracking.runs import _param_text, client, log_params, redact, run_scope
+from fcn.tracking.source import TAG_GIT_COMMIT, git_commit
+
+log = logging.getLogger(__name__)
+
+CHAMPION = "champion"
+TAG_MEAN_IU = "mean_iu"
+# Content digest of the split a version was validated on (run tag and version tag): mean IUs
+# are comparable only between equal digests (the rule above).
+TAG_VAL_DIGEST = "val_digest"
+# Where an imported version's weights came from (version tags).
+TAG_WEIGHTS_SOURCE = "fcn.source"
+TAG_WEIGHTS_FORMAT = "fcn.source_format"
+TAG_WEIGHTS_SHA256 = "fcn.source_sha256"
+# An evaluation or segment run's model: the exact registry version (or a checkpoint's URI).
+TAG_MODEL_URI = "model_uri"
+TAG_MODEL_NAME = "model_name"
+TAG_MODEL_VERSION = "model_version"
+MODEL_NAME = "fcn"  # the logged model's name within its run
+# A pinned registry version, `models:/NAME/VERSION` (what `pin_model_uri` gives).
+REGISTRY_VERSION = re.compile(r"models:/([^/@]+)/(\d+)")
+
+
+@dataclass(frozen=True)
+class ChampionDecision:
+    """What `promote` did with a version: champion now, or the reason it is not."""
+
+    model_name: str
+    version: str
+    previous: str | None  # the champion before the decision; None when there was none
+    refusal: str | None  # why the alias stayed; None when `version` is the champion now
+
+    @property
+    def is_champion(self) -> bool:
+        return self.refusal is None
+
+
+# --- registering ----------------------------------------------------------------------------
+
+
+def register_version(run_id: str, local_dir: str, model_name: str, tags: dict, uri=None) -> str:
+    """Log checkpoint dir `local_dir` as run `run_id`'s pyfunc model and register it as a
+    version of `model_name` (created when new), tagged with `_version_tags` and `tags`.
+
+    A run registers at most one version per model: a resumed, finished job registering again
+    gets the version it made before. Returns the version.
+    """
+    from mlflow.exceptions import MlflowException
+
+    mlflow_client = client(uri)
+    try:
+        mlflow_client.get_registered_model(model_name)
+    except MlflowException:
+        mlflow_client.create_registered_model(model_name)
+    existing = mlflow_client.search_model_versions(f"name='{model_name}' and run_id='{run_id}'")
+    if existing:
+        version = str(max(int(v.version) for v in existing))
+    else:
+        model_id = _log_pyfunc(mlflow_client, run_id, local_dir)
+        version = mlflow_client.create_model_version(
+            model_name, source=f"models:/{model_id}", run_id=run_id, model_id=model_id
+        ).version
+    run_tags = mlflow_client.get_run(run_id).data.tags
+    for key, value in {**_version_tags(local_dir, run_tags), **tags}.items():
+        mlflow_client.set_model_version_tag(model_name, version, key, value)
+    return str(version)
+
+
+def register_checkpoint(
+    run_id: str, local_dir: str, model_name: str, mean_iu: float, uri=None
+) -> tuple[str, bool]:
+    """A training run's best checkpoint as a version of `model_name` (`register_version`,
+    tagged with its mean IU), champion when it beats the champion under the rule above.
+
+    The version's tags say what it is: mean IU, val and train digests (the run's tags), model,
+    width, num_classes, classes, git commit. Returns (version, is_champion).
+    """
+    version = register_version(run_id, local_dir, model_name, {TAG_MEAN_IU: f"{mean_iu:.6f}"}, uri)
+    decision = promote(model_name, version, better_only=True, uri=uri)
+    if decision.refusal:
+        log.warning("%s: %s", model_name, decision.refusal)
+    return version, decision.is_champion
+
+
+def register_imported(
+    checkpoint_uri: str,
+    saved: dict,
+    model_name: str,
+    experiment: str,
+    champion: bool = False,
+    uri=None,
+) -> tuple[str, ChampionDecision | None]:
+    """Published weights imported as checkpoint `checkpoint_uri` (any URI; `saved`: the
+    config.json written there, naming the source in `weights_*`) as a version of `model_name`,
+    from a run `import <file>` of `experiment`: the same pyfunc model as a trained version,
+    tagged with where its weights came from. It has no val digest and no mean IU; with
+    `champion` it is offered to `promote` (rule above). Returns (version, the decision or
+    None)."""
+    source = os.path.basename(saved["weights_source"].rstrip("/"))
+    tags = {
+        TAG_WEIGHTS_SOURCE: redact(saved["weights_source"]),
+        TAG_WEIGHTS_FORMAT: saved["weights_format"],
+        TAG_WEIGHTS_SHA256: saved["weights_sha256"],
+    }
+    with tempfile.TemporaryDirectory(prefix="fcn-import-") as tmp:
+        local = _local_checkpoint(checkpoint_uri, tmp)
+        with run_scope(experiment, f"import {source}", uri=uri) as run_id:
+            log_params(run_id, {k: v for k, v in saved.items() if k != "classes"}, uri)
+            version = register_version(run_id, local, model_name, tags, uri)
+            decision = promote(model_name, version, uri=uri) if champion else None
+    return version, decision
+
+
+def _local_checkpoint(checkpoint_uri: str, tmp: str) -> str:
+    """A local directory holding the checkpoint: MLflow logs artifacts from local files."""
+    from fcn import storage
+    from fcn.engine import checkpoint
+
+    if not storage.is_remote(checkpoint_uri):
+        return storage.strip_scheme(checkpoint_uri)
+    for name in (checkpoint.MODEL_FILE, checkpoint.CONFIG_FILE):
+        fs, path = storage.filesystem(storage.join(checkpoint_uri, name))
+        fs.get(path, os.path.join(tmp, name))
+    return tmp
+
+
+def _log_pyfunc(mlflow_client, run_id: str, local_dir: str) -> str:
+    """The checkpoint as an MLflow 3 logged model of run `run_id`; returns its model id."""
+    from mlflow.entities import LoggedModelOutput
+
+    from fcn.tracking import pyfunc as serving  # here: it imports MLflow's pyfunc and torch
+
+    experiment_id = mlflow_client.get_run(run_id).info.experiment_id
+    model = mlflow_client.create_logged_model(experiment_id, MODEL_NAME, source_run_id=run_id)
+    try:
+        with tempfile.TemporaryDirectory(prefix="fcn-pyfunc-") as tmp:
+            path = os.path.join(tmp, "model")
+            serving.save(local_dir, path)
+            mlflow_client.log_model_artifacts(model.model_id, path)
+    except BaseException:
+        mlflow_client.finalize_logged_model(model.model_id, "FAILED")
+        raise
+    mlflow_client.finalize_logged_model(model.model_id, "READY")
+    mlflow_client.log_outputs(run_id, [LoggedModelOutput(model.model_id, step=0)])
+    return model.model_id
+
+
+def _version_tags(local_dir: str, run_tags: dict) -> dict:
+    """What a reader of the registry needs to know about a version, from its config.json and
+    its run: model, width, classes, val data, code."""
+    from fcn.engine import checkpoint
+
+    config = checkpoint.load_config(local_dir)
+    tags = {
+        "model": config.model,
+        "width": str(1 if config.width is None else config.width),
+        "num_classes": str(config.num_classes),
+        "classes": _param_text(",".join(config.classes.names)),
+        TAG_VAL_DIGEST: run_tags.get(TAG_VAL_DIGEST, ""),
+        "train_digest": run_tags.get("train_digest", ""),
+        # The code that trained it (the run's source tag), else the code registering it.
+        "git_commit": run_tags.get(TAG_GIT_COMMIT) or git_commit() or "",
+    }
+    return {k: v for k, v in tags.items() if v}
+
+
+# --- the champion ---------------------------------------------------------------------------
+
+
+def promote(model_name: str, version, better_only: bool = False, uri=None) -> ChampionDecision:
+    """Move `champion` to `version` of `model_name` when the rule above allows it
+    (`better_only`: rule 2 also asks for a higher mean IU). Returns the decision; a refusal
+    leaves the alias where it was."""
+    mlflow_client = client(uri)
+    candidate = mlflow_client.get_model_version(model_name, str(version))
+    champion = champion_version(model_name, uri)
+    previous = None if champion is None else str(champion.version)
+    if previous == str(candidate.version):
+        return ChampionDecision(model_name, previous, previous, None)
+    refusal = incomparable(candidate, champion)
+    if refusal is None and better_only:
+        refusal = _not_better(candidate, champion)
+    if refusal is None:
+        mlflow_client.set_registered_model_alias(model_name, CHAMPION, candidate.version)
+    return ChampionDecision(model_name, str(candidate.version), previous, refusal)
+
+
+def incomparable(candidate, champion) -> str | None:
+    """Why `candidate` (a ModelVersion) may not replace `champion` (rules 3 and 4 above), or
+    None when it may."""
+    if champion is None:
+        return None
+    mine, theirs = _digest(candidate), _digest(champion)
+    if mine == theirs or (mine and not theirs):
+        return None
+    if not mine:
+        return (
+            f"version {candidate.version} has no recorded validation data (imported weights?), "
+            f"champion version {champion.version} was validated on {theirs}: an unmeasured "
+            "version never replaces a measured champion, so the champion stays (set the alias "
+            "by hand to prefer it)"
+        )
+    return (
+        f"version {candidate.version} was validated on val data {mine}, "
+        f"champion version {champion.version} on {theirs}: mean IUs on "
+        "different validation data are not comparable, so the champion stays (set the alias "
+        "by hand if the new validation data replaces the old)"
+    )
+
+
+def _not_better(candidate, champion) -> str | None:
+    """Rule 2's score test: why `candidate` does not beat `champion`, or None."""
+    if champion is None or (_digest(candidate) and not _digest(champion)):
+        return None  # rules 1 and 3: nothing measured to beat
+    if _mean_iu(candidate) > _mean_iu(champion):
+        return None
+    return (
+        f"version {candidate.version} (mean IU {candidate.tags.get(TAG_MEAN_IU, 'unrecorded')}) "
+        f"does not beat champion version {champion.version} "
+        f"({champion.tags.get(TAG_MEAN_IU, 'unrecorded')})"
+    )
+
+
+def _digest(version) -> str | None:
+    return version.tags.get(TAG_VAL_DIGEST)
+
+
+def _mean_iu(version) -> float:
+    score = version.tags.get(TAG_MEAN_IU)
+    return float(score) if score is not None else float("-inf")
+
+
+def champion_version(model_name: str, uri=None):
+    """The ModelVersion the champion alias points at, or None when there is none."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client(uri).get_model_version_by_alias(model_name, CHAMPION)
+    except MlflowException:
+        return None
+
+
+def champion_mean_iu(model_name: str, uri=None) -> tuple[str, float] | None:
+    """(version, mean IU) of the current champion, or None when there is none."""
+    version = champion_version(model_name, uri)
+    return None if version is None else (str(version.version), _mean_iu(version))
+
+
+def run_versions(run_id: str, uri=None) -> list:
+    """The model versions registered from run `run_id`, in any registered model."""
+    return list(client(uri).search_model_versions(f"run_id = '{run_id}'"))
+
+
+def model_tags(model_uri: str) -> dict:
+    """Run tags naming the model a run used: `model_uri`, and for a registry version
+    (`models:/NAME/VERSION`, as `pin_model_uri` gives) `model_name` and `model_version`."""
+    tags = {TAG_MODEL_URI: redact(model_uri)}
+    match = REGISTRY_VERSION.fullmatch(model_uri)
+    if match:
+        tags[TAG_MODEL_NAME], tags[TAG_MODEL_VERSION] = match[1], match[2]
+    return tags
