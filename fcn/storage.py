@@ -25,6 +25,9 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 _REMOTE_SCHEMES = ("s3", "s3a", "gs", "gcs", "az", "abfs")
+# URIs that name an MLflow model or artifact, not a storage location: fcn.tracking resolves
+# them to a checkpoint directory first (the engine and this module never talk to MLflow).
+MLFLOW_SCHEMES = ("models:/", "runs:/", "mlflow-artifacts:/")
 
 
 # The object-store settings a job may hand its workers in a runtime environment. Credentials

@@ -19,9 +19,7 @@ from fcn.engine import checkpoint
 from fcn.engine.classes import ClassList
 from fcn.engine.models.preprocess import normalize
 from fcn.engine.models.shift_stitch import dense_logits
-
-# URIs only the tracking layer resolves (this module never imports MLflow).
-MLFLOW_SCHEMES = ("models:/", "runs:/", "mlflow-artifacts:/")
+from fcn.storage import MLFLOW_SCHEMES
 
 
 @dataclass(frozen=True)

@@ -8,10 +8,9 @@ import os
 import re
 import tempfile
 
+from fcn.storage import MLFLOW_SCHEMES
 from fcn.tracking.registry import TAG_MODEL_NAME, TAG_MODEL_VERSION, model_tags
 from fcn.tracking.runs import client, tracking_uri
-
-MLFLOW_SCHEMES = ("models:/", "runs:/", "mlflow-artifacts:/")
 
 
 def is_mlflow_uri(uri: str) -> bool:
@@ -53,24 +52,34 @@ def pin_model_uri(uri: str, tracking_uri: str | None = None) -> str:
     return f"models:/{match[1]}/{version}"
 
 
-def checked_model(uri: str) -> tuple[str, dict]:
-    """(`uri` pinned (`pin_model_uri`), its validated config.json): what a job's driver checks
-    before Ray starts, so that a wrong model fails once with one line and every worker loads
-    the same version even if the alias moves mid-run.
+def checked_model(uri: str):
+    """(`uri` pinned (`pin_model_uri`), its checked CheckpointConfig): what a job's driver
+    checks before Ray starts, so that a wrong model fails once with one line and every worker
+    loads the same version even if the alias moves mid-run.
 
     Raises FileNotFoundError (no checkpoint there; an unknown registered model, alias or run,
     named with the store it was looked up in) or `checkpoint.ContractError`.
     """
     from fcn.engine import checkpoint  # here: it imports torch
 
+    pinned = _one_line_errors(uri, pin_model_uri, uri)
+    with tempfile.TemporaryDirectory(prefix="fcn-model-") as tmp:
+        return pinned, checkpoint.check(resolve_model(pinned, tmp))
+
+
+def resolve_model(uri: str, download_dir: str) -> str:
+    """`resolve_checkpoint` for a job's settings: MLflow's "not found" is one line naming
+    `uri` and the store (a FileNotFoundError), not a page of MLflow's REST error."""
+    return _one_line_errors(uri, resolve_checkpoint, uri, download_dir)
+
+
+def _one_line_errors(uri: str, call, *args):
     if not is_mlflow_uri(uri):
-        return uri, checkpoint.check(uri)
+        return call(*args)
     from mlflow.exceptions import MlflowException
 
     try:
-        pinned = pin_model_uri(uri)
-        with tempfile.TemporaryDirectory(prefix="fcn-model-") as tmp:
-            return pinned, checkpoint.check(resolve_checkpoint(pinned, tmp))
+        return call(*args)
     except MlflowException as err:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise FileNotFoundError(

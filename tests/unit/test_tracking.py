@@ -438,7 +438,7 @@ def test_the_champion_rule_for_versions_without_a_val_digest():
 def test_checked_model_pins_the_alias_and_checks_the_checkpoint_once(store, tmp_path):
     _register(tmp_path, "checked", 0.5, model="checked")
     pinned, config = tracking.checked_model("models:/checked@champion")
-    assert pinned == "models:/checked/1" and config["model"] == "fcn32s"
+    assert pinned == "models:/checked/1" and config.model == "fcn32s"
     local = str(tmp_path / "checked")
     assert tracking.checked_model(local) == (local, checkpoint.check(local))
     with pytest.raises(FileNotFoundError, match="models:/checked@nope does not resolve") as err:
