@@ -73,6 +73,13 @@ class IngestConfig:
     read_threads: int = setting(8, "concurrent object reads inside each shard task")
     concurrency: int | None = setting(None, "max shard tasks at once (default: Ray decides)")
 
+    def validate(self) -> IngestConfig:
+        """Self; a ValueError naming the flag when a count is below 1."""
+        for name in ("rows_per_shard", "rows_per_row_group", "max_pixels", "read_threads"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{_flag(name)} must be >= 1, got {getattr(self, name)}")
+        return self
+
 
 @dataclass(frozen=True)
 class TrainConfig:

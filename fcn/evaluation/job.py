@@ -19,9 +19,10 @@ import torch
 
 from fcn import storage, tracking
 from fcn.config import EvaluateConfig, to_dict
+from fcn.data.contract import check_split
 from fcn.engine import metrics
 from fcn.engine.inference import check_model, load_model
-from fcn.evaluation.score import check_split, evaluate
+from fcn.evaluation.score import evaluate
 from fcn.runtime import init_ray, worker_resources
 from fcn.storage import absolute
 

@@ -24,11 +24,12 @@ from torch import nn
 
 from fcn import storage
 from fcn.config import EvaluateConfig
+from fcn.data.contract import check_split
 from fcn.engine import checkpoint, images, metrics
 from fcn.engine.inference import predict
 from fcn.engine.models import preprocess
 from fcn.evaluation.job import validate
-from fcn.evaluation.score import check_split, evaluate, shard_rows
+from fcn.evaluation.score import evaluate, shard_rows
 
 REPO = Path(__file__).resolve().parents[2]
 NUM_CLASSES = 4
