@@ -32,7 +32,7 @@ def validate(config: EvaluateConfig) -> EvaluateConfig:
     columns evaluation reads and that the model resolves to a checkpoint that keeps the
     contract. Raises FileNotFoundError or ValueError with a one-line message."""
     config = dataclasses.replace(
-        config,
+        config.validate(),
         data=absolute(config.data),
         model=absolute(config.model),
         storage=absolute(config.storage),

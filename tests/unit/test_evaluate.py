@@ -156,7 +156,7 @@ def test_a_split_without_the_mask_column_names_it(tmp_path):
 )
 def test_nonsense_flags_are_refused_by_the_config(flags, named):
     with pytest.raises(ValueError, match=named):
-        EvaluateConfig(data="d", model="m", **flags)
+        EvaluateConfig(data="d", model="m", **flags).validate()
 
 
 def test_validate_makes_local_paths_absolute(data, model_dir, monkeypatch):
