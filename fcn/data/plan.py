@@ -14,6 +14,7 @@ import logging
 import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass
+from functools import cached_property
 
 from fcn.config import IngestConfig
 from fcn.data import voc
@@ -60,7 +61,43 @@ def _read_list(uri: str) -> list[str]:
         raise ValueError(f"id list {uri} does not exist") from None
 
 
-# long: the three split policies (default, --split, --preset reference) side by side.
+Splits = dict[str, dict[str, voc.Record]]  # split -> image id -> record
+
+
+@dataclass(frozen=True)
+class _Lists:
+    """The id lists of the sources given, and where an id's record comes from."""
+
+    config: IngestConfig
+    voc: dict[str, list[str]]
+    sbd: dict[str, list[str]]
+
+    @classmethod
+    def read(cls, config: IngestConfig) -> _Lists:
+        voc_splits = config.voc_splits if config.voc else ()
+        sbd_splits = voc.SBD_SPLITS if config.sbd else ()
+        return cls(
+            config,
+            {s: _read_list(voc.voc_split_uri(config.voc, s)) for s in voc_splits},
+            {s: _read_list(voc.sbd_split_uri(config.sbd, s)) for s in sbd_splits},
+        )
+
+    @cached_property
+    def voc_ids(self) -> set[str]:
+        return {i for ids in self.voc.values() for i in ids}
+
+    @cached_property
+    def sbd_ids(self) -> set[str]:
+        return {i for ids in self.sbd.values() for i in ids}
+
+    def lookup(self, image_id: str, split: str) -> voc.Record:
+        # An id in neither list still gets a record from the first source given, so a bad
+        # list entry surfaces as a missing_image error row instead of vanishing.
+        if self.config.voc and (image_id in self.voc_ids or image_id not in self.sbd_ids):
+            return voc.voc_record(self.config.voc, image_id, split)
+        return voc.sbd_record(self.config.sbd, image_id, split)
+
+
 def plan_records(config: IngestConfig) -> tuple[dict[str, list[voc.Record]], dict]:
     """Records per output split, and notes for the summary (precedence, overlaps).
 
@@ -73,60 +110,17 @@ def plan_records(config: IngestConfig) -> tuple[dict[str, list[voc.Record]], dic
     named = _parse_named_splits(config.split)
     if (named or config.preset) and not (config.voc or config.sbd):
         raise ValueError("--split and --preset need --voc or --sbd")
-    voc_lists = (
-        {s: _read_list(voc.voc_split_uri(config.voc, s)) for s in config.voc_splits}
-        if config.voc
-        else {}
-    )
-    sbd_lists = (
-        {s: _read_list(voc.sbd_split_uri(config.sbd, s)) for s in voc.SBD_SPLITS}
-        if config.sbd
-        else {}
-    )
-    voc_ids = {i for ids in voc_lists.values() for i in ids}
-    sbd_ids = {i for ids in sbd_lists.values() for i in ids}
-
-    def lookup(image_id: str, split: str) -> voc.Record:
-        # An id in neither list still gets a record from the first source given, so a bad
-        # list entry surfaces as a missing_image error row instead of vanishing.
-        if config.voc and (image_id in voc_ids or image_id not in sbd_ids):
-            return voc.voc_record(config.voc, image_id, split)
-        return voc.sbd_record(config.sbd, image_id, split)
-
-    splits: dict[str, dict[str, voc.Record]] = defaultdict(dict)
+    lists = _Lists.read(config)
+    splits: Splits = defaultdict(dict)
     notes: dict = {"label_precedence": "voc"}
     if config.preset == "reference":
-        if not (config.voc and config.sbd):
-            raise ValueError("--preset reference needs both --voc and --sbd")
-        notes["label_precedence"] = "reference: train from SBD, other splits from VOC"
-        sbd_train = set(sbd_lists["train"])
-        for image_id in sbd_lists["train"]:
-            splits["train"][image_id] = voc.sbd_record(config.sbd, image_id, "train")
-        others = named or [("val", voc.voc_split_uri(config.voc, "val"))]
-        dropped = {}
-        for name, uri in others:
-            ids = _read_list(uri)
-            dropped[name] = sum(i in sbd_train for i in ids)
-            for image_id in ids:
-                if image_id not in sbd_train:
-                    splits[name].setdefault(image_id, lookup(image_id, name))
-        notes["removed_because_in_sbd_train"] = dropped
+        _reference(lists, named, splits, notes)
     elif named:
         for name, uri in named:
             for image_id in _read_list(uri):
-                splits[name].setdefault(image_id, lookup(image_id, name))
+                splits[name].setdefault(image_id, lists.lookup(image_id, name))
     else:
-        for split, ids in voc_lists.items():
-            for image_id in ids:
-                splits[split].setdefault(image_id, voc.voc_record(config.voc, image_id, split))
-        superseded = Counter()
-        for split, ids in sbd_lists.items():
-            for image_id in ids:
-                if image_id in splits[split]:
-                    superseded[split] += splits[split][image_id].source == "voc"
-                    continue
-                splits[split][image_id] = voc.sbd_record(config.sbd, image_id, split)
-        notes["sbd_superseded_by_voc"] = dict(sorted(superseded.items()))
+        _merged(lists, splits, notes)
     for name in splits:
         _check_split_name(name)
     # The same picture in two labeled splits leaks evaluation data into training.
@@ -141,6 +135,43 @@ def plan_records(config: IngestConfig) -> tuple[dict[str, list[voc.Record]], dic
     if config.unlabeled:
         out["unlabeled"] = sorted(voc.list_images(config.unlabeled), key=lambda r: r.image_id)
     return out, notes
+
+
+def _reference(lists: _Lists, named: list[tuple[str, str]], splits: Splits, notes: dict) -> None:
+    """`--preset reference`: train = SBD train with SBD masks; val (or each named list) minus
+    the SBD train ids."""
+    config = lists.config
+    if not (config.voc and config.sbd):
+        raise ValueError("--preset reference needs both --voc and --sbd")
+    notes["label_precedence"] = "reference: train from SBD, other splits from VOC"
+    sbd_train = set(lists.sbd["train"])
+    for image_id in lists.sbd["train"]:
+        splits["train"][image_id] = voc.sbd_record(config.sbd, image_id, "train")
+    others = named or [("val", voc.voc_split_uri(config.voc, "val"))]
+    dropped = {}
+    for name, uri in others:
+        ids = _read_list(uri)
+        dropped[name] = sum(i in sbd_train for i in ids)
+        for image_id in ids:
+            if image_id not in sbd_train:
+                splits[name].setdefault(image_id, lists.lookup(image_id, name))
+    notes["removed_because_in_sbd_train"] = dropped
+
+
+def _merged(lists: _Lists, splits: Splits, notes: dict) -> None:
+    """The default: VOC and SBD lists merged by split name, the VOC mask winning."""
+    config = lists.config
+    for split, ids in lists.voc.items():
+        for image_id in ids:
+            splits[split].setdefault(image_id, voc.voc_record(config.voc, image_id, split))
+    superseded = Counter()
+    for split, ids in lists.sbd.items():
+        for image_id in ids:
+            if image_id in splits[split]:
+                superseded[split] += splits[split][image_id].source == "voc"
+                continue
+            splits[split][image_id] = voc.sbd_record(config.sbd, image_id, split)
+    notes["sbd_superseded_by_voc"] = dict(sorted(superseded.items()))
 
 
 def plan_shards(records: dict[str, list[voc.Record]], rows_per_shard: int) -> list[Shard]:
