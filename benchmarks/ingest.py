@@ -40,12 +40,12 @@ from fcn.data import synthetic  # noqa: E402
 DRIVER = """
 import json, sys, time
 from fcn.config import IngestConfig
-from fcn.data.ingest import run
+from fcn.data.ingest import check_config, run
 config = IngestConfig(voc=sys.argv[1], output=sys.argv[2], voc_splits=("trainval",))
 start = time.perf_counter()
-summary = run(config)
+summary = run(check_config(config))
 print("RESULT " + json.dumps({"seconds": time.perf_counter() - start,
-                              "written": summary["written"], "rejected": summary["rejected"]}))
+                              "written": summary.written, "rejected": summary.rejected}))
 """
 
 
@@ -130,10 +130,10 @@ def run_driver(voc: str, output: str, ray_address: str) -> tuple[dict, float]:
 
 def ingest_in_process(voc: str, output: str) -> tuple[float, dict]:
     from fcn.config import IngestConfig
-    from fcn.data.ingest import run
+    from fcn.data.ingest import check_config, run
 
     start = time.perf_counter()
-    summary = run(IngestConfig(voc=voc, output=output, voc_splits=("trainval",)))
+    summary = run(check_config(IngestConfig(voc=voc, output=output, voc_splits=("trainval",))))
     return time.perf_counter() - start, summary
 
 
@@ -169,7 +169,7 @@ def main() -> None:
         for name, src in (("1x", src1), (f"{args.scale}x", srcn)):
             copy_s, nbytes, nimages = plain_copy(src, f"{base}/copy-{name}")
             ingest_s, summary = ingest_in_process(src, f"{base}/out-{name}")
-            assert summary["written"] == nimages and summary["rejected"] == 0, summary
+            assert summary.written == nimages and summary.rejected == 0, summary
             result, rss = run_driver(src, f"{base}/job-{name}", address)
             mb = nbytes / 1e6
             rows.append(

@@ -25,24 +25,29 @@ EXAMPLES = """examples:
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     config = parse(IngestConfig, argv, description=__doc__, epilog=EXAMPLES)
-    from fcn.data.ingest import ERRORS, SUCCESS, check_config, run
+    from fcn.data import ingest  # after parsing: --help needs no pyarrow
+    from fcn.data.contract import ERRORS, SUCCESS
 
     try:
-        config = check_config(config)
+        checked = ingest.check_config(config)
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    summary = run(config)
-    output = config.output.rstrip("/")
-    print(json.dumps({k: summary[k] for k in ("written", "rejected", "rejected_by_reason")}))
-    for split, counts in summary["splits"].items():
+    result = ingest.run(checked)
+    counts = {
+        "written": result.written,
+        "rejected": result.rejected,
+        "rejected_by_reason": result.rejected_by_reason,
+    }
+    print(json.dumps(counts))
+    for split, split_counts in result.splits.items():
         print(
-            f"{split:>12}: {counts['written']} rows in {counts['shards']} shard(s) "
-            f"-> {output}/{split}/  ({counts['rejected']} rejected)"
+            f"{split:>12}: {split_counts.written} rows in {split_counts.shards} shard(s) "
+            f"-> {result.output}/{split}/  ({split_counts.rejected} rejected)"
         )
-    if summary["rejected"]:
-        print(f"rejected inputs (uri, reason, detail): {output}/{ERRORS}/")
-    print(f"summary: {output}/{SUCCESS}")
+    if result.rejected:
+        print(f"rejected inputs (uri, reason, detail): {result.output}/{ERRORS}/")
+    print(f"summary: {result.output}/{SUCCESS}")
     return 0
 
 

@@ -13,6 +13,10 @@ Images are learnable on purpose: each class has a fixed color and stripe texture
 not depend on the seed (train on one seed, evaluate on another), objects sit on low-saturation
 textured backgrounds, so a small FCN reaches a high mean IU in few iterations.
 
+Over 400 lines on purpose: one generator, whose pieces (scenes, encoders, the three layouts,
+the CLI the demo runs) are used together; tests build their hostile inputs on top of it
+(tests/fixtures/), outside the product.
+
 CLI:
     python -m fcn.data.synthetic --voc DIR --sbd DIR --unlabeled DIR --num-images N --seed S
         [--classes 1,2,3] [--class-list FILE]
@@ -25,8 +29,6 @@ import colorsys
 import hashlib
 import io
 import json
-import struct
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -70,14 +72,14 @@ def class_look(cls: int) -> ClassLook:
     )
 
 
-def _rng_for(seed: int, key: str) -> np.random.Generator:
+def rng_for(seed: int, key: str) -> np.random.Generator:
     # One generator per (seed, image id): an image does not depend on which other images
     # are generated, so VOC and SBD render the same picture for a shared id.
     digest = hashlib.sha256(f"{seed}:{key}".encode()).digest()
     return np.random.default_rng(int.from_bytes(digest[:8], "little"))
 
 
-def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+def background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
     gray = rng.uniform(80, 180)
     tint = rng.uniform(-12, 12, size=3)
@@ -126,7 +128,7 @@ def render_scene(
     max_objects: int = 3,
 ) -> tuple[np.ndarray, np.ndarray]:
     """One image (H x W x 3 uint8) and its labels (H x W uint8, 0 = background, no void)."""
-    image = _background(rng, height, width)
+    image = background(rng, height, width)
     label = np.zeros((height, width), np.uint8)
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
     for _ in range(int(rng.integers(1, max_objects + 1))):
@@ -277,7 +279,7 @@ def generate(
     out = SyntheticSet(classes=labels)
 
     def scene(image_id: str):
-        r = _rng_for(seed, image_id)
+        r = rng_for(seed, image_id)
         h, w = _size(r, min_size, max_size)
         return render_scene(r, h, w, drawn)
 
@@ -359,7 +361,7 @@ def add_sideways_image(
     what every reader must see once EXIF orientation is applied.
     """
     labels = class_list or voc_classes()
-    rng = _rng_for(seed, f"sideways {image_id}")
+    rng = rng_for(seed, f"sideways {image_id}")
     image, label = render_scene(rng, *size, tuple(range(1, labels.num_classes)))
     label = void_border(label, 1)
     root = Path(voc)
@@ -370,102 +372,6 @@ def add_sideways_image(
         ids = listed.read_text().split() if listed.exists() else []
         _write_list(listed, sorted(set(ids) | {image_id}))
     return image, label
-
-
-# --- bad inputs, for testing what ingest must reject -----------------------------------------
-
-
-def bomb_png(width: int = 30000, height: int = 30000) -> bytes:
-    """A tiny PNG whose header claims width x height pixels (a decompression bomb).
-
-    Only the first rows carry data: a reader that trusts the header would allocate gigabytes.
-    """
-
-    def chunk(kind: bytes, payload: bytes) -> bytes:
-        body = kind + payload
-        return struct.pack(">I", len(payload)) + body + struct.pack(">I", zlib.crc32(body))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit gray
-    rows = zlib.compress(b"\x00" * (width + 1) * 4)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", rows) + chunk(b"IEND", b"")
-
-
-def _bad(source: str, split: str, image_id: str, reason: str) -> dict:
-    return {"source": source, "split": split, "image_id": image_id, "reason": reason}
-
-
-# long: one table of planted cases per source, read top to bottom like a test fixture.
-def plant_bad_inputs(
-    voc: str | Path | None = None,
-    sbd: str | Path | None = None,
-    unlabeled: str | Path | None = None,
-    seed: int = 0,
-) -> list[dict]:
-    """Add one input of each kind ingest must reject, beside a generated dataset.
-
-    Bad VOC / SBD ids (year 2099, never generated) are appended to the `train` lists. Returns
-    one dict per planted input: source, split, image_id, reason (the ingest reason code).
-    """
-    rng = _rng_for(seed, "bad inputs")
-    image, label = render_scene(rng, 64, 80)
-    jpeg = encode_jpeg(image)
-    palette = voc_classes().palette()
-    good_png = encode_mask(void_border(label, 1), palette)
-    wrong_size = encode_mask(void_border(label[:60], 1), palette)
-    bad_values = label.copy()
-    bad_values[:4, :4] = 42
-    planted: list[dict] = []
-    if voc is not None:
-        root = Path(voc)
-        cases = [  # (id, image bytes or None, mask bytes or None, reason)
-            ("2099_000001", b"this is not an image" * 10, good_png, "corrupt_image"),
-            ("2099_000002", jpeg[: len(jpeg) // 2], good_png, "truncated_image"),
-            ("2099_000003", b"", good_png, "empty_image"),
-            ("2099_000004", jpeg, wrong_size, "mask_size_mismatch"),
-            ("2099_000005", jpeg, encode_mask(bad_values, palette), "bad_label_values"),
-            ("2099_000006", jpeg, None, "missing_mask"),
-            ("2099_000007", bomb_png(), good_png, "decompression_bomb"),
-            ("2099_000008", None, None, "missing_image"),
-            ("2099_000009", jpeg, b"", "empty_mask"),
-            ("2099_000010", jpeg, b"\x89PNG garbage", "corrupt_mask"),
-        ]
-        for image_id, image_bytes, mask_bytes, reason in cases:
-            if image_bytes is not None:
-                _write(root / "JPEGImages" / f"{image_id}.jpg", image_bytes)
-            if mask_bytes is not None:
-                _write(root / "SegmentationClass" / f"{image_id}.png", mask_bytes)
-            planted.append(
-                {"source": "voc", "split": "train", "image_id": image_id, "reason": reason}
-            )
-        lst = root / "ImageSets" / "Segmentation" / "train.txt"
-        ids = lst.read_text().split() + [c[0] for c in cases]
-        _write_list(lst, ids)
-    if sbd is not None:
-        root = Path(sbd) / "dataset"
-        cases = [
-            ("2099_000011", jpeg, b"MATLAB 5.0 MAT-file, garbage", "corrupt_mask"),
-            ("2099_000012", jpeg, encode_sbd_mat(label[:, :70]), "mask_size_mismatch"),
-        ]
-        for image_id, image_bytes, mask_bytes, reason in cases:
-            _write(root / "img" / f"{image_id}.jpg", image_bytes)
-            _write(root / "cls" / f"{image_id}.mat", mask_bytes)
-            planted.append(
-                {"source": "sbd", "split": "train", "image_id": image_id, "reason": reason}
-            )
-        lst = root / "train.txt"
-        _write_list(lst, lst.read_text().split() + [c[0] for c in cases])
-    if unlabeled is not None:
-        root = Path(unlabeled)
-        cases = [
-            ("bad/corrupt.jpg", b"\xff\xd8 not really a jpeg", "corrupt_image"),
-            ("bad/empty.png", b"", "empty_image"),
-            ("bad/deep/bomb.PNG", bomb_png(), "decompression_bomb"),
-            ("bad/truncated.JPG", jpeg[: len(jpeg) // 3], "truncated_image"),
-        ]
-        for key, data, reason in cases:
-            _write(root / key, data)
-            planted.append(_bad("unlabeled", "unlabeled", key, reason))
-    return planted
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -518,29 +424,3 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
-
-
-def drift_scene(
-    rng: np.random.Generator, height: int, width: int, kind: str, cls: int = 1
-) -> tuple[np.ndarray, np.ndarray]:
-    """A picture from a night that drifted, and its labels: `fog` (a scene washed toward flat
-    gray, a new kind of image the model never saw) or `dominant` (class `cls` fills the frame
-    but for a background corner). Tests of the nightly drift report and queue use both."""
-    if kind == "fog":
-        image, label = render_scene(rng, height, width, (cls,))
-        foggy = 0.15 * image.astype(np.float32) + 0.85 * 150.0
-        return foggy.round().astype(np.uint8), label
-    if kind != "dominant":
-        raise ValueError(f"kind is 'fog' or 'dominant', got {kind!r}")
-    image = _background(rng, height, width)
-    look = class_look(cls)
-    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
-    u = xx * np.cos(look.stripe_angle) + yy * np.sin(look.stripe_angle)
-    texture = (
-        np.asarray(look.color, np.float32)
-        + look.stripe_amplitude * np.sin(2 * np.pi * u / look.stripe_period)[..., None]
-    )
-    label = np.zeros((height, width), np.uint8)
-    label[height // 4 :, :] = cls
-    image[label == cls] = texture[label == cls]
-    return np.clip(image, 0, 255).round().astype(np.uint8), label

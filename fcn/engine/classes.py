@@ -3,6 +3,15 @@
 A class list is what ingest records in its summary and what training, evaluation and
 segmentation take `num_classes`, names and palette from, so a model trained on a custom
 set writes masks in that set's colors.
+
+Colours are unique within a list: masks are painted, and the CVAT labeling export is read
+back, by colour, so two classes sharing one would become one class. A class given without a
+colour gets the VOC colour of its index, or, when another class of the list already has that
+colour (`road 128 0 0` then `car`), the first free VOC palette entry after the list's own
+indices: assigned, not refused, because a list without colours is the common case and any
+free colour serves. Two classes given the same colour explicitly are refused (one line: which
+of them is meant is the user's call). A list recorded before colours were unique (a dataset
+summary, a checkpoint's config.json) still loads: `from_dict` recolours the later duplicates.
 """
 
 from __future__ import annotations
@@ -94,27 +103,60 @@ class ClassList:
 
     @classmethod
     def from_dict(cls, d: dict) -> ClassList:
+        """A recorded list (`to_dict`); a colour an earlier class has is reassigned."""
         names = tuple(d["names"])
         colors = d.get("colors")
+        if colors is not None:
+            seen: set = set()
+            kept = []
+            for color in colors:
+                rgb = None if color is None else tuple(color)
+                kept.append(None if rgb in seen else color)
+                seen.add(rgb)
+            colors = kept
         return cls.from_names(names, colors)
 
     @classmethod
     def from_names(cls, names, colors=None) -> ClassList:
-        # Classes without a color get the VOC color of their index: a custom set that
-        # keeps the VOC order then looks exactly like VOC.
-        cmap = voc_colormap()
+        """Names and colours (None: assign one; see the module docstring)."""
+        names = tuple(str(n) for n in names)
+        if len(names) > VOID:  # before assigning: only 255 colours to go round
+            raise ValueError(f"at most 255 classes (255 is void), got {len(names)}")
         if colors is None:
             colors = [None] * len(names)
-        resolved = []
-        for i, color in enumerate(colors):
+        given: dict[tuple[int, int, int], str] = {}
+        for name, color in zip(names, colors, strict=False):
             if color is None:
-                resolved.append(tuple(int(v) for v in cmap[i]))
-            else:
-                rgb = tuple(int(v) for v in color)
-                if len(rgb) != 3 or not all(0 <= v <= 255 for v in rgb):
-                    raise ValueError(f"class {names[i]!r}: color must be 3 values 0-255")
-                resolved.append(rgb)
-        return cls(tuple(str(n) for n in names), tuple(resolved))
+                continue
+            rgb = tuple(int(v) for v in color)
+            if len(rgb) != 3 or not all(0 <= v <= 255 for v in rgb):
+                raise ValueError(f"class {name!r}: color must be 3 values 0-255")
+            if rgb in given:
+                raise ValueError(
+                    f"classes {given[rgb]!r} and {name!r} have the same color "
+                    f"{' '.join(map(str, rgb))}: masks and label exports could not tell them apart"
+                )
+            given[rgb] = name
+        return cls(names, _assign_colors(colors, set(given)))
+
+
+def _assign_colors(colors, taken: set) -> tuple[tuple[int, int, int], ...]:
+    """`colors` with each None replaced: the VOC colour of its index when free (a custom set
+    that keeps the VOC order then looks exactly like VOC), else the first free entry of the
+    VOC palette after the list's own indices (then before them; never void's)."""
+    cmap = [tuple(int(v) for v in c) for c in voc_colormap()[:VOID]]
+    spare = cmap[len(colors) :] + cmap[: len(colors)]
+    resolved = []
+    for i, color in enumerate(colors):
+        if color is not None:
+            resolved.append(tuple(int(v) for v in color))
+            continue
+        rgb = cmap[i] if i < len(cmap) and cmap[i] not in taken else None
+        if rgb is None:
+            rgb = next(c for c in spare if c not in taken)
+        taken.add(rgb)
+        resolved.append(rgb)
+    return tuple(resolved)
 
 
 def voc_classes() -> ClassList:
@@ -156,8 +198,8 @@ def parse_class_list(text: str) -> ClassList:
     stripped = text.strip()
     if stripped.startswith(("[", "{")):
         data = json.loads(stripped)
-        if isinstance(data, dict):
-            return ClassList.from_dict(data)
+        if isinstance(data, dict):  # a user's file: the same colour twice is refused
+            return ClassList.from_names(data["names"], data.get("colors"))
         names, colors = [], []
         for item in data:
             if isinstance(item, str):

@@ -19,8 +19,9 @@ import torch
 
 from fcn import storage, tracking
 from fcn.config import EvaluateConfig, to_dict
+from fcn.data.contract import check_split
 from fcn.engine import metrics
-from fcn.evaluation.score import check_split, evaluate
+from fcn.evaluation.score import evaluate
 from fcn.runtime import init_ray, worker_resources
 from fcn.storage import absolute
 from fcn.tracking.models import check_model, load_model
@@ -31,7 +32,7 @@ def validate(config: EvaluateConfig) -> EvaluateConfig:
     columns evaluation reads and that the model resolves to a checkpoint that keeps the
     contract. Raises FileNotFoundError or ValueError with a one-line message."""
     config = dataclasses.replace(
-        config,
+        config.validate(),
         data=absolute(config.data),
         model=absolute(config.model),
         storage=absolute(config.storage),

@@ -20,11 +20,9 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from fcn import storage
+from fcn.data.contract import COLUMNS, split_files
 from fcn.engine import images, metrics
 from fcn.engine.inference import predict
-
-# What an evaluation reads of each row (ARCHITECTURE.md, the dataset contract).
-COLUMNS = ("image_id", "image", "mask")
 
 
 @dataclass
@@ -33,33 +31,6 @@ class Row:
     image_id: str
     image: bytes
     mask: bytes
-
-
-def split_files(data: str, split: str) -> list[str]:
-    uri = storage.join(data, split)
-    files = [f.uri for f in storage.list_files(uri, extensions=(".parquet",))]
-    if not files:
-        raise FileNotFoundError(
-            f"no Parquet files under {uri!r}: is --data the root of an ingested dataset "
-            f"and {split!r} one of its splits?"
-        )
-    return files
-
-
-def check_split(data: str, split: str, columns=COLUMNS) -> list[str]:
-    """The split's files, after checking that each one has `columns` (footers only, no rows):
-    a wrong dataset fails here with one line, not as a KeyError in every worker."""
-    files = split_files(data, split)
-    for uri in files:
-        fs, path = storage.pyarrow_filesystem(uri)
-        names = pq.read_schema(fs.open_input_file(path)).names
-        missing = [c for c in columns if c not in names]
-        if missing:
-            raise ValueError(
-                f"{uri} lacks column(s) {', '.join(missing)} (has {', '.join(names)}): "
-                f"--data must be a dataset written by jobs/ingest.py"
-            )
-    return files
 
 
 def shard_rows(

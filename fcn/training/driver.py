@@ -30,13 +30,14 @@ import torch
 from fcn import storage, tracking
 from fcn.config import TrainConfig, to_dict
 from fcn.data import transforms
+from fcn.data.contract import check_split, read_classes, split_files
 from fcn.engine import checkpoint, images, optim, step
 from fcn.engine.classes import ClassList, default_classes
 from fcn.engine.metrics import named_scores
 from fcn.engine.models import backbone_of, build_model, preprocess, surgery
 from fcn.engine.visualize import sample_panel
 from fcn.engine.weights import pytorch_fcn
-from fcn.evaluation.score import check_split, evaluate, split_files
+from fcn.evaluation.score import evaluate
 from fcn.nightly import drift
 from fcn.runtime import ALLOCATOR_ENV, init_ray, worker_resources
 from fcn.storage import absolute
@@ -392,10 +393,8 @@ def tracking_params(config: TrainConfig, recipe: optim.Recipe) -> dict:
 def dataset_classes(data: str) -> ClassList | None:
     """The class list ingest recorded for the dataset at `data`; None for data that records
     none (written by other tools, or before ingest recorded class lists)."""
-    from fcn.data import ingest
-
     try:
-        return ingest.read_classes(data)
+        return read_classes(data)
     except (FileNotFoundError, KeyError):
         return None
 

@@ -8,9 +8,10 @@ import re
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from fixtures.hostile import plant_bad_inputs
 
 from fcn import storage
-from fcn.data import ingest, synthetic, voc
+from fcn.data import contract, synthetic, voc
 from fcn.engine import images
 
 pytestmark = pytest.mark.integration
@@ -35,7 +36,7 @@ def test_ingest_job_on_s3(s3, ray_head, tmp_path):
     generated = synthetic.generate(
         local / "voc", local / "sbd", local / "unl", num_images=8, seed=11, min_size=48, max_size=80
     )
-    planted = synthetic.plant_bad_inputs(local / "voc", local / "sbd", local / "unl")
+    planted = plant_bad_inputs(local / "voc", local / "sbd", local / "unl")
     sideways = "2098_000001"  # displayed 48 x 80 (H x W), stored 80 x 48
     synthetic.add_sideways_image(local / "voc", sideways, "val", orientation=6)
     sources = {
@@ -70,7 +71,7 @@ def test_ingest_job_on_s3(s3, ray_head, tmp_path):
     assert set(summary["splits"]) == set(expected_ids)
     for split, ids in expected_ids.items():
         table = _read_split(f"{output}/{split}")
-        assert table.schema.equals(ingest.SCHEMA)
+        assert table.schema.equals(contract.SCHEMA)
         rows = table.to_pylist()
         got = [r["image_id"] for r in rows]
         assert len(got) == len(set(got)) and set(got) == ids  # nothing lost or duplicated

@@ -24,6 +24,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from conftest import REPO
+from fixtures.scenes import drift_scene
 from helpers_data import png
 
 from fcn import storage, tracking
@@ -79,7 +80,7 @@ def scenes(seed: int, count: int) -> list[np.ndarray]:
 
 def drifted(seed: int, kind: str, count: int) -> list[np.ndarray]:
     rng = np.random.default_rng(seed)
-    return [synthetic.drift_scene(rng, SIZE, SIZE, kind, cls=2)[0] for _ in range(count)]
+    return [drift_scene(rng, SIZE, SIZE, kind, cls=2)[0] for _ in range(count)]
 
 
 def upload(s3, prefix: str, files: dict[str, np.ndarray]) -> str:

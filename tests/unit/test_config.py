@@ -80,3 +80,33 @@ def test_train_splits_one_or_several():
     assert TrainConfig(data="d", train_split="val").train_split == ("val",)  # one name, as before
     with pytest.raises(ValueError, match="--train-split needs one or more distinct splits"):
         TrainConfig(data="d", train_split=("train", "train")).validate()
+
+
+def test_every_job_validates_one_way():
+    """One convention (fcn.config.Settings): construction never refuses a value (a config.json
+    saved earlier always rebuilds), `validate()` returns the settings or names the flag."""
+    from fcn.config import (
+        CompareConfig,
+        EvaluateConfig,
+        ImportConfig,
+        IngestConfig,
+        SegmentConfig,
+        Settings,
+        TrainConfig,
+    )
+
+    bad = {
+        IngestConfig: {"output": "o", "rows_per_shard": 0},
+        TrainConfig: {"data": "d", "workers": 0},
+        EvaluateConfig: {"data": "d", "model": "m", "workers": 0},
+        SegmentConfig: {"input": "i", "output": "o", "model": "m", "batch_size": 0},
+    }
+    for cls, values in bad.items():
+        config = cls(**values)
+        with pytest.raises(ValueError, match=r"^--(rows-per-shard|workers|batch-size)"):
+            config.validate()
+        good = cls(**{k: v for k, v in values.items() if isinstance(v, str)})
+        assert good.validate() is good
+    for cls in (CompareConfig, ImportConfig):
+        assert issubclass(cls, Settings)
+    assert CompareConfig(experiment="e").validate() == CompareConfig(experiment="e")

@@ -24,11 +24,12 @@ from torch import nn
 
 from fcn import storage
 from fcn.config import EvaluateConfig
+from fcn.data.contract import check_split
 from fcn.engine import checkpoint, images, metrics
 from fcn.engine.inference import predict
 from fcn.engine.models import preprocess
 from fcn.evaluation.job import validate
-from fcn.evaluation.score import check_split, evaluate, shard_rows
+from fcn.evaluation.score import evaluate, shard_rows
 
 REPO = Path(__file__).resolve().parents[2]
 NUM_CLASSES = 4
@@ -155,7 +156,7 @@ def test_a_split_without_the_mask_column_names_it(tmp_path):
 )
 def test_nonsense_flags_are_refused_by_the_config(flags, named):
     with pytest.raises(ValueError, match=named):
-        EvaluateConfig(data="d", model="m", **flags)
+        EvaluateConfig(data="d", model="m", **flags).validate()
 
 
 def test_validate_makes_local_paths_absolute(data, model_dir, monkeypatch):

@@ -5,9 +5,11 @@ import io
 
 import numpy as np
 import pytest
+from fixtures.hostile import bomb_png
 from PIL import Image
 
-from fcn.data import ingest, synthetic, transforms, voc
+from fcn.data import synthetic, transforms, voc
+from fcn.data.validate import validate_record
 from fcn.engine import images
 from fcn.engine.classes import voc_colormap
 from fcn.engine.models import preprocess
@@ -60,7 +62,7 @@ def _noise_jpeg() -> bytes:
     [
         (b"", "empty"),
         (b"<html>not found</html>", "corrupt"),
-        (synthetic.bomb_png(), "too_large"),
+        (bomb_png(), "too_large"),
         (_noise_jpeg()[:2000], "truncated"),
     ],
     ids=["empty", "text", "bomb", "truncated"],
@@ -137,7 +139,7 @@ def test_sideways_jpeg_has_one_orientation_in_ingest_training_evaluation_and_seg
     assert np.abs(segment.astype(int) - shown).mean() < 8
     assert np.abs(np.rot90(segment, 2).astype(int) - shown).mean() > 20  # 6 and 8 differ
     # ... ingest records the displayed size and accepts the mask drawn on the displayed image,
-    row = ingest.validate(record, jpeg, mask, 21, images.DEFAULT_MAX_PIXELS)
+    row = validate_record(record, jpeg, mask, 21, images.DEFAULT_MAX_PIXELS)
     assert (row["height"], row["width"]) == (48, 80)
     assert np.array_equal(images.decode_mask(row["mask"]), label)
     # ... and training and evaluation see that same array beside that same mask.

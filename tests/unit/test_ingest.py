@@ -1,5 +1,6 @@
 """Ingest: validation of every bad-input kind, split planning, and the Ray Data pipeline."""
 
+import importlib.util
 import io
 import json
 import subprocess
@@ -9,11 +10,12 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from fixtures.hostile import bomb_png, plant_bad_inputs
 from PIL import Image
 
 from fcn.config import IngestConfig
-from fcn.data import ingest, synthetic, voc
-from fcn.data.ingest import Rejected
+from fcn.data import contract, ingest, plan, shards, synthetic, validate, voc
+from fcn.data.validate import Rejected
 from fcn.engine import images
 from fcn.engine.classes import voc_classes, voc_colormap
 
@@ -34,7 +36,7 @@ def _rec(source="voc", mask=True):
 
 def _reason(record, image, mask, num_classes=21):
     with pytest.raises(Rejected) as info:
-        ingest.validate(record, image, mask, num_classes, 64_000_000)
+        validate.validate_record(record, image, mask, num_classes, 64_000_000)
     return info.value.reason
 
 
@@ -43,11 +45,11 @@ def test_valid_row_keeps_original_image_bytes_and_class_index_mask():
     label[10:20, 10:20] = 7
     label[9, 9] = 255
     image = _jpeg()
-    row = ingest.validate(_rec(), image, _png_mask(label), 21, 10**8)
+    row = validate.validate_record(_rec(), image, _png_mask(label), 21, 10**8)
     assert row["image"] is image and (row["height"], row["width"]) == (40, 50)
     decoded = Image.open(io.BytesIO(row["mask"]))
     assert decoded.mode == "L" and np.array_equal(np.asarray(decoded), label)
-    unlabeled = ingest.validate(_rec(mask=False), image, None, 21, 10**8)
+    unlabeled = validate.validate_record(_rec(mask=False), image, None, 21, 10**8)
     assert unlabeled["mask"] is None
 
 
@@ -56,7 +58,7 @@ def test_every_bad_input_kind_gets_its_reason():
     assert _reason(_rec(), b"", _png_mask(label)) == "empty_image"
     assert _reason(_rec(), b"garbage" * 5, _png_mask(label)) == "corrupt_image"
     assert _reason(_rec(), image[: len(image) // 2], _png_mask(label)) == "truncated_image"
-    assert _reason(_rec(), synthetic.bomb_png(), _png_mask(label)) == "decompression_bomb"
+    assert _reason(_rec(), bomb_png(), _png_mask(label)) == "decompression_bomb"
     assert _reason(_rec(), FileNotFoundError("x"), None) == "missing_image"
     assert _reason(_rec(), PermissionError("x"), None) == "read_error"
     assert _reason(_rec(), image, FileNotFoundError("m")) == "missing_mask"
@@ -83,8 +85,8 @@ def test_every_bad_input_kind_gets_its_reason():
 
 def test_max_pixels_is_checked_before_decoding():
     with pytest.raises(Rejected, match="max-pixels 1999"):
-        ingest.check_image(_jpeg(40, 50), "u", max_pixels=1999)
-    assert ingest.check_image(_jpeg(40, 50), "u", max_pixels=2000) == (40, 50)
+        validate.check_image(_jpeg(40, 50), "u", max_pixels=1999)
+    assert validate.check_image(_jpeg(40, 50), "u", max_pixels=2000) == (40, 50)
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +95,7 @@ def sources(tmp_path_factory):
     result = synthetic.generate(
         root / "voc", root / "sbd", root / "unl", num_images=6, seed=4, min_size=48, max_size=64
     )
-    planted = synthetic.plant_bad_inputs(root / "voc", root / "sbd", root / "unl")
+    planted = plant_bad_inputs(root / "voc", root / "sbd", root / "unl")
     return root, result, planted
 
 
@@ -109,7 +111,7 @@ def _config(root, output, **kw):
 
 def test_plan_default_merges_lists_and_voc_label_wins(sources, tmp_path):
     root, result, _ = sources
-    records, notes = ingest.plan_records(_config(root, tmp_path))
+    records, notes = plan.plan_records(_config(root, tmp_path))
     train = {r.image_id: r for r in records["train"]}
     expected = set(result.voc["train"]) | set(result.sbd["train"])
     assert set(train) - {p["image_id"] for p in _planted(sources)} == expected
@@ -127,7 +129,7 @@ def _planted(sources):
 def test_plan_reference_preset_keeps_val_out_of_train(sources, tmp_path):
     root, result, _ = sources
     config = _config(root, tmp_path, preset="reference", unlabeled=None)
-    records, notes = ingest.plan_records(config)
+    records, notes = plan.plan_records(config)
     assert set(records) == {"train", "val"}
     train_ids = {r.image_id for r in records["train"]}
     assert all(r.source == "sbd" for r in records["train"])
@@ -141,20 +143,20 @@ def test_plan_named_split_lists(sources, tmp_path):
     ids = tmp_path / "mine.txt"
     ids.write_text("\n".join([result.voc["val"][0], result.sbd["val"][0]]) + "\n")
     config = _config(root, tmp_path, split=(f"mine={ids}",), unlabeled=None)
-    records, _ = ingest.plan_records(config)
+    records, _ = plan.plan_records(config)
     assert list(records) == ["mine"]
     by_id = {r.image_id: r for r in records["mine"]}
     assert by_id[result.voc["val"][0]].source == "voc"
     if result.sbd["val"][0] not in set(result.voc["trainval"]):
         assert by_id[result.sbd["val"][0]].source == "sbd"
     with pytest.raises(ValueError, match="NAME=IDS_FILE"):
-        ingest.plan_records(_config(root, tmp_path, split=("nofile",)))
+        plan.plan_records(_config(root, tmp_path, split=("nofile",)))
     with pytest.raises(ValueError, match="split name"):
-        ingest.plan_records(_config(root, tmp_path, split=(f"../x={ids}",)))
+        plan.plan_records(_config(root, tmp_path, split=(f"../x={ids}",)))
     with pytest.raises(ValueError, match="does not exist"):
-        ingest.plan_records(_config(root, tmp_path, split=(f"x={tmp_path}/none.txt",)))
+        plan.plan_records(_config(root, tmp_path, split=(f"x={tmp_path}/none.txt",)))
     with pytest.raises(ValueError, match="source"):
-        ingest.plan_records(IngestConfig(output=str(tmp_path)))
+        plan.plan_records(IngestConfig(output=str(tmp_path)))
 
 
 def _files(root: Path) -> dict[str, bytes]:
@@ -169,13 +171,13 @@ def test_pipeline_writes_good_rows_rejects_bad_and_reruns_identically(local_ray,
     root, result, planted = sources
     out = tmp_path / "out"
     config = _config(root, out, rows_per_shard=4, rows_per_row_group=2)
-    summary = ingest.run(config)
+    done = ingest.run(ingest.check_config(config))
 
-    planned, _ = ingest.plan_records(config)
+    planned, _ = plan.plan_records(config)
     bad = {(p["split"], p["image_id"]): p["reason"] for p in planted}
     for split, records in planned.items():
         table = pq.read_table(out / split)
-        assert table.schema.equals(ingest.SCHEMA)
+        assert table.schema.equals(contract.SCHEMA)
         rows = table.to_pylist()
         ids = [r["image_id"] for r in rows]
         assert len(ids) == len(set(ids))  # nothing duplicated
@@ -198,23 +200,25 @@ def test_pipeline_writes_good_rows_rejects_bad_and_reruns_identically(local_ray,
             )
             assert np.array_equal(images.decode_mask(row["mask"]), expected)
             assert expected.shape == (row["height"], row["width"])
-        assert summary["splits"][split]["written"] == len(rows)
+        assert done.splits[split].written == len(rows)
 
     errors = pq.read_table(out / "_errors").to_pylist()
     assert {(e["split"], e["image_id"]): e["reason"] for e in errors} == bad
     assert all(e["uri"] and e["detail"] for e in errors)
-    assert summary["rejected"] == len(bad)
-    assert sum(summary["rejected_by_reason"].values()) == len(bad)
+    assert done.rejected == len(bad)
+    assert sum(done.rejected_by_reason.values()) == len(bad)
+    assert (out / "_SUCCESS").read_text() == done.summary_text()
     success = json.loads((out / "_SUCCESS").read_text())
-    assert success == summary and success["num_classes"] == 21
+    assert success == done.summary() and success["num_classes"] == 21
+    assert success["rejected"] == len(bad) and success["splits"]["val"]["written"] > 0
     assert success["classes"]["names"][15] == "person"
 
     before = _files(out)
-    assert ingest.run(config) == summary
+    assert ingest.run(ingest.check_config(config)) == done
     assert _files(out) == before  # a second run changes nothing
 
     # Fewer, larger shards: the old part files must go, or readers would see duplicates.
-    ingest.run(_config(root, out, rows_per_shard=100))
+    ingest.run(ingest.check_config(_config(root, out, rows_per_shard=100)))
     for split, records in planned.items():
         assert len(list((out / split).glob("part-*.parquet"))) == 1
         n = pq.read_table(out / split).num_rows
@@ -236,9 +240,13 @@ def test_custom_class_list_set_validates_labels_and_lands_in_summary(local_ray, 
     synthetic.add_sideways_image(root, "2098_000001", "val", class_list=classes)
     out = tmp_path / "out"
     config = IngestConfig(output=str(out), voc=str(root), classes=str(root / "classes.json"))
-    summary = ingest.run(config)
+    result = ingest.run(ingest.check_config(config))
 
-    assert summary["num_classes"] == 5 and ingest.read_classes(str(out)) == classes
+    assert (
+        result.classes == classes
+        and result.summary()["num_classes"] == 5
+        and contract.read_classes(str(out)) == classes
+    )
     (error,) = pq.read_table(out / "_errors").to_pylist()
     assert (error["image_id"], error["reason"]) == (over, "bad_label_values")
     assert "values 5 outside 0..4" in error["detail"]
@@ -251,10 +259,10 @@ def test_custom_class_list_set_validates_labels_and_lands_in_summary(local_ray, 
 
 
 def test_read_classes_needs_no_ray_and_defaults_to_voc(tmp_path):
-    (tmp_path / "_SUCCESS").write_text(json.dumps({"format": ingest.FORMAT, "written": 0}))
-    assert ingest.read_classes(str(tmp_path)) == voc_classes()
+    (tmp_path / "_SUCCESS").write_text(json.dumps({"format": contract.FORMAT, "written": 0}))
+    assert contract.read_classes(str(tmp_path)) == voc_classes()
     code = (
-        "import sys; from fcn.data.ingest import read_classes; "
+        "import sys; from fcn.data.contract import read_classes; "
         f"assert read_classes({str(tmp_path)!r}).num_classes == 21; "
         "assert 'ray' not in sys.modules, 'importing ingest started to import ray'"
     )
@@ -269,10 +277,54 @@ def test_unforeseen_decoder_failure_becomes_an_error_row(monkeypatch, tmp_path):
     def boom(*args):
         raise RuntimeError("decoder exploded")
 
-    monkeypatch.setattr(ingest, "validate", boom)
-    shard = ingest.Shard("unlabeled", 0, (record,))
-    counts = ingest.write_shard(shard, str(tmp_path / "out"), 21, 10**8, 4, 2)
+    monkeypatch.setattr(validate, "validate_record", boom)
+    shard = plan.Shard("unlabeled", 0, (record,))
+    counts = shards.write_shard(shard, str(tmp_path / "out"), 21, 10**8, 4, 2)
     assert counts["written"] == 0 and counts["rejected"] == 1
     (error,) = pq.read_table(tmp_path / "out" / shard.error_key).to_pylist()
     assert error["reason"] == "unexpected_error" and "exploded" in error["detail"]
     assert pq.read_table(tmp_path / "out" / shard.key).num_rows == 0
+
+
+def _ingest_job():
+    """jobs/ingest.py as a module (the jobs are scripts, not a package)."""
+    path = Path(__file__).parents[2] / "jobs" / "ingest.py"
+    spec = importlib.util.spec_from_file_location("job_ingest", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_job_checks_its_settings_once(local_ray, monkeypatch, tmp_path, capsys):
+    """Defect 3a: jobs/ingest.py checked the config, then `run` checked it again (the sources
+    listed twice: on S3, a second walk of the unlabeled prefix)."""
+    root = tmp_path / "voc"
+    synthetic.generate(root, num_images=2, seed=0, min_size=32, max_size=40)
+    calls = []
+    check = ingest.check_config
+
+    def counted(config):
+        calls.append(config)
+        return check(config)
+
+    monkeypatch.setattr(ingest, "check_config", counted)
+    out = tmp_path / "out"
+    assert _ingest_job().main(["--voc", str(root), "--output", str(out)]) == 0
+    assert len(calls) == 1
+    assert f"summary: {out}/_SUCCESS" in capsys.readouterr().out
+
+
+def test_run_takes_a_checked_config_only(tmp_path):
+    with pytest.raises(TypeError, match="check_config"):
+        ingest.run(IngestConfig(output=str(tmp_path)))
+
+
+def test_a_bad_class_file_is_a_settings_error(tmp_path, capsys):
+    root = tmp_path / "voc"
+    synthetic.generate(root, num_images=2, seed=0, min_size=32, max_size=40)
+    bad = tmp_path / "classes.txt"
+    bad.write_text("road 1 2\n")
+    argv = ["--voc", str(root), "--output", str(tmp_path / "out"), "--classes", str(bad)]
+    assert _ingest_job().main(argv) == 2
+    assert capsys.readouterr().err.startswith("error: class file line 1")
+    assert not (tmp_path / "out").exists()

@@ -12,11 +12,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from fixtures import scenes
 from PIL import Image
 
 from fcn import storage
 from fcn.config import IngestConfig, SegmentConfig
-from fcn.data import ingest, synthetic
+from fcn.data import contract, ingest, synthetic
 from fcn.engine import images
 from fcn.engine.classes import ClassList
 from fcn.nightly import cvat, drift, insight, manifest, queue, state
@@ -222,25 +223,25 @@ def test_cvat_export_ingests_as_a_voc_tree(tmp_path, local_ray):
     config = IngestConfig(
         str(tmp_path / "ds"), voc=str(tree), voc_splits=("default",), classes=str(classes_file)
     )
-    summary = ingest.run(config)
+    summary = ingest.run(ingest.check_config(config))
     split = pq.read_table(tmp_path / "ds" / "default")
     assert split.num_rows == 3, summary
     by_id = {r["image_id"]: r for r in split.to_pylist()}
     for row in rows:
         mask = images.decode_mask(by_id[cvat.image_id(row["uri"])]["mask"])
         assert np.array_equal(mask, images.decode_mask(masks[row["mask_uri"]]))
-    assert ingest.read_classes(str(tmp_path / "ds")).names == CLASSES.names
+    assert contract.read_classes(str(tmp_path / "ds")).names == CLASSES.names
 
 
 def test_drift_scenes_are_foggy_or_dominated():
     rng = np.random.default_rng(0)
     normal, _ = synthetic.render_scene(rng, 32, 32, (1,))
-    foggy, _ = synthetic.drift_scene(rng, 32, 32, "fog")
+    foggy, _ = scenes.drift_scene(rng, 32, 32, "fog")
     assert foggy.std() < normal.std() / 3
-    _, label = synthetic.drift_scene(rng, 32, 32, "dominant", cls=2)
+    _, label = scenes.drift_scene(rng, 32, 32, "dominant", cls=2)
     assert np.mean(label == 2) == 0.75
     with pytest.raises(ValueError, match="fog"):
-        synthetic.drift_scene(rng, 8, 8, "rain")
+        scenes.drift_scene(rng, 8, 8, "rain")
 
 
 @pytest.mark.parametrize(

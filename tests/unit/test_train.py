@@ -224,7 +224,7 @@ def test_each_train_split_is_a_train_input_of_the_run(tmp_path):
 
 
 def _dataset_with_classes(root, classes):
-    from fcn.data.ingest import SUCCESS
+    from fcn.data.contract import SUCCESS
 
     os.makedirs(root, exist_ok=True)
     with open(os.path.join(root, SUCCESS), "w") as f:

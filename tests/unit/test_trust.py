@@ -82,18 +82,18 @@ def test_ingest_owns_its_split_directories(local_ray, tmp_path):
     root, out = tmp_path / "voc", tmp_path / "out"
     synthetic.generate(root, num_images=4, seed=0, min_size=40, max_size=48)
     config = IngestConfig(output=str(out), voc=str(root))
-    first = ingest.run(config)
-    splits = sorted(first["splits"])
+    first = ingest.run(ingest.check_config(config))
+    splits = sorted(first.splits)
     foreign = [f"{splits[0]}/old-export.parquet", f"{splits[0]}/.part-00000.parquet.x.tmp"]
     for key in foreign:
         (out / key).write_bytes(b"not parquet")
     (out / "README.txt").write_text("the operator's own file")  # not in a split: left alone
-    again = ingest.run(config)
-    assert again["stale_shards_removed"] == len(foreign)
+    again = ingest.run(ingest.check_config(config))
+    assert again.stale_shards_removed == len(foreign)
     assert not any((out / key).exists() for key in foreign)
     assert (out / "README.txt").exists()
     for split in splits:  # a split declared done reads
-        assert pq.read_table(out / split).num_rows == first["splits"][split]["written"]
+        assert pq.read_table(out / split).num_rows == first.splits[split].written
 
 
 def test_a_run_left_running_by_a_dead_job_is_marked_killed_then_continued(

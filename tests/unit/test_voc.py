@@ -8,7 +8,7 @@ from PIL import Image
 
 from fcn.data import synthetic, voc
 from fcn.engine import images
-from fcn.engine.classes import VOC_CLASSES, parse_class_list, voc_classes, voc_colormap
+from fcn.engine.classes import VOC_CLASSES, ClassList, parse_class_list, voc_classes, voc_colormap
 
 LABELS = set(range(len(VOC_CLASSES))) | {255}
 
@@ -134,3 +134,29 @@ def test_class_list_files():
     assert as_json.num_classes == 2 and as_json.colors[1] == (1, 2, 3)
     with pytest.raises(ValueError):
         parse_class_list("a\na\n")
+
+
+def test_class_colours_are_unique_when_some_are_left_out():
+    """Defect 2: `car` without a colour got VOC colour 1, the colour `road` was given, so masks
+    and the CVAT export (read back by colour) merged the two classes."""
+    classes = parse_class_list("background\nroad 128 0 0\ncar\nsky\n")
+    assert len(set(classes.colors)) == classes.num_classes
+    assert classes.colors[:2] == ((0, 0, 0), (128, 0, 0))
+    assert classes.colors[2] != (128, 0, 0)
+    assert classes.colors[3] == tuple(voc_colormap()[3])  # free: its VOC colour, as before
+    assert classes == parse_class_list("background\nroad 128 0 0\ncar\nsky\n")  # deterministic
+    palette = classes.palette()
+    assert len({tuple(palette[i]) for i in range(classes.num_classes)}) == classes.num_classes
+    as_json = parse_class_list('["bg", {"name": "road", "color": [0, 128, 0]}, "car"]')
+    assert as_json.colors[1] == (0, 128, 0) and as_json.colors[2] not in as_json.colors[:2]
+
+
+def test_the_same_colour_given_twice_is_refused_and_old_lists_still_load():
+    with pytest.raises(ValueError, match="'road' and 'car' have the same color 128 0 0"):
+        parse_class_list("road 128 0 0\ncar #800000\n")
+    # Recorded before colours were unique (dataset summary, checkpoint): the later one moves.
+    old = {"num_classes": 2, "names": ["road", "car"], "colors": [[128, 0, 0], [128, 0, 0]]}
+    loaded = ClassList.from_dict(old)
+    assert loaded.colors[0] == (128, 0, 0) and loaded.colors[1] != (128, 0, 0)
+    assert ClassList.from_dict(loaded.to_dict()) == loaded
+    assert voc_classes().colors == tuple(tuple(int(v) for v in c) for c in voc_colormap()[:21])
