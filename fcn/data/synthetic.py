@@ -13,8 +13,8 @@ Images are learnable on purpose: each class has a fixed color and stripe texture
 not depend on the seed (train on one seed, evaluate on another), objects sit on low-saturation
 textured backgrounds, so a small FCN reaches a high mean IU in few iterations.
 
-Over 400 lines on purpose: one generator, whose pieces (scenes, encoders, the three layouts,
-the CLI the demo runs) are used together; tests build their hostile inputs on top of it
+Long module: on purpose, one generator whose pieces (scenes, encoders, the three layouts, the
+CLI the demo runs) are used together; tests build their hostile inputs on top of it
 (tests/fixtures/), outside the product.
 
 CLI:

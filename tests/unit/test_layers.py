@@ -96,7 +96,7 @@ def climbs(edges: dict[str, set[str]]) -> list[str]:
             if target == "fcn":
                 continue
             target_level, target_package = owner(target)
-            if target_package == package and level != 0:
+            if target_package == package:
                 continue  # inside one package
             if target_level < level and LAYERS[target_level][0] != "facades":
                 continue
