@@ -26,16 +26,15 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as pads
-import pyarrow.fs as pafs
 
 from fcn.config import SegmentConfig
 from fcn.engine import images
-from fcn.nightly import masks
+from fcn.nightly import masks, schema
+from fcn.nightly.schema import Status
 from fcn.storage import WALK_SCHEMA, Location
 from fcn.tracking import REGISTRY_VERSION
 
-TODO_COLUMNS = ("uri", "path", "mask_uri", "mask_path", "etag", "size")
+TODO_COLUMNS = ("uri", "path", "mask_uri", "mask_key", "etag", "size")
 # Keys the vectorized mapping cannot take as they are: odd characters, `.`/`..` segments,
 # hidden basenames, doubled slashes. They go through fcn.storage's checks one by one.
 ODD_KEY = r"\\|\x00|(^|/)\.|//"
@@ -154,7 +153,7 @@ def _mask_keys(input: Location, keys: pa.ChunkedArray) -> tuple[pa.Array, pa.Arr
 def _owners(table: pa.Table, state: pa.Table) -> pa.Table:
     """`table` with an `owner` column: True where the state says this image's mask is at its
     mask key (`ok` on an earlier night), so a newcomer never takes an existing mask over."""
-    owned = state.filter(pc.equal(state.column("status"), "ok")).select(["uri", "mask_uri"])
+    owned = state.filter(schema.where(state, Status.OK)).select(["uri", "mask_uri"])
     owned = owned.append_column("owner", pa.array(np.ones(owned.num_rows, dtype=bool)))
     table = table.join(owned, ["uri", "mask_uri"], join_type="left outer")
     return table.set_column(
@@ -207,7 +206,7 @@ def _candidates(listing: pa.Table, state: pa.Table, input: Location, output: Loc
             "uri": _uris(input, paths),
             "path": paths,
             "mask_uri": pc.binary_join_element_wise(output.uri + "/", mask_keys, ""),
-            "mask_path": pc.binary_join_element_wise(output.path + "/", mask_keys, ""),
+            "mask_key": mask_keys,
             "etag": etag,
             "size": listing.column("size"),
             "mtime": pc.fill_null(listing.column("mtime"), 0.0),
@@ -225,8 +224,8 @@ def _decide(table: pa.Table, existing: pa.Array, config: SegmentConfig, model: s
         pc.equal(table.column("prev_mask_uri"), table.column("mask_uri")),
         pc.is_in(table.column("mask_uri"), value_set=existing),
     )
-    ok = pc.fill_null(pc.and_(pc.equal(prev_status, "ok"), mask_ok), False)
-    failed = pc.fill_null(pc.equal(prev_status, "error"), False)
+    ok = pc.fill_null(pc.and_(pc.equal(prev_status, Status.OK), mask_ok), False)
+    failed = pc.fill_null(pc.equal(prev_status, Status.ERROR), False)
     done = pc.and_(same, pc.or_(ok, failed) if not config.retry_errors else ok)
     if config.force:
         done = pc.and_(done, False)
@@ -276,16 +275,6 @@ def plan(
         deferred=max(0, todo.num_rows - budget),
         resegment=max(0, min(budget, todo.num_rows) - fresh.num_rows),
     )
-
-
-def arrow_filesystem(where: Location) -> pafs.FileSystem:
-    """`where`'s fsspec filesystem as pyarrow's (the one Ray Data and pyarrow.dataset read)."""
-    return pafs.PyFileSystem(pafs.FSSpecHandler(where.fs))
-
-
-def split_dataset(input: Location, files: list[str]) -> pads.Dataset:
-    """The ingested split's Parquet `files` (under `input`'s store) as a pyarrow dataset."""
-    return pads.dataset(files, filesystem=arrow_filesystem(input), format="parquet")
 
 
 def split_key(uri: str) -> str:
