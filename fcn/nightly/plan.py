@@ -43,7 +43,7 @@ ODD_KEY = r"\\|\x00|(^|/)\.|//"
 @dataclass
 class Plan:
     todo: pa.Table  # TODO_COLUMNS, in the order to segment them
-    refused: pa.Table  # uri, etag, size, mask_uri, error: keys that cannot get a mask
+    refused: pa.Table  # schema.REFUSED: keys that cannot get a mask
     listed: int
     unchanged: int
     deferred: int  # over --max-images: waits for the next night
@@ -59,7 +59,7 @@ class SplitPlan:
 
     known: pa.Table  # uri (sorted, unique), etag: skipped while the bytes hash to etag;
     #                  etag null: refused (the stage drops the row, the driver reports it)
-    refused: pa.Table  # uri, etag, size, mask_uri, error: as Plan.refused (etag, size null)
+    refused: pa.Table  # schema.REFUSED, as Plan.refused (etag, size null)
 
 
 def collect(chunks) -> pa.Table:
@@ -256,7 +256,7 @@ def plan(
     """Tonight's work (see the module docstring); `existing`: from `existing_masks`."""
     candidates = _candidates(listing, state, input, output)
     bad = pc.is_valid(candidates.column("error"))
-    refused = candidates.filter(bad).select(["uri", "etag", "size", "mask_uri", "error"])
+    refused = schema.conform(candidates.filter(bad), schema.REFUSED)
     candidates = candidates.filter(pc.invert(bad))
     table = candidates.join(_previous(state), "uri", join_type="left outer")
     table = _decide(table, existing, config, model)
@@ -298,7 +298,8 @@ def plan_split(
 ) -> SplitPlan:
     """Tonight's work in an ingested split from its `uri` column (see `SplitPlan`): the rules
     of `plan`, with the image's bytes assumed unchanged (the stage checks that)."""
-    uris = pc.unique(uris.combine_chunks()).drop_null()  # a uri twice is one image
+    # A uri twice is one image; `string` whatever the writer used (schema.URI, the state's).
+    uris = pc.unique(uris.combine_chunks().cast(schema.URI.type)).drop_null()
     mask_keys, reasons = _mask_keys(output, _split_keys(uris))
     table = pa.table(
         {
@@ -309,16 +310,7 @@ def plan_split(
     )
     table = _taken(_owners(table, state))
     bad = pc.is_valid(table.column("error"))
-    refused = table.filter(bad)
-    refused = pa.table(
-        {
-            "uri": refused.column("uri"),
-            "etag": pa.nulls(refused.num_rows, pa.string()),
-            "size": pa.nulls(refused.num_rows, pa.int64()),
-            "mask_uri": refused.column("mask_uri"),
-            "error": refused.column("error"),
-        }
-    )
+    refused = schema.conform(table.filter(bad), schema.REFUSED)  # no etag, no size: unread
     table = table.filter(pc.invert(bad)).join(_previous(state), "uri", join_type="left outer")
     table = _decide(table.append_column("etag", table.column("prev_etag")), existing, config, model)
     done = table.filter(pc.invert(pc.or_(table.column("todo"), table.column("older"))))

@@ -1,6 +1,6 @@
 """The segment job's Arrow rows, declared once: the state (`STATE`), the run manifest
-(`MANIFEST`), what the CPU stages hand the model actor (`DECODED`) and what the actor adds
-(`PREDICTED`), with the row `Status` they all share.
+(`MANIFEST`), what the CPU stages hand the model actor (`DECODED`), what the actor adds
+(`PREDICTED`) and what the plan refuses (`REFUSED`), with the row `Status` they all share.
 
 Each column is one field used by every schema that holds it, so a column cannot mean one type
 in the state and another in the manifest. Column order is part of the files' format (old
@@ -71,6 +71,9 @@ DECODED = pa.schema(
 )  # fmt: skip
 
 PREDICTED = pa.schema([MASK, FORWARD_SECONDS, *CONFIDENCE])  # added by the model actor
+
+# Images the plan refuses (a key that cannot get a mask): error rows of the manifest.
+REFUSED = pa.schema([URI, ETAG, SIZE, MASK_URI, ERROR])
 
 
 def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
