@@ -45,6 +45,7 @@ from fcn.nightly import (  # noqa: E402
     plan,
     state,
 )
+from fcn.nightly import schema as nightly_schema  # noqa: E402
 
 PLAN = """
 import json, sys, time
@@ -108,7 +109,7 @@ def write_state(src: str, out: str) -> None:
             "run_id": pa.array(["r0"] * n),
             "time": pa.array([1.0] * n),
         },
-        schema=state.STATE_SCHEMA,
+        schema=nightly_schema.STATE,
     )
     buffer = io.BytesIO()
     pq.write_table(table, buffer)

@@ -1,8 +1,9 @@
 """Show a segment experiment's nightly drift and labeling-queue history: a table (Markdown and
 CSV) and the drift distance over the nights (PNG), from the MLflow runs jobs/segment.py logged.
 
-Reads MLFLOW_TRACKING_URI (or --tracking-uri). Exit status 2 with one line when the
-experiment does not exist. docs/insight.md explains the numbers.
+Reads MLFLOW_TRACKING_URI (or --tracking-uri). Exit status 2 with one line (`error: ...`) when
+the experiment does not exist or a setting cannot work (an --output URI that carries
+credentials). docs/insight.md explains the numbers.
 """
 
 import sys
@@ -23,8 +24,8 @@ def main(argv=None) -> int:
     config = parse(ReportConfig, argv, description=__doc__, epilog=EXAMPLES)
     try:
         table, written = write(config)
-    except LookupError as err:  # no such experiment
-        print(f"report: {err}", file=sys.stderr)
+    except (LookupError, ValueError) as err:  # no such experiment, a refused --output
+        print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"{len(table)} night(s) of experiment {config.experiment!r}:\n")
     print(markdown(table))

@@ -26,13 +26,15 @@ EXAMPLES = """examples:
 
 def main(argv=None) -> int:
     config = parse(SegmentConfig, argv, description=__doc__, epilog=EXAMPLES)
-    from fcn.nightly.driver import exit_status, print_summary, run
+    # Imported after parsing: `--help` and a bad flag answer without loading torch and Ray.
+    from fcn.nightly.driver import run
+    from fcn.nightly.summary import EXIT_SETTINGS, exit_status, print_summary
 
     try:
         summary = run(config)
     except (ValueError, FileNotFoundError) as err:  # settings, model contract, empty input
         print(f"error: {err}", file=sys.stderr)
-        return 2
+        return EXIT_SETTINGS
     print_summary(summary)
     return exit_status(summary)
 

@@ -25,6 +25,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from fcn.nightly import schema
+from fcn.nightly.schema import Status
+
 
 @dataclass(frozen=True)
 class Distribution:
@@ -72,7 +75,7 @@ def empty(num_classes: int) -> Distribution:
 def of_manifest(table: pa.Table, num_classes: int) -> Distribution:
     """The distribution of a run manifest's `ok` rows that carry class counts."""
     rows = table.filter(
-        pc.and_(pc.equal(table.column("status"), "ok"), pc.is_valid(table.column("class_counts")))
+        pc.and_(schema.where(table, Status.OK), pc.is_valid(table.column("class_counts")))
     )
     if not rows.num_rows:
         return empty(num_classes)
@@ -122,20 +125,47 @@ def per_class(p: np.ndarray, q: np.ndarray) -> np.ndarray:
     return np.array([js_distance([a, 1 - a], [b, 1 - b]) for a, b in zip(p, q, strict=True)])
 
 
-def compare(tonight: Distribution, reference: Distribution) -> dict | None:
+@dataclass(frozen=True)
+class Comparison:
+    """Tonight against one reference: overall and per-class distances of both views, and the
+    reference's own shares (the report's table and chart show them beside tonight's)."""
+
+    pixel: float
+    pixel_per_class: list[float]
+    reference_pixel_shares: list[float]
+    # The image view needs images with class counts on both sides: None without them.
+    image: float | None = None
+    image_per_class: list[float] | None = None
+    reference_image_frequencies: list[float] | None = None
+
+    def to_dict(self) -> dict:
+        """report.json's form: the image view's keys only when it exists."""
+        out = {
+            "pixel": self.pixel,
+            "pixel_per_class": self.pixel_per_class,
+            "reference_pixel_shares": self.reference_pixel_shares,
+        }
+        if self.image is not None:
+            out["image"] = self.image
+            out["image_per_class"] = self.image_per_class
+            out["reference_image_frequencies"] = self.reference_image_frequencies
+        return out
+
+
+def compare(tonight: Distribution, reference: Distribution) -> Comparison | None:
     """Overall and per-class distances of both views; None when either side has no pixels."""
     p, q = tonight.pixel_shares(), reference.pixel_shares()
     if p is None or q is None:
         return None
-    out = {
-        "pixel": js_distance(p, q),
-        "pixel_per_class": per_class(p, q).tolist(),
-        "reference_pixel_shares": q.tolist(),
-    }
+    pixel = {"pixel": js_distance(p, q), "pixel_per_class": per_class(p, q).tolist()}
     f, g = tonight.image_frequencies(), reference.image_frequencies()
     occurrences = (normalize(tonight.image_counts), normalize(reference.image_counts))
-    if f is not None and g is not None and all(o is not None for o in occurrences):
-        out["image"] = js_distance(*occurrences)
-        out["image_per_class"] = per_class(f, g).tolist()
-        out["reference_image_frequencies"] = g.tolist()
-    return out
+    if f is None or g is None or any(o is None for o in occurrences):
+        return Comparison(**pixel, reference_pixel_shares=q.tolist())
+    return Comparison(
+        **pixel,
+        reference_pixel_shares=q.tolist(),
+        image=js_distance(*occurrences),
+        image_per_class=per_class(f, g).tolist(),
+        reference_image_frequencies=g.tolist(),
+    )

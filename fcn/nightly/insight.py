@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 import pyarrow.parquet as pq
 
@@ -71,94 +72,147 @@ def _history(output: Location, run_id: str) -> list[dict]:
     return out
 
 
+@dataclass(frozen=True)
+class Reference:
+    """What tonight was compared with: `comparison` None when either side has no pixels."""
+
+    comparison: drift.Comparison | None
+    nights: tuple[str, ...] | None = None  # the trailing reference: the runs summed
+
+    def distances(self) -> list[float]:
+        """The overall distances (pixel view, image view) this reference has."""
+        c = self.comparison
+        return [d for d in (c.pixel, c.image) if d is not None] if c else []
+
+    def to_dict(self) -> dict:
+        out = self.comparison.to_dict() if self.comparison else {}
+        return out if self.nights is None else {**out, "nights": list(self.nights)}
+
+
+@dataclass(frozen=True)
+class DriftReport:
+    """A night's drift report; `to_dict` is report.json."""
+
+    run_id: str
+    classes: tuple[str, ...]
+    tonight: drift.Distribution
+    references: dict[str, Reference]  # "training", "trailing": those that exist
+    distance: float | None  # the alert distance: the largest overall distance
+    threshold: float | None
+    drift: bool
+    notes: tuple[str, ...]
+    history: tuple[dict, ...]  # {"run_id", "distance"} of the nights shown, tonight last
+
+    @property
+    def images(self) -> int:
+        return self.tonight.images
+
+    def to_dict(self) -> dict:
+        shares, frequencies = self.tonight.pixel_shares(), self.tonight.image_frequencies()
+        return {
+            "run_id": self.run_id,
+            "images": self.images,
+            "classes": list(self.classes),
+            "tonight": {
+                **self.tonight.to_dict(),
+                "pixel_shares": None if shares is None else shares.tolist(),
+                "image_frequencies": None if frequencies is None else frequencies.tolist(),
+            },
+            "references": {name: ref.to_dict() for name, ref in self.references.items()},
+            "distance": self.distance,
+            "threshold": self.threshold,
+            "drift": self.drift,
+            "notes": list(self.notes),
+            "history": list(self.history),
+        }
+
+
 def drift_report(table, classes: ClassList, trained: Mapping | None, output, run_id, config):
-    """The night's drift report (a JSON-able dict); `table` is the run's manifest, `trained`
-    the model's recorded training distribution (CheckpointConfig.class_distribution)."""
+    """The night's drift report; `table` is the run's manifest, `trained` the model's recorded
+    training distribution (CheckpointConfig.class_distribution)."""
     tonight = drift.of_manifest(table, classes.num_classes)
     notes, references = [], {}
     reference = training(trained, classes.num_classes)
     if reference is None:
         notes.append("the model records no training class distribution: trailing nights only")
     else:
-        references["training"] = drift.compare(tonight, reference) or {}
+        references["training"] = Reference(drift.compare(tonight, reference))
     past, nights = trailing(output, run_id, classes.num_classes, config.drift_nights)
     if not nights:
         notes.append("no earlier night to compare with")
     else:
-        references["trailing"] = {**(drift.compare(tonight, past) or {}), "nights": nights}
+        references["trailing"] = Reference(drift.compare(tonight, past), tuple(nights))
     if not tonight.images:
         notes.append("no segmented image with class counts tonight: nothing to compare")
-    overall = [r[k] for r in references.values() for k in ("pixel", "image") if k in r]
+    overall = [d for ref in references.values() for d in ref.distances()]
     distance = max(overall) if overall else None
     threshold = config.drift_threshold
-    shares, frequencies = tonight.pixel_shares(), tonight.image_frequencies()
-    return {
-        "run_id": run_id,
-        "images": tonight.images,
-        "classes": list(classes.names),
-        "tonight": {
-            **tonight.to_dict(),
-            "pixel_shares": None if shares is None else shares.tolist(),
-            "image_frequencies": None if frequencies is None else frequencies.tolist(),
-        },
-        "references": references,
-        "distance": distance,
-        "threshold": threshold,
-        "drift": bool(threshold is not None and distance is not None and distance > threshold),
-        "notes": notes,
-        "history": _history(output, run_id) + [{"run_id": run_id, "distance": distance}],
-    }
+    history = _history(output, run_id) + [{"run_id": run_id, "distance": distance}]
+    return DriftReport(
+        run_id=run_id,
+        classes=tuple(classes.names),
+        tonight=tonight,
+        references=references,
+        distance=distance,
+        threshold=threshold,
+        drift=bool(threshold is not None and distance is not None and distance > threshold),
+        notes=tuple(notes),
+        history=tuple(history),
+    )
 
 
-def metrics(report: dict) -> dict[str, float]:
+def metrics(report: DriftReport) -> dict[str, float]:
     """MLflow metrics: `drift_distance`, `drift_<reference>_<view>` overall and
     `drift_<reference>_pixel_<class>` per class, and `share_<class>` tonight."""
-    out = {} if report["distance"] is None else {"drift_distance": report["distance"]}
-    names = [class_metric(n).removeprefix(CLASS_METRIC_PREFIX) for n in report["classes"]]
-    for ref, values in report["references"].items():
-        for view in ("pixel", "image"):
-            if view in values:
-                out[f"drift_{ref}_{view}"] = values[view]
-        for name, value in zip(names, values.get("pixel_per_class") or [], strict=False):
+    out = {} if report.distance is None else {"drift_distance": report.distance}
+    names = [class_metric(n).removeprefix(CLASS_METRIC_PREFIX) for n in report.classes]
+    for ref, values in report.references.items():
+        c = values.comparison
+        if c is None:
+            continue
+        out[f"drift_{ref}_pixel"] = c.pixel
+        if c.image is not None:
+            out[f"drift_{ref}_image"] = c.image
+        for name, value in zip(names, c.pixel_per_class, strict=False):
             out[f"drift_{ref}_pixel_{name}"] = value
-    for name, value in zip(names, report["tonight"]["pixel_shares"] or [], strict=False):
+    shares = report.tonight.pixel_shares()
+    for name, value in zip(names, [] if shares is None else shares.tolist(), strict=False):
         out[f"share_{name}"] = value
     return out
 
 
-def markdown(report: dict) -> str:
+def markdown(report: DriftReport) -> str:
     """The report as a page a person reads next to the chart."""
-    distance = report["distance"]
-    verdict = "DRIFT" if report["drift"] else "no drift alert"
+    distance = report.distance
+    verdict = "DRIFT" if report.drift else "no drift alert"
     lines = [
-        f"# Night {report['run_id']}: {verdict}",
+        f"# Night {report.run_id}: {verdict}",
         "",
-        f"{report['images']} images segmented; alert distance "
+        f"{report.images} images segmented; alert distance "
         f"{'n/a' if distance is None else f'{distance:.4f}'} (Jensen-Shannon, 0..1), "
-        f"threshold {report['threshold']}.",
+        f"threshold {report.threshold}.",
         "",
-        *[f"- {note}" for note in report["notes"]],
+        *[f"- {note}" for note in report.notes],
         "",
         "![drift](drift.png)",
         "",
     ]
-    refs = report["references"]
+    refs = {name: ref.comparison for name, ref in report.references.items()}
     header = ["class", "share tonight"] + [f"share {r}" for r in refs] + [f"dist {r}" for r in refs]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    shares = report["tonight"]["pixel_shares"] or [None] * len(report["classes"])
-    for c, name in enumerate(report["classes"]):
-        cells = [name, _fmt(shares[c])]
-        cells += [
-            _fmt((r.get("reference_pixel_shares") or [None] * (c + 1))[c]) for r in refs.values()
-        ]
-        cells += [_fmt((r.get("pixel_per_class") or [None] * (c + 1))[c]) for r in refs.values()]
+    shares = report.tonight.pixel_shares()
+    for c, name in enumerate(report.classes):
+        cells = [name, _fmt(None if shares is None else shares[c])]
+        cells += [_fmt(r.reference_pixel_shares[c] if r else None) for r in refs.values()]
+        cells += [_fmt(r.pixel_per_class[c] if r else None) for r in refs.values()]
         lines.append("| " + " | ".join(cells) + " |")
-    for ref, values in refs.items():
+    for name, ref in report.references.items():
+        c = ref.comparison
         lines.append("")
         lines.append(
-            f"{ref}: pixel shares {_fmt(values.get('pixel'))}, image frequencies "
-            f"{_fmt(values.get('image'))}"
-            + (f" over {', '.join(values['nights'])}" if "nights" in values else "")
+            f"{name}: pixel shares {_fmt(c.pixel if c else None)}, image frequencies "
+            f"{_fmt(c.image if c else None)}"
+            + (f" over {', '.join(ref.nights)}" if ref.nights is not None else "")
         )
     return "\n".join(lines) + "\n"
 
@@ -167,14 +221,14 @@ def _fmt(value) -> str:
     return "-" if value is None else f"{value:.4f}"
 
 
-def write(output: Location, report: dict) -> dict[str, bytes]:
+def write(output: Location, report: DriftReport) -> dict[str, bytes]:
     """Write the report's files under `_reports/<run id>/`; returns them (name -> bytes)."""
     files = {
-        "report.json": json.dumps(report, indent=1).encode(),
+        "report.json": json.dumps(report.to_dict(), indent=1).encode(),
         "report.md": markdown(report).encode(),
         "drift.png": chart.drift_chart(report),
     }
-    folder = report_dir(output, report["run_id"])
+    folder = report_dir(output, report.run_id)
     for name, data in files.items():
         folder.child(name).write_bytes(data)
     return files

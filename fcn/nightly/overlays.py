@@ -1,16 +1,17 @@
 """`jobs/segment.py --save-overlays DIR`: each image segmented this run, blended with its mask
-over a legend of the classes present (`fcn.visualize.overlay`), as a PNG under DIR at its
+over a legend of the classes present (`fcn.engine.visualize.overlay`), as a PNG under DIR at its
 mask's key (like mmsegmentation's --show-dir), for a person to look at.
 
 A CPU stage after the pipeline, never in the model actor: it reads back what the run wrote
 (the image from the input, the mask PNG), so the pipeline carries no extra pixels when the
-option is off. Mask keys never collide (fcn.segment refuses a second image wanting an owned
+option is off. Mask keys never collide (fcn.nightly.plan refuses a second image wanting an owned
 key), so overlay keys, the same keys under DIR, never collide either.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -20,6 +21,8 @@ from fcn.config import SegmentConfig
 from fcn.engine import images
 from fcn.engine.classes import ClassList
 from fcn.engine.visualize import overlay, png_bytes
+from fcn.nightly import schema
+from fcn.nightly.schema import Status
 from fcn.storage import Location
 
 MAX_BLOCKS = 2000  # a task per --batch-size images, fewer and larger on huge nights
@@ -65,16 +68,24 @@ def write_batch(batch: pa.Table, read, dir: Location, output: Location, classes:
     return pa.Table.from_pylist(rows, RESULT)
 
 
+@dataclass(frozen=True)
+class Written:
+    """What `write` did: the folder, overlays written, overlays that failed."""
+
+    dir: str
+    written: int
+    failed: int
+
+
 def write(table: pa.Table, dir: Location, output: Location, classes: ClassList, read,
-          config: SegmentConfig, num_cpus: float) -> dict:  # fmt: skip
+          config: SegmentConfig, num_cpus: float) -> Written:  # fmt: skip
     """Overlays of the run's `ok` rows (a manifest table) as Ray tasks of `num_cpus` each, at
-    most `config.io_concurrency` at once; returns {"dir", "written", "failed"}."""
+    most `config.io_concurrency` at once."""
     import ray
 
-    rows = table.filter(pc.equal(table.column("status"), "ok")).select(["uri", "mask_uri"])
-    summary = {"dir": dir.uri, "written": 0, "failed": 0}
+    rows = table.filter(schema.where(table, Status.OK)).select(["uri", "mask_uri"])
     if not rows.num_rows:
-        return summary
+        return Written(dir.uri, 0, 0)
     chunk = max(config.batch_size, math.ceil(rows.num_rows / MAX_BLOCKS))
     ds = ray.data.from_arrow([rows.slice(i, chunk) for i in range(0, rows.num_rows, chunk)])
     kwargs = {"read": read, "dir": dir, "output": output, "classes": classes}
@@ -86,8 +97,9 @@ def write(table: pa.Table, dir: Location, output: Location, classes: ClassList, 
         num_cpus=num_cpus,
         compute=ray.data.TaskPoolStrategy(size=config.io_concurrency),
     )
+    written = failed = 0
     for result in ds.iter_batches(batch_format="pyarrow", batch_size=None):
-        failed = pc.sum(pc.is_valid(result.column("error"))).as_py() or 0
-        summary["failed"] += failed
-        summary["written"] += result.num_rows - failed
-    return summary
+        errors = pc.sum(pc.is_valid(result.column("error"))).as_py() or 0
+        failed += errors
+        written += result.num_rows - errors
+    return Written(dir.uri, written, failed)

@@ -26,16 +26,15 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as pads
-import pyarrow.fs as pafs
 
 from fcn.config import SegmentConfig
 from fcn.engine import images
-from fcn.nightly import masks
+from fcn.nightly import masks, schema
+from fcn.nightly.schema import Status
 from fcn.storage import WALK_SCHEMA, Location
 from fcn.tracking import REGISTRY_VERSION
 
-TODO_COLUMNS = ("uri", "path", "mask_uri", "mask_path", "etag", "size")
+TODO_COLUMNS = ("uri", "path", "mask_uri", "mask_key", "etag", "size")
 # Keys the vectorized mapping cannot take as they are: odd characters, `.`/`..` segments,
 # hidden basenames, doubled slashes. They go through fcn.storage's checks one by one.
 ODD_KEY = r"\\|\x00|(^|/)\.|//"
@@ -44,7 +43,7 @@ ODD_KEY = r"\\|\x00|(^|/)\.|//"
 @dataclass
 class Plan:
     todo: pa.Table  # TODO_COLUMNS, in the order to segment them
-    refused: pa.Table  # uri, etag, size, mask_uri, error: keys that cannot get a mask
+    refused: pa.Table  # schema.REFUSED: keys that cannot get a mask
     listed: int
     unchanged: int
     deferred: int  # over --max-images: waits for the next night
@@ -60,7 +59,7 @@ class SplitPlan:
 
     known: pa.Table  # uri (sorted, unique), etag: skipped while the bytes hash to etag;
     #                  etag null: refused (the stage drops the row, the driver reports it)
-    refused: pa.Table  # uri, etag, size, mask_uri, error: as Plan.refused (etag, size null)
+    refused: pa.Table  # schema.REFUSED, as Plan.refused (etag, size null)
 
 
 def collect(chunks) -> pa.Table:
@@ -154,7 +153,7 @@ def _mask_keys(input: Location, keys: pa.ChunkedArray) -> tuple[pa.Array, pa.Arr
 def _owners(table: pa.Table, state: pa.Table) -> pa.Table:
     """`table` with an `owner` column: True where the state says this image's mask is at its
     mask key (`ok` on an earlier night), so a newcomer never takes an existing mask over."""
-    owned = state.filter(pc.equal(state.column("status"), "ok")).select(["uri", "mask_uri"])
+    owned = state.filter(schema.where(state, Status.OK)).select(["uri", "mask_uri"])
     owned = owned.append_column("owner", pa.array(np.ones(owned.num_rows, dtype=bool)))
     table = table.join(owned, ["uri", "mask_uri"], join_type="left outer")
     return table.set_column(
@@ -207,7 +206,7 @@ def _candidates(listing: pa.Table, state: pa.Table, input: Location, output: Loc
             "uri": _uris(input, paths),
             "path": paths,
             "mask_uri": pc.binary_join_element_wise(output.uri + "/", mask_keys, ""),
-            "mask_path": pc.binary_join_element_wise(output.path + "/", mask_keys, ""),
+            "mask_key": mask_keys,
             "etag": etag,
             "size": listing.column("size"),
             "mtime": pc.fill_null(listing.column("mtime"), 0.0),
@@ -225,8 +224,8 @@ def _decide(table: pa.Table, existing: pa.Array, config: SegmentConfig, model: s
         pc.equal(table.column("prev_mask_uri"), table.column("mask_uri")),
         pc.is_in(table.column("mask_uri"), value_set=existing),
     )
-    ok = pc.fill_null(pc.and_(pc.equal(prev_status, "ok"), mask_ok), False)
-    failed = pc.fill_null(pc.equal(prev_status, "error"), False)
+    ok = pc.fill_null(pc.and_(pc.equal(prev_status, Status.OK), mask_ok), False)
+    failed = pc.fill_null(pc.equal(prev_status, Status.ERROR), False)
     done = pc.and_(same, pc.or_(ok, failed) if not config.retry_errors else ok)
     if config.force:
         done = pc.and_(done, False)
@@ -257,7 +256,7 @@ def plan(
     """Tonight's work (see the module docstring); `existing`: from `existing_masks`."""
     candidates = _candidates(listing, state, input, output)
     bad = pc.is_valid(candidates.column("error"))
-    refused = candidates.filter(bad).select(["uri", "etag", "size", "mask_uri", "error"])
+    refused = schema.conform(candidates.filter(bad), schema.REFUSED)
     candidates = candidates.filter(pc.invert(bad))
     table = candidates.join(_previous(state), "uri", join_type="left outer")
     table = _decide(table, existing, config, model)
@@ -276,16 +275,6 @@ def plan(
         deferred=max(0, todo.num_rows - budget),
         resegment=max(0, min(budget, todo.num_rows) - fresh.num_rows),
     )
-
-
-def arrow_filesystem(where: Location) -> pafs.FileSystem:
-    """`where`'s fsspec filesystem as pyarrow's (the one Ray Data and pyarrow.dataset read)."""
-    return pafs.PyFileSystem(pafs.FSSpecHandler(where.fs))
-
-
-def split_dataset(input: Location, files: list[str]) -> pads.Dataset:
-    """The ingested split's Parquet `files` (under `input`'s store) as a pyarrow dataset."""
-    return pads.dataset(files, filesystem=arrow_filesystem(input), format="parquet")
 
 
 def split_key(uri: str) -> str:
@@ -309,7 +298,8 @@ def plan_split(
 ) -> SplitPlan:
     """Tonight's work in an ingested split from its `uri` column (see `SplitPlan`): the rules
     of `plan`, with the image's bytes assumed unchanged (the stage checks that)."""
-    uris = pc.unique(uris.combine_chunks()).drop_null()  # a uri twice is one image
+    # A uri twice is one image; `string` whatever the writer used (schema.URI, the state's).
+    uris = pc.unique(uris.combine_chunks().cast(schema.URI.type)).drop_null()
     mask_keys, reasons = _mask_keys(output, _split_keys(uris))
     table = pa.table(
         {
@@ -320,16 +310,7 @@ def plan_split(
     )
     table = _taken(_owners(table, state))
     bad = pc.is_valid(table.column("error"))
-    refused = table.filter(bad)
-    refused = pa.table(
-        {
-            "uri": refused.column("uri"),
-            "etag": pa.nulls(refused.num_rows, pa.string()),
-            "size": pa.nulls(refused.num_rows, pa.int64()),
-            "mask_uri": refused.column("mask_uri"),
-            "error": refused.column("error"),
-        }
-    )
+    refused = schema.conform(table.filter(bad), schema.REFUSED)  # no etag, no size: unread
     table = table.filter(pc.invert(bad)).join(_previous(state), "uri", join_type="left outer")
     table = _decide(table.append_column("etag", table.column("prev_etag")), existing, config, model)
     done = table.filter(pc.invert(pc.or_(table.column("todo"), table.column("older"))))

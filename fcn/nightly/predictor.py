@@ -1,11 +1,12 @@
 """The segment job's model actor: load the model once, turn decoded images into class maps.
 
 `Predictor` is the Ray Data `map_batches` callable between the CPU stages of
-`fcn.nightly.stages`: it gets decoded pixels, and does only preprocessing, the forward pass,
-argmax and the per-image confidence statistics (so a slow store never idles the accelerator).
-Equal-size images are stacked without padding (a mask equals a direct forward pass of the image
-alone), in groups of at most `batch_size` images and `max_batch_pixels` pixels, so memory stays
-bounded whatever the image sizes. Inputs go channels_last (faster convolutions on CPU and GPU).
+`fcn.nightly.stages`: it gets decoded pixels (`schema.DECODED` rows) and does only
+preprocessing, the forward pass, argmax and the per-image confidence statistics (so a slow
+store never idles the accelerator). Equal-size images are stacked without padding (a mask
+equals a direct forward pass of the image alone), in groups of at most `batch_size` images and
+`max_batch_pixels` pixels, so memory stays bounded whatever the image sizes. Inputs go
+channels_last (faster convolutions on CPU and GPU).
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ import pyarrow as pa
 from fcn.config import SegmentConfig
 from fcn.engine.inference import STATISTICS as STATS
 from fcn.engine.inference import predict
+from fcn.nightly import schema
+from fcn.nightly.schema import Status
 from fcn.tracking.models import load_model
 
 
@@ -43,8 +46,7 @@ class Predictor:
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         started = time.perf_counter()
-        out = {name: [None] * batch.num_rows for name in ("mask", "forward_seconds", *STATS)}
-        out.update(classes_present=[None] * batch.num_rows, class_counts=[None] * batch.num_rows)
+        out = {name: [None] * batch.num_rows for name in schema.PREDICTED.names}
         status, error = batch.column("status").to_pylist(), batch.column("error").to_pylist()
         for rows in self._groups(batch, status):
             pixels = batch.column("pixels")
@@ -56,7 +58,7 @@ class Predictor:
                 classes, stats, seconds = self._classify(stack)
             except Exception as err:  # noqa: BLE001 - e.g. out of memory on one odd size
                 for i in rows:
-                    status[i], error[i] = "error", f"forward failed: {err!r}"
+                    status[i], error[i] = Status.ERROR, f"forward failed: {err!r}"
                 continue
             for j, i in enumerate(rows):
                 counts = np.bincount(classes[j].ravel(), minlength=self.num_classes)
@@ -70,11 +72,13 @@ class Predictor:
         table = batch.drop_columns(["pixels", "status", "error"])
         table = table.append_column("status", pa.array(status, pa.string()))
         table = table.append_column("error", pa.array(error, pa.string()))
-        for name, values in out.items():
-            table = table.append_column(name, pa.array(values, OUT_TYPES[name]))
+        for field in schema.PREDICTED:
+            table = table.append_column(field, pa.array(out[field.name], field.type))
         share = (time.perf_counter() - started) / max(1, sum(m is not None for m in out["mask"]))
         model_seconds = [share if m is not None else None for m in out["mask"]]
-        return table.append_column("model_seconds", pa.array(model_seconds, pa.float64()))
+        return table.append_column(
+            schema.MODEL_SECONDS, pa.array(model_seconds, schema.MODEL_SECONDS.type)
+        )
 
     def _groups(self, batch: pa.Table, status: list):
         """Row indices to stack: equal shapes, within the image and pixel budgets."""
@@ -102,14 +106,3 @@ class Predictor:
         if self.device == "cuda":
             torch.cuda.synchronize()
         return classes, stats, time.perf_counter() - t
-
-
-OUT_TYPES = {
-    "mask": pa.binary(),
-    "forward_seconds": pa.float64(),
-    "mean_entropy": pa.float32(),
-    "mean_margin": pa.float32(),
-    "low_confidence_fraction": pa.float32(),
-    "classes_present": pa.int32(),
-    "class_counts": pa.list_(pa.int64()),
-}

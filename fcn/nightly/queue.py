@@ -1,7 +1,7 @@
 """Which images should a person label next: the night's most uncertain images, never one that
 an earlier night already queued.
 
-Score: the image's mean pixel entropy (nats, `fcn.inference.confidence_statistics`), highest
+Score: the image's mean pixel entropy (nats, `fcn.engine.inference.confidence_statistics`), highest
 first; ties by `uri` ascending, so the same night always gives the same queue. Entropy looks
 at the whole class distribution of every pixel (a margin looks only at the top two), and a
 mean over pixels does not favour large images.
@@ -19,6 +19,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from fcn.nightly import schema
+from fcn.nightly.schema import Status
 from fcn.storage import Location
 
 QUEUE = "_queue"
@@ -38,7 +40,7 @@ def queued(output: Location) -> pa.Array:
 
 def select(table: pa.Table, already: pa.Array, size: int, run_id: str) -> pa.Table:
     """The top `size` of the manifest's `ok` rows with a score, not in `already`, ranked 1.."""
-    ok = pc.and_(pc.equal(table.column("status"), "ok"), pc.is_valid(table.column(SCORE)))
+    ok = pc.and_(schema.where(table, Status.OK), pc.is_valid(table.column(SCORE)))
     fresh = pc.invert(pc.is_in(table.column("uri"), value_set=already))
     rows = table.filter(pc.and_(ok, fresh))
     rows = rows.rename_columns([("score" if n == SCORE else n) for n in rows.column_names])

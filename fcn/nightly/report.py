@@ -1,6 +1,6 @@
 """The nightly drift and queue history of a segment experiment (jobs/report.py): one row per
-segment run from MLflow (its drift metrics and tags, fcn.segment.log_to_mlflow), the queue
-size read from the run's report folder, and the distance over the nights as a PNG."""
+segment run from MLflow (its drift metrics and tags, fcn.nightly.summary.log_to_mlflow), the
+queue size read from the run's report folder, and the distance over the nights as a PNG."""
 
 from __future__ import annotations
 
@@ -27,9 +27,16 @@ class ReportConfig:
     last: int = setting(60, "nights shown, the latest")
     tracking_uri: str | None = setting(None, "MLflow server (default: MLFLOW_TRACKING_URI)")
 
+    def validate(self) -> None:
+        """Refuse settings that cannot work before MLflow is asked anything."""
+        if self.last < 1:
+            raise ValueError(f"--last must be >= 1, got {self.last}")
+        storage.scheme(self.output)  # refuses a URI with credentials in it
+
 
 def write(config: ReportConfig) -> tuple[list[dict], dict[str, str]]:
     """(the table, file name -> URI written)."""
+    config.validate()
     table = rows(config.experiment, config.last, config.tracking_uri)
     files = {
         "history.md": markdown(table).encode(),

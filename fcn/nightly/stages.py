@@ -1,7 +1,8 @@
-"""The segment job's CPU stages around the model actor (fcn.predictor), as in Ray's batch
+"""The segment job's CPU stages around the model actor (fcn.nightly.predictor), as in Ray's batch
 inference examples: read + decode -> model -> encode + write, each a Ray Data `map_batches`
-over Arrow batches. Decoded pixels travel as raw `uint8` bytes (`pixels`, `height`, `width`),
-class maps as raw bytes (`mask`), so no stage pickles arrays.
+over Arrow batches (`fcn.nightly.schema.DECODED` rows). Decoded pixels travel as raw `uint8`
+bytes (`pixels`, `height`, `width`), class maps as raw bytes (`mask`), so no stage pickles
+arrays.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ import pyarrow.compute as pc
 
 from fcn.config import SegmentConfig
 from fcn.engine import images
-from fcn.nightly import manifest, masks, plan
+from fcn.nightly import manifest, masks, plan, schema
+from fcn.nightly.schema import Status
 from fcn.storage import Location
 
 READ_THREADS = 8  # object-store reads are latency-bound: overlap them within a batch
@@ -31,9 +33,9 @@ def _decode(row: dict, data: bytes | None, config: SegmentConfig) -> dict:
     try:
         image = images.decode_image(data, config.max_pixels)
     except images.BadImage as err:
-        return {**row, "status": "error", "error": str(err)}
+        return {**row, "status": Status.ERROR, "error": str(err)}
     except Exception as err:  # noqa: BLE001 - a Pillow bug on odd bytes is still one row
-        return {**row, "status": "error", "error": f"decode failed: {err!r}"}
+        return {**row, "status": Status.ERROR, "error": f"decode failed: {err!r}"}
     row.update(pixels=image.tobytes(), height=image.shape[0], width=image.shape[1])
     row["decode_seconds"] = time.perf_counter() - t
     return row
@@ -50,12 +52,12 @@ def read_decode(batch: pa.Table, input: Location, config: SegmentConfig) -> pa.T
             data, error = None, f"read failed: {err!r}"
         row["read_seconds"] = time.perf_counter() - t
         if error:  # no etag: these bytes were never seen, so the next night tries again
-            row.update(status="error", error=error, etag=None)
+            row.update(status=Status.ERROR, error=error, etag=None)
         return row, data
 
     with ThreadPoolExecutor(READ_THREADS) as pool:
         rows = [_decode(row, data, config) for row, data in pool.map(read, batch.to_pylist())]
-    return pa.Table.from_pylist(rows, DECODED)
+    return pa.Table.from_pylist(rows, schema.DECODED)
 
 
 def decide_parquet(batch: pa.Table, output: Location, known: list, config: SegmentConfig):
@@ -77,15 +79,15 @@ def decide_parquet(batch: pa.Table, output: Location, known: list, config: Segme
         if at is not None and not known_etags[at].is_valid:
             continue  # refused on the driver (e.g. its mask key is another image's)
         data = data or b""
-        mask = output.child(masks.mask_key(plan.split_key(uri)))  # the driver checked the key
+        key = masks.mask_key(plan.split_key(uri))  # the driver checked the key
         row = {"uri": uri, "size": len(data), "read_seconds": 0.0}
-        row.update(mask_uri=mask.uri, mask_path=mask.path)
+        row.update(mask_uri=output.child(key).uri, mask_key=key)
         row["etag"] = "sha256:" + hashlib.sha256(data).hexdigest()
         if at is not None and known_etags[at].as_py() == row["etag"]:
-            rows.append({**row, "status": "skipped"})
+            rows.append({**row, "status": Status.SKIPPED})
             continue
         rows.append(_decode(row, data, config))
-    return pa.Table.from_pylist(rows, DECODED)
+    return pa.Table.from_pylist(rows, schema.DECODED)
 
 
 def _array(column: pa.ChunkedArray) -> pa.Array:
@@ -97,24 +99,6 @@ def _find(sorted_uris: pa.Array, uri: str) -> int | None:
     """Index of `uri` in `sorted_uris` (UTF-8 byte order = Python's str order), or None."""
     at = bisect.bisect_left(sorted_uris, uri, key=lambda s: s.as_py())
     return at if at < len(sorted_uris) and sorted_uris[at].as_py() == uri else None
-
-
-DECODED = pa.schema(
-    [
-        ("uri", pa.string()),
-        ("mask_uri", pa.string()),
-        ("mask_path", pa.string()),
-        ("etag", pa.string()),
-        ("size", pa.int64()),
-        ("status", pa.string()),  # null: still to segment
-        ("error", pa.string()),
-        ("pixels", pa.binary()),  # H x W x 3 uint8, C order
-        ("height", pa.int32()),
-        ("width", pa.int32()),
-        ("read_seconds", pa.float64()),
-        ("decode_seconds", pa.float64()),
-    ]
-)
 
 
 def encode_write(
@@ -140,19 +124,19 @@ def encode_write(
             row["encode_seconds"] = time.perf_counter() - t
             t = time.perf_counter()
             # retried with backoff by the filesystem (fcn.storage.S3_MAX_ATTEMPTS)
-            Location(output.fs, row["mask_path"], output.scheme).write_bytes(data)
+            output.child(row["mask_key"]).write_bytes(data)
             row["write_seconds"] = time.perf_counter() - t
-            row["status"] = "ok"
+            row["status"] = Status.OK
         except Exception as err:  # noqa: BLE001 - a failed write is one error row
             # No etag: unlike a bad image, an outage passes; the next night tries again.
-            row.update(status="error", error=f"mask write failed: {err!r}", etag=None)
+            row.update(status=Status.ERROR, error=f"mask write failed: {err!r}", etag=None)
     now = time.time()  # one completion time per batch
     stages = ("read", "decode", "model", "encode", "write")
     for row in rows:
         row["seconds"] = sum(row.get(f"{s}_seconds") or 0.0 for s in stages)
         row.update(model=model, run_id=run_id, time=now)
-    table = manifest.conform(pa.Table.from_pylist(rows))
-    finished = table.filter(pc.not_equal(table.column("status"), "skipped"))
+    table = schema.conform(pa.Table.from_pylist(rows), schema.MANIFEST)
+    finished = table.filter(pc.invert(schema.where(table, Status.SKIPPED)))
     if finished.num_rows:
         manifest.write(parts.child(f"{uuid.uuid4().hex}.parquet"), finished)
     return table

@@ -1,9 +1,9 @@
 """What the segment job has done, in a table the size of the bucket (docs/nightly.md).
 
 Under `<output>/`:
-  `_state/snapshot-<run id>.parquet`   latest row per image (STATE_SCHEMA); normally one file
+  `_state/snapshot-<run id>.parquet`   latest row per image (schema.STATE); normally one file
   `_state/parts/<run id>/<uuid>.parquet` rows of one finished batch, written as it finishes
-  `_runs/<run id>.parquet`              the run's manifest (fcn.manifest), a report only
+  `_runs/<run id>.parquet`              the run's manifest (fcn.nightly.manifest), a report
 
 Every file is immutable and written whole (fcn.storage). The state is the union of every
 snapshot and part present, latest row per `uri` by `time`: a union is order-free and
@@ -25,26 +25,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from fcn.nightly import schema
 from fcn.storage import Location
 
 STATE = "_state"
 RUNS = "_runs"
 LEGACY = "_manifest"
 READ_CHUNK = 256  # files fetched at once while merging: bounded memory, overlapped round trips
-HALT_ENV = "FCN_TEST_HALT_IN_MERGE"  # test-only: die like a SIGKILL once the snapshot is written
-
-STATE_SCHEMA = pa.schema(
-    [
-        ("uri", pa.string()),
-        ("etag", pa.string()),
-        ("mask_uri", pa.string()),
-        ("status", pa.string()),  # ok | error
-        ("error", pa.string()),
-        ("model", pa.string()),
-        ("run_id", pa.string()),
-        ("time", pa.float64()),
-    ]
-)
 
 
 def parts_dir(output: Location, run_id: str) -> Location:
@@ -65,18 +52,12 @@ def _sources(output: Location) -> list[str]:
 
 
 def _conform(table: pa.Table, legacy: bool) -> pa.Table:
-    """STATE_SCHEMA columns of a snapshot, a part or an old manifest; finished rows only."""
-    columns = []
-    for field in STATE_SCHEMA:
-        if field.name in table.column_names:
-            columns.append(table.column(field.name).cast(field.type))
-        else:
-            columns.append(pa.nulls(table.num_rows, field.type))
-    out = pa.Table.from_arrays(columns, schema=STATE_SCHEMA)
-    out = out.filter(pc.is_in(out.column("status"), pa.array(["ok", "error"])))
+    """schema.STATE columns of a snapshot, a part or an old manifest; finished rows only."""
+    out = schema.conform(table, schema.STATE)
+    out = out.filter(pc.is_in(out.column("status"), schema.FINISHED))
     if legacy:  # the old etag was Python's repr of the mtime: `20:2.0` is `20:2` here
         etag = pc.replace_substring_regex(out.column("etag"), r"^(\d+:-?\d+)\.0$", r"\1")
-        out = out.set_column(1, "etag", etag)
+        out = out.set_column(schema.STATE.get_field_index("etag"), "etag", etag)
     return out
 
 
@@ -86,7 +67,7 @@ def latest(table: pa.Table) -> pa.Table:
     if table.num_rows < 2:
         return table
     table = table.set_column(
-        STATE_SCHEMA.get_field_index("time"), "time", pc.fill_null(table.column("time"), 0.0)
+        schema.STATE.get_field_index("time"), "time", pc.fill_null(table.column("time"), 0.0)
     )
     table = table.sort_by([("uri", "ascending"), ("time", "ascending")])
     uri = table.column("uri").combine_chunks()
@@ -119,7 +100,7 @@ def read(output: Location) -> tuple[pa.Table, list[str]]:
             tables.append(_conform(table, legacy=path.startswith(legacy_root)))
             read_paths.append(path)
     if not tables:
-        return STATE_SCHEMA.empty_table(), read_paths
+        return schema.STATE.empty_table(), read_paths
     return latest(pa.concat_tables(tables)), read_paths
 
 
@@ -128,11 +109,7 @@ def merge(output: Location, run_id: str) -> Location:
     one new snapshot, then delete what was folded. Returns the new snapshot's location."""
     state, folded = read(output)
     snapshot = output.child(f"{STATE}/snapshot-{run_id}.parquet")
-    buffer = io.BytesIO()
-    pq.write_table(state, buffer)
-    snapshot.write_bytes(buffer.getvalue())
-    if os.environ.get(HALT_ENV) == "after-snapshot":
-        os._exit(137)  # what a SIGKILL here would leave behind
+    write_snapshot(snapshot, state)
     legacy_runs = output.child(LEGACY).path + "/"
     for path in folded:
         if path == snapshot.path:
@@ -147,6 +124,13 @@ def merge(output: Location, run_id: str) -> Location:
             Location(output.fs, path, output.scheme).delete()
     _drop_empty_dirs(output)
     return snapshot
+
+
+def write_snapshot(snapshot: Location, state: pa.Table) -> None:
+    """The new snapshot, whole: from here on the files it folded are redundant."""
+    buffer = io.BytesIO()
+    pq.write_table(state, buffer)
+    snapshot.write_bytes(buffer.getvalue())
 
 
 def _drop_empty_dirs(output: Location) -> None:

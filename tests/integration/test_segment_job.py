@@ -10,9 +10,11 @@ import os
 import signal
 import subprocess
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -295,13 +297,50 @@ def test_overlapping_runs_and_a_run_killed_in_the_merge_lose_nothing(s3, ray_hea
     # it deletes what it folded. The next run must find everything done.
     new = good_images(8, 2)
     upload(s3, "overlap/images", new)
-    halt = {**s3.env, state.HALT_ENV: "after-snapshot"}
-    rc, logs = ray_head.submit(args, env=halt)
+
+    def snapshots():
+        return {k for k in s3.keys("overlap/masks/_state/") if "/snapshot-" in k}
+
+    before = snapshots()
+    dies = ["tests/integration/segment_dies_in_merge.py", *args[1:]]  # test-only entry point
+    rc, logs = ray_head.submit(dies, env=s3.env)
     assert rc != 0, logs[-3000:]
+    after = snapshots()  # it died between writing its snapshot and deleting what it folded
+    assert before < after and len(after - before) == 1, (before, after)
     rc, logs = ray_head.submit(args, env=s3.env)
     assert rc == 0 and "0 done, 10 skipped, 0 failed" in logs, logs[-3000:]
     rows = state_rows(s3, "overlap")
     assert len(rows) == 10 and {r["status"] for r in rows.values()} == {"ok"}
     assert set(mask_objects(s3, "overlap/masks")) == expected | {masks.mask_key(k) for k in new}
-    snapshots = [k for k in s3.keys("overlap/masks/_state/") if "/snapshot-" in k]
-    assert len(snapshots) == 1 and not [k for k in s3.keys("overlap/masks/_state/parts/")]
+    assert len(snapshots()) == 1 and not [k for k in s3.keys("overlap/masks/_state/parts/")]
+
+
+def test_a_parquet_split_on_s3_is_read_through_pyarrow_and_skipped_when_unchanged(
+    s3, ray_head, model
+):
+    """An ingested split (`uri` + `image`) on the S3 server: masks at `<output>/<uri without
+    scheme>.png`, the labeling queue's images read back from the split, and a second night
+    that finds every row unchanged by the hash of its bytes."""
+    files = {
+        f"s3://cams/raw/img_{i}.png": encode(picture(64, 72 + 8 * i, 90 + i)) for i in range(5)
+    }
+    buffer = io.BytesIO()
+    pq.write_table(pa.table({"uri": list(files), "image": list(files.values())}), buffer)
+    s3.client().put_object(Bucket=s3.bucket, Key="split/unlabeled/part-0.parquet",
+                           Body=buffer.getvalue())  # fmt: skip
+    args = [
+        "jobs/segment.py", "--input", s3.uri("split/unlabeled"), "--output",
+        s3.uri("split/masks"), "--model", model["s3"], "--batch-size", "2", "--queue-size", "2",
+    ]  # fmt: skip
+    rc, logs = ray_head.submit(args, env=s3.env)
+    assert rc == 0 and "5 done, 0 skipped, 0 failed" in logs, logs[-4000:]
+    for uri, data in files.items():
+        key = masks.mask_key(uri.removeprefix("s3://"))
+        png = Image.open(io.BytesIO(storage.read_bytes(s3.uri(f"split/masks/{key}"))))
+        assert np.array_equal(np.asarray(png), expected_mask(model, data)), uri
+    report = next(line.split()[1] for line in logs.splitlines() if line.startswith("report:"))
+    with zipfile.ZipFile(io.BytesIO(storage.read_bytes(f"{report}/cvat.zip"))) as archive:
+        assert len([n for n in archive.namelist() if n.startswith("JPEGImages/")]) == 2
+
+    rc, logs = ray_head.submit(args, env=s3.env)
+    assert rc == 0 and "0 done, 5 skipped, 0 failed" in logs, logs[-4000:]

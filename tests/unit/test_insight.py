@@ -75,11 +75,11 @@ def test_compare_gives_both_views():
     tonight = drift.Distribution(np.array([1, 1, 0]), np.array([1, 1, 0]), 1)
     reference = drift.Distribution(np.array([2, 0, 0]), np.array([2, 0, 0]), 2)
     out = drift.compare(tonight, reference)
-    assert out["pixel"] == pytest.approx(0.557923, abs=1e-6)
+    assert out.pixel == pytest.approx(0.557923, abs=1e-6)
     # occurrences tonight (1/2, 1/2, 0) vs reference (1, 0, 0): the same numbers
-    assert out["image"] == pytest.approx(0.557923, abs=1e-6)
+    assert out.image == pytest.approx(0.557923, abs=1e-6)
     # frequencies: car in 1 of 1 images vs 0 of 2: Bernoulli(1) vs Bernoulli(0) = 1
-    assert out["image_per_class"] == pytest.approx([0.0, 1.0, 0.0])
+    assert out.image_per_class == pytest.approx([0.0, 1.0, 0.0])
 
 
 def write_night(out: storage.Location, run_id: str, table: pa.Table) -> None:
@@ -107,9 +107,9 @@ def test_report_without_training_distribution_or_history_says_so(tmp_path):
     report = insight.drift_report(
         night([[1, 1, 0]]), CLASSES, None, out, "20260101T000000Z-a", config(drift_threshold=0.1)
     )
-    assert report["distance"] is None and report["drift"] is False
-    assert any("no training class distribution" in n for n in report["notes"])
-    assert any("no earlier night" in n for n in report["notes"])
+    assert report.distance is None and report.drift is False
+    assert any("no training class distribution" in n for n in report.notes)
+    assert any("no earlier night" in n for n in report.notes)
     assert insight.metrics(report) == {
         "share_background": 0.5, "share_car": 0.5, "share_tree": 0.0
     }  # fmt: skip
@@ -122,15 +122,15 @@ def test_report_flags_a_night_past_the_threshold_and_keeps_history(tmp_path):
     first = insight.drift_report(
         night([[4, 0, 0]]), CLASSES, trained, out, "20260101T000000Z-a", config(drift_threshold=0.3)
     )
-    assert first["distance"] == 0.0 and not first["drift"]
+    assert first.distance == 0.0 and not first.drift
     insight.write(out, first)
     second = insight.drift_report(
         night([[1, 1, 0]]), CLASSES, trained, out, "20260102T000000Z-b", config(drift_threshold=0.3)
     )
-    assert second["distance"] == pytest.approx(0.557923, abs=1e-6)
-    assert second["drift"] is True
-    assert [h["run_id"] for h in second["history"]] == ["20260101T000000Z-a", "20260102T000000Z-b"]
-    assert second["references"]["trailing"]["nights"] == ["20260101T000000Z-a"]
+    assert second.distance == pytest.approx(0.557923, abs=1e-6)
+    assert second.drift is True
+    assert [h["run_id"] for h in second.history] == ["20260101T000000Z-a", "20260102T000000Z-b"]
+    assert second.to_dict()["references"]["trailing"]["nights"] == ["20260101T000000Z-a"]
     files = insight.write(out, second)
     assert files["drift.png"].startswith(b"\x89PNG")
     on_disk = json.loads((tmp_path / "_reports/20260102T000000Z-b/report.json").read_text())
@@ -248,9 +248,12 @@ def test_drift_scenes_are_foggy_or_dominated():
     "ok, drifted, status", [(True, False, 0), (True, True, 3), (False, True, 1), (False, False, 1)]
 )
 def test_exit_status_errors_win_over_drift(ok, drifted, status):
-    from fcn.nightly.driver import exit_status
+    from fcn.nightly.summary import Counts, Summary, exit_status
 
-    assert exit_status({"ok": ok, "drift": drifted}) == status
+    counts = Counts(done=1, failed=0 if ok else 1, skipped=0, deferred=0, resegmented=0)
+    summary = Summary("r", "m", "i", "o", "manifest", "report", counts, 0.0, 1.0, 1.0, drifted, 0.5)
+    assert summary.ok is ok
+    assert exit_status(summary) == status
 
 
 # --- jobs/report.py -----------------------------------------------------------------------

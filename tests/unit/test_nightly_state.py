@@ -7,7 +7,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from fcn import storage
-from fcn.nightly import manifest, state
+from fcn.nightly import manifest, schema, state
 
 
 def rows(table: pa.Table) -> dict[str, dict]:
@@ -22,7 +22,7 @@ def test_latest_row_per_image_wins():
             {"uri": "b", "status": "error", "time": 1.0},
             {"uri": "a", "status": "ok", "time": 3.0},
         ],
-        state.STATE_SCHEMA,
+        schema.STATE,
     )
     assert {u: r["status"] for u, r in rows(state.latest(table)).items()} == {
         "a": "error",
@@ -40,7 +40,7 @@ def test_merge_folds_parts_and_snapshots_into_one_and_loses_nothing(tmp_path):
         manifest.write(part, table)
     first = state.merge(out, "m1")
     # An overlapping run's snapshot lands beside it (it read an older state): the union holds.
-    other = pa.Table.from_pylist([{"uri": "d", "status": "ok", "time": 9.0}], state.STATE_SCHEMA)
+    other = pa.Table.from_pylist([{"uri": "d", "status": "ok", "time": 9.0}], schema.STATE)
     pq.write_table(other, out.child("_state/snapshot-m0.parquet").path)
     table, sources = state.read(out)
     assert {u: r["etag"] for u, r in rows(table).items()} == {

@@ -1,7 +1,6 @@
 """Operator experience: the train and ingest jobs refuse bad inputs in the driver with exit
 status 2 and one line, before Ray starts, an MLflow run exists or any output is written."""
 
-import functools
 import importlib.util
 import io
 import os
@@ -274,8 +273,7 @@ def test_overlays_go_to_the_mask_keys_under_their_own_folder(tmp_path):
     from fcn import storage
     from fcn.engine import images
     from fcn.engine.visualize import overlay, png_bytes
-    from fcn.nightly import overlays
-    from fcn.nightly.driver import _image_bytes
+    from fcn.nightly import overlays, source
 
     image, mask, classes = _scene()
     split, out, shown = tmp_path / "split", tmp_path / "out", tmp_path / "shown"
@@ -288,7 +286,7 @@ def test_overlays_go_to_the_mask_keys_under_their_own_folder(tmp_path):
         storage.write_bytes(uri, images.encode_mask(mask, classes.palette()))
     where = {name: storage.locate(str(p)) for name, p in (("in", split), ("out", out),
                                                            ("shown", shown))}  # fmt: skip
-    read = functools.partial(_image_bytes, "parquet", where["in"], where["out"])
+    read = source.resolve("parquet", where["in"], where["out"]).image_bytes
     batch = pa.table({"uri": uris, "mask_uri": mask_uris})
     result = overlays.write_batch(batch, read, where["shown"], where["out"], classes, 10**6)
     rows = result.to_pylist()

@@ -22,7 +22,7 @@ from fcn.config import SegmentConfig
 from fcn.engine import checkpoint, images
 from fcn.engine.classes import voc_colormap
 from fcn.engine.models.preprocess import normalize
-from fcn.nightly import manifest, masks, plan, state
+from fcn.nightly import manifest, masks, plan, schema, source, state
 
 NUM_CLASSES = 4
 
@@ -155,7 +155,7 @@ def listing(rows) -> pa.Table:
 
 
 def state_table(rows) -> pa.Table:
-    return pa.Table.from_pylist(rows, state.STATE_SCHEMA)
+    return pa.Table.from_pylist(rows, schema.STATE)
 
 
 def test_plan_skips_done_redoes_changed_and_refuses_colliding_keys(tmp_path):
@@ -212,7 +212,7 @@ def test_odd_keys_are_refused_or_normalized(tmp_path):
     config = cfg(tmp_path)
     src, out = storage.locate(config.input), storage.locate(config.output)
     files = listing([(f"{src.path}/a\\b.jpg", 1, 1.0), (f"{src.path}/x/.hidden.jpg", 1, 1.0)])
-    work = plan.plan(files, state.STATE_SCHEMA.empty_table(), pa.array([], pa.string()), src,
+    work = plan.plan(files, schema.STATE.empty_table(), pa.array([], pa.string()), src,
                      out, config, "m")  # fmt: skip
     assert "backslash" in work.refused.column("error")[0].as_py()
     assert work.todo.column("mask_uri").to_pylist() == [f"{out.path}/x/.hidden.png"]
@@ -293,14 +293,12 @@ def test_output_inside_input_is_not_listed_as_input(tmp_path):
 
 
 def test_state_files_under_the_input_do_not_make_it_parquet(tmp_path):
-    from fcn.nightly.driver import input_format
-
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "x.jpg").write_bytes(b"x")
     out = storage.locate(str(tmp_path / "in" / "masks"))
     manifest.write(state.run_manifest(out, "r1"), manifest.to_table([{"uri": "u"}]))
     config = SegmentConfig(str(tmp_path / "in"), out.path, "m")
-    assert input_format(config, storage.locate(config.input), out) == "images"
+    assert not source.resolve(config.input_format, storage.locate(config.input), out).is_split
 
 
 def test_unreadable_state_file_is_ignored_and_kept(tmp_path, capsys):
@@ -332,8 +330,8 @@ def test_predictor_masks_equal_a_direct_forward(tmp_path, model_dir):
         rows.append({"uri": name, "path": src.child(name).path})
     rows.append({"uri": "gone.png", "path": src.child("gone.png").path})
     for row in rows:
-        mask = out.child(masks.mask_key(row["uri"]))
-        row.update(mask_uri=mask.uri, mask_path=mask.path, etag="e", size=1)
+        key = masks.mask_key(row["uri"])
+        row.update(mask_uri=out.child(key).uri, mask_key=key, etag="e", size=1)
     config = SegmentConfig("i", "o", "m", max_batch_pixels=64 * 80)  # a and b: two forwards
     decoded = stages.read_decode(pa.Table.from_pylist(rows), src, config)
     classified = Predictor(model_dir, config)(decoded)
@@ -390,16 +388,21 @@ def test_run_local_incremental_and_exit_status(tmp_path, model_dir, local_ray):
     config = SegmentConfig(str(src), str(tmp_path / "out"), model_dir, max_error_fraction=0.5)
 
     first = run(config)
-    assert (first["done"], first["failed"], first["skipped"], first["ok"]) == (2, 1, 0, True)
+    assert (first.counts.done, first.counts.failed, first.counts.skipped, first.ok) == (
+        2,
+        1,
+        0,
+        True,
+    )
     masks_written = sorted(p.relative_to(tmp_path / "out").as_posix() for p in masks_in(tmp_path))
     assert masks_written == ["a.png", "d/b.png"]
     stamps = {p: p.stat().st_mtime_ns for p in masks_in(tmp_path)}
-    rows = pq.read_table(first["manifest"]).to_pylist()
+    rows = pq.read_table(first.manifest).to_pylist()
     assert {r["status"] for r in rows} == {"ok", "error"}
     assert all(r["model"] == model_dir for r in rows)
 
     second = run(config)
-    assert (second["done"], second["failed"], second["skipped"]) == (0, 0, 3)
+    assert (second.counts.done, second.counts.failed, second.counts.skipped) == (0, 0, 3)
     assert {p: p.stat().st_mtime_ns for p in masks_in(tmp_path)} == stamps
 
     (src / "d" / "b.PNG").write_bytes(encode(picture(72, 64, 3)))  # changed image: redone
@@ -409,8 +412,8 @@ def test_run_local_incremental_and_exit_status(tmp_path, model_dir, local_ray):
             str(src), str(tmp_path / "out"), model_dir, max_error_fraction=0.0, retry_errors=True
         )
     )
-    assert (third["done"], third["failed"], third["skipped"]) == (1, 1, 1)
-    assert not third["ok"]  # 1 of 2 failed > 0.0: jobs/segment.py exits 1
+    assert (third.counts.done, third.counts.failed, third.counts.skipped) == (1, 1, 1)
+    assert not third.ok  # 1 of 2 failed > 0.0: jobs/segment.py exits 1
     mask = np.asarray(Image.open(tmp_path / "out" / "d" / "b.png"))
     assert np.array_equal(mask, direct(model_dir, picture(72, 64, 3)))
 
@@ -431,14 +434,14 @@ def test_run_local_on_a_parquet_split(tmp_path, model_dir, local_ray):
     config = SegmentConfig(str(tmp_path / "split"), str(tmp_path / "out"), model_dir)
     config = dataclasses.replace(config, max_error_fraction=0.5)
     first = run(config)
-    assert (first["done"], first["failed"]) == (2, 1)
-    rows = {r["uri"]: r for r in pq.read_table(first["manifest"]).to_pylist()}
+    assert (first.counts.done, first.counts.failed) == (2, 1)
+    rows = {r["uri"]: r for r in pq.read_table(first.manifest).to_pylist()}
     assert "already taken by s3://bucket/raw/x.jpg" in rows["s3://bucket/raw/x.png"]["error"]
     for name, image in (("x", images[0]), ("y/z", images[1])):
         mask = np.asarray(Image.open(tmp_path / "out" / "bucket" / "raw" / f"{name}.png"))
         assert np.array_equal(mask, direct(model_dir, image))
     second = run(config)
-    assert (second["done"], second["skipped"], second["failed"]) == (0, 2, 1)
+    assert (second.counts.done, second.counts.skipped, second.counts.failed) == (0, 2, 1)
 
 
 class _StrideTwoNet(torch.nn.Module):

@@ -7,7 +7,7 @@ import pytest
 
 from fcn import storage, tracking
 from fcn.config import SegmentConfig
-from fcn.nightly import plan, state
+from fcn.nightly import plan, schema
 
 NO_MASKS = pa.array([], pa.string())
 
@@ -27,7 +27,7 @@ def test_another_spelling_of_a_key_is_an_error_row_not_the_victims_mask(tmp_path
     config, src, out = locations(tmp_path)
     victim = "x/victim.png" if spelling.startswith("x") else "victim.png"
     files = listing([f"{src.path}/{victim}", f"{src.path}/{spelling}"])
-    work = plan.plan(files, state.STATE_SCHEMA.empty_table(), NO_MASKS, src, out, config, "m")
+    work = plan.plan(files, schema.STATE.empty_table(), NO_MASKS, src, out, config, "m")
     assert work.todo.column("uri").to_pylist() == [f"{src.path}/{victim}"]
     assert work.refused.column("uri").to_pylist() == [f"{src.path}/{spelling}"]
     assert "another spelling" in work.refused.column("error")[0].as_py()
@@ -37,12 +37,12 @@ def test_a_later_nights_newcomer_never_takes_an_existing_mask_over(tmp_path):
     config, src, out = locations(tmp_path)
     owner, newcomer = f"{src.path}/a/x.png", f"{src.path}/a/x.jpg"  # x.jpg sorts first
     mask = f"{out.path}/a/x.png"
-    night1 = state.STATE_SCHEMA.empty_table()
+    night1 = schema.STATE.empty_table()
     first = plan.plan(listing([owner]), night1, NO_MASKS, src, out, config, "m")
     assert first.todo.column("mask_uri").to_pylist() == [mask]
     done = pa.Table.from_pylist(
         [{"uri": owner, "etag": first.todo["etag"][0].as_py(), "mask_uri": mask, "status": "ok"}],
-        state.STATE_SCHEMA,
+        schema.STATE,
     )
     work = plan.plan(listing([newcomer, owner]), done, pa.array([mask]), src, out, config, "m")
     assert work.todo.num_rows == 0 and work.unchanged == 1
@@ -143,12 +143,12 @@ def test_an_unreadable_image_is_an_error_tonight_and_tried_again_tomorrow(tmp_pa
     config, src, out = locations(tmp_path)
     src.child("bad.png").write_bytes(b"not an image")
     files = listing([src.child("gone.png").path, src.child("bad.png").path])
-    tonight = plan.plan(files, state.STATE_SCHEMA.empty_table(), NO_MASKS, src, out, config, "m")
+    tonight = plan.plan(files, schema.STATE.empty_table(), NO_MASKS, src, out, config, "m")
     assert tonight.todo.num_rows == 2  # gone.png is listed, then deleted before its read
     decoded = {r["uri"]: r for r in stages.read_decode(tonight.todo, src, config).to_pylist()}
     gone, bad = decoded[src.child("gone.png").uri], decoded[src.child("bad.png").uri]
     assert "read failed" in gone["error"] and gone["etag"] is None
     assert bad["status"] == "error" and bad["etag"] is not None  # a decode error: its version
-    done = pa.Table.from_pylist(list(decoded.values()), state.STATE_SCHEMA)
+    done = pa.Table.from_pylist(list(decoded.values()), schema.STATE)
     tomorrow = plan.plan(files, done, NO_MASKS, src, out, config, "m")
     assert tomorrow.todo.column("uri").to_pylist() == [gone["uri"]]
