@@ -182,19 +182,11 @@ def train_loop_per_worker(loop: dict) -> None:
         optim.freeze_all_but_classifier(model)
     start, best_mean_iu, state = _restore(model, worker.rank)
     ddp, bare = step.prepare(model, worker.device, config.channels_last, ddp=worker.world > 1)
-    optimizer = optim.build_optimizer(bare, recipe)
-    scaler = step.make_scaler(worker.device, config.amp)
-    if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
-        if scaler is not None and state.get("scaler") is not None:
-            scaler.load_state_dict(state["scaler"])
+    optimizer, scaler = _optimizer(bare, config, recipe, worker.device, state)
     weights = None
     if run.class_weights is not None:
         weights = torch.tensor(run.class_weights, dtype=torch.float32, device=worker.device)
-    per_worker = max(1, recipe.batch_size // worker.world)
-    if worker.rank == 0 and per_worker * worker.world != recipe.batch_size:
-        log.info(f"batch {recipe.batch_size} over {worker.world} workers: "
-                 f"{per_worker * worker.world} images per iteration")  # fmt: skip
+    per_worker = _images_per_worker(recipe.batch_size, worker)
     batches = _micro_batches(ray.train.get_dataset_shard("train"), per_worker, config.crop_size)
     meter = Throughput(start, per_worker * worker.world, max(1, min(10, config.eval_every // 2)))
     for iteration in range(start + 1, config.iterations + 1):
@@ -216,3 +208,23 @@ def train_loop_per_worker(loop: dict) -> None:
                                                 best_mean_iu, reported)  # fmt: skip
     if worker.system is not None:
         worker.system.finish()  # its last samples, before the driver ends the run
+
+
+def _optimizer(model, config: TrainConfig, recipe: optim.Recipe, device, state: dict | None):
+    """(optimizer, AMP grad scaler or None), with their state when the run was restored."""
+    optimizer = optim.build_optimizer(model, recipe)
+    scaler = step.make_scaler(device, config.amp)
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        if scaler is not None and state.get("scaler") is not None:
+            scaler.load_state_dict(state["scaler"])
+    return optimizer, scaler
+
+
+def _images_per_worker(batch_size: int, worker: Worker) -> int:
+    """The batch split over the workers, at least one image each (said when it rounds)."""
+    per_worker = max(1, batch_size // worker.world)
+    if worker.rank == 0 and per_worker * worker.world != batch_size:
+        log.info(f"batch {batch_size} over {worker.world} workers: "
+                 f"{per_worker * worker.world} images per iteration")  # fmt: skip
+    return per_worker
