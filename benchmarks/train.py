@@ -84,7 +84,7 @@ def ray_train(args, data: str, workers: int, root: str) -> float:
         val_limit=1, val_images_logged=0, workers=workers, cpus_per_worker=threads,
         threads=threads, gpu=args.gpu, max_failures=0,
     )  # fmt: skip
-    return float(train.run(config).metrics["images_per_s"])
+    return float(train.run(train.validate(config)).metrics["images_per_s"])
 
 
 def main(argv=None) -> int:

@@ -31,18 +31,18 @@ def main(argv=None) -> int:
     from fcn.training import driver as train
 
     try:  # a bad setting, a missing or wrong dataset, missing weights: one line, before Ray
-        config, _, _ = train.validate(config)
+        setup = train.validate(config)
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    from fcn import tracking
-    from fcn.runtime import init_ray
+    print_result(setup.config, train.run(setup))
+    return 0
 
-    # A local instance needs enough logical CPUs for the workers plus Ray Data's decode tasks,
-    # whatever the core count (the workers' torch threads are set separately).
-    needed = config.workers * config.cpus_per_worker + 2
-    init_ray(num_cpus=max(os.cpu_count() or 1, int(needed + 0.999)))
-    result = train.run(config)
+
+def print_result(config: TrainConfig, result) -> None:
+    """Where the best checkpoint, the MLflow run and the registered version went."""
+    from fcn import tracking
+
     print(f"best mean IU {result.best_mean_iu:.4f}")
     print(f"best checkpoint: {result.best_checkpoint}")
     if result.latest_checkpoint:
@@ -61,7 +61,6 @@ def main(argv=None) -> int:
     for line in tracking.ui_links(uri, result.run_id, config.registered_model,
                                   result.model_version):  # fmt: skip
         print(line)
-    return 0
 
 
 if __name__ == "__main__":

@@ -285,7 +285,8 @@ def kill_job(marker: str) -> int:
     for pid in pids_naming(marker):
         with contextlib.suppress(ProcessLookupError):
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
-            if b"jobs/" in cmdline and b" job submit " not in cmdline:  # not the CLI
+            driver = b"jobs/" in cmdline or b"integration/train_with_drill.py" in cmdline
+            if driver and b" job submit " not in cmdline:  # not the CLI
                 groups.add(os.getpgid(pid))
     groups.discard(os.getpgrp())  # never this test's own
     for group in groups:

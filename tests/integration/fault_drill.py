@@ -1,7 +1,8 @@
 """Test-only training hook: lose the last worker once, right after a checkpoint, as a lost node
 would. Production never loads it.
 
-Loaded by `fcn.training.driver` when FCN_TRAIN_HOOK=tests.integration.fault_drill. A Ray Train
+`make_hook` gives the `fcn.training.context.TrainHook` that tests/integration/train_with_drill.py
+(jobs/train.py plus this hook) passes to `fcn.training.driver.run`. A Ray Train
 `UserCallback` on the controller writes `<run_dir>/_registered/<checkpoint dir>` when Ray Train
 has registered a checkpoint (a restart resumes from it from then on): tests wait on these
 markers, not on Ray Train's own files. With FCN_FAULT_AT_ITERATION=N the last of several

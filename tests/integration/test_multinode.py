@@ -34,7 +34,6 @@ from test_segment_job import encode, picture
 from fcn import storage
 from fcn.engine import images, inference
 from fcn.nightly import masks
-from fcn.training.driver import HOOK_ENV
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -93,14 +92,15 @@ def trained(ray_head, ray_worker_node, s3, env):
     write_split(data, "val", 2, size=(48, 48), classes=(1,), seed=1)
     runs = s3.uri("multi/runs")
     args = [
-        "jobs/train.py", "--data", data, "--storage", runs, "--name", "multi",
+        # jobs/train.py with the drill's hook, which marks registered checkpoints (no fault)
+        "tests/integration/train_with_drill.py", "--data", data, "--storage", runs,
+        "--name", "multi",
         "--experiment", EXPERIMENT, "--workers", "1", "--cpus-per-worker", "1",
         "--preset", "fast", "--num-classes", "2", "--iterations", str(ITERATIONS),
         "--eval-every", str(EVAL_EVERY), "--width", "0.25", "--model", "fcn32s",
         "--placement-resource", ray_worker_node.resource,
     ]  # fmt: skip
-    drill = {**env, HOOK_ENV: "tests.integration.fault_drill"}  # marks registered checkpoints
-    killed = ray_head.submit_no_wait(args, drill)
+    killed = ray_head.submit_no_wait(args, env)
     marker = fault_drill.registered_marker(storage.join(runs, "multi"), EVAL_EVERY)
     deadline = time.monotonic() + 600
     while not storage.exists(marker):
@@ -109,7 +109,7 @@ def trained(ray_head, ray_worker_node, s3, env):
     assert kill_job(runs) >= 1
     client = MlflowClient()
     (orphan,) = client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id])
-    rc, logs = ray_head.submit(args, env=drill, timeout=900)
+    rc, logs = ray_head.submit(args, env=env, timeout=900)
     assert rc == 0, logs[-4000:]
     return {
         "data": data, "runs": runs, "best": storage.join(runs, "multi/best"), "logs": logs,

@@ -23,14 +23,13 @@ from helpers_data import write_split
 
 from fcn import tracking
 from fcn.engine import checkpoint
-from fcn.training.driver import HOOK_ENV
 
 pytestmark = pytest.mark.integration
 
 ITERATIONS, EVAL_EVERY = 60, 20
 CLASSES = (1, 2)  # background + 2 object classes
 MODEL_NAME = "fcn-it"
-DRILL = {HOOK_ENV: "tests.integration.fault_drill"}  # the test-only hook (a fault on demand)
+DRILL_JOB = "tests/integration/train_with_drill.py"  # jobs/train.py + a fault on demand
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +47,7 @@ def env(s3, mlflow_server):
 
 def train_args(data, s3, name, *extra):
     return [
-        "jobs/train.py", "--data", data, "--storage", s3.uri("train-it/runs"),
+        DRILL_JOB, "--data", data, "--storage", s3.uri("train-it/runs"),
         "--name", name, "--experiment", "train-it", "--registered-model", MODEL_NAME,
         "--workers", "2", "--cpus-per-worker", "1", "--preset", "fast", "--num-classes", "3",
         "--iterations", str(ITERATIONS), "--eval-every", str(EVAL_EVERY), "--width", "0.25",
@@ -81,7 +80,7 @@ def test_train_with_worker_failure(ray_head, s3, data, env):
     rc, logs = ray_head.submit(
         train_args(data, s3, "accept", "--model", "fcn32s"),
         # Two iterations past the first checkpoint, once Ray Train has registered it.
-        env={**env, **DRILL, fault_drill.AT_ENV: str(EVAL_EVERY + 2)},
+        env={**env, fault_drill.AT_ENV: str(EVAL_EVERY + 2)},
         timeout=900,
     )
     assert rc == 0, why(logs)
@@ -104,7 +103,7 @@ def test_train_with_worker_failure(ray_head, s3, data, env):
     for name in ("pixel_acc", "mean_acc", "fw_iu", "iu_0", "iu_1", "iu_2"):  # 3 classes: 0..2
         assert name in run.data.metrics
     assert "None" not in params.values()  # unset settings are no params
-    assert run.data.tags[tracking.TAG_SOURCE_NAME] == "jobs/train.py"
+    assert run.data.tags[tracking.TAG_SOURCE_NAME] == DRILL_JOB  # the script submitted
     # Panels: MLflow image series `val/<image id>` (a step slider in the UI), at each eval.
     layout = r"images/val~\S+\+step\+(\d+)\+timestamp\+\d+\+[0-9a-f-]+(\.png|\+compressed\.webp)"
     panels = [re.fullmatch(layout, a.path) for a in client.list_artifacts(run_id, "images")]

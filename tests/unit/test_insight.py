@@ -293,8 +293,10 @@ def test_report_job_shows_the_nights_drift_and_queue_history(tmp_path, capsys):
 
 
 def test_training_masks_distribution_leaves_void_out():
+    from fcn.data.distribution import of_masks
+
     masks = [np.array([[0, 1], [255, 1]]), np.array([[2, 2], [2, 255]]), np.full((2, 2), 255)]
-    found = drift.of_masks(masks, 3)
+    found = of_masks(masks, 3)
     assert found.pixels.tolist() == [1, 2, 3]
     assert found.image_counts.tolist() == [1, 1, 1]
     assert found.images == 3  # an all-void mask is an image with no class

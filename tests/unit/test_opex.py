@@ -116,7 +116,7 @@ def test_relative_paths_become_absolute(data, monkeypatch):
     from fcn.training.driver import validate
 
     monkeypatch.chdir(os.path.dirname(data))
-    config, _, _ = validate(TrainConfig(data=os.path.basename(data), storage="runs"))
+    config = validate(TrainConfig(data=os.path.basename(data), storage="runs")).config
     assert config.data == data and config.storage == os.path.join(os.path.dirname(data), "runs")
 
 
@@ -163,7 +163,7 @@ def test_flags_are_grouped():
 
 
 def test_training_progress_line_has_eta_lr_and_rate():
-    from fcn.training.driver import _Throughput
+    from fcn.training.progress import Throughput as _Throughput
 
     meter = _Throughput(start=0, images_per_step=4, print_every=1)
     assert meter.line(1, 12, 0.5, 1e-4, now=meter.began + 1).endswith("eta ?")

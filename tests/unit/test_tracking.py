@@ -314,7 +314,8 @@ def test_the_system_metrics_flag_starts_a_monitor_of_the_run(store, tmp_path, mo
 
     from fcn.config import TrainConfig, parse
     from fcn.engine.classes import default_classes
-    from fcn.training.driver import RunContext, _start_worker
+    from fcn.training.context import RunContext
+    from fcn.training.loop import _start_worker
 
     assert parse(TrainConfig, ["--data", "d"]).system_metrics is False
     assert parse(TrainConfig, ["--data", "d", "--system-metrics"]).system_metrics is True

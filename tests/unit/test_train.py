@@ -16,7 +16,8 @@ from fcn.config import TrainConfig
 from fcn.engine import checkpoint, metrics, optim
 from fcn.engine.classes import ClassList
 from fcn.engine.models import build_model, preprocess
-from fcn.training.driver import build_initial_model, initial_preprocessing, resolve
+from fcn.training.driver import resolve
+from fcn.training.init import build_initial_model, initial_preprocessing
 
 
 def config(**kw):
@@ -148,7 +149,7 @@ def test_recipe_rejects_nonsense():
 def test_cached_training_splits_still_get_new_crops_every_epoch(tmp_path, local_ray):
     """--cache-reads keeps the encoded rows, not the transformed ones: each pass over the
     dataset (an epoch) crops anew, and every image of every train split is in every epoch."""
-    from fcn.training.driver import train_dataset
+    from fcn.training.dataset import train_dataset
 
     write_split(str(tmp_path), "train", 3, size=(48, 48), seed=0)
     write_split(str(tmp_path / "labeled"), "default", 1, size=(48, 48), seed=1, files=1)
@@ -172,7 +173,8 @@ TINY = ClassList.from_names(["sky", "cat", "dog"], [(0, 0, 0), (10, 200, 30), (2
 
 
 def test_several_train_splits_are_checked_counted_and_logged_together(tmp_path):
-    from fcn.training.driver import class_distribution, validate
+    from fcn.training.dataset import class_distribution
+    from fcn.training.driver import validate
 
     data = _dataset_with_classes(tmp_path / "data", TINY)
     write_split(data, "train", 2, size=(24, 24), classes=(1,), seed=0)
@@ -180,7 +182,7 @@ def test_several_train_splits_are_checked_counted_and_logged_together(tmp_path):
     labeled = _dataset_with_classes(tmp_path / "data" / "labeled-1", TINY)
     write_split(labeled, "default", 1, size=(24, 24), classes=(2,), seed=2, files=1)
     cfg = TrainConfig(data=data, workers=3, train_split=("train", "labeled-1/default"))
-    resolved, _, _ = validate(cfg)  # 3 rows over both splits: one image for each of 3 workers
+    resolved = validate(cfg).config  # 3 rows over both splits: one image for each of 3 workers
     with pytest.raises(ValueError, match="train labeled-1/default of .* holds 3 rows"):
         validate(dataclasses.replace(cfg, workers=4))
     found = class_distribution(resolved)
@@ -250,7 +252,8 @@ def test_data_without_a_class_list_gets_voc_or_numbered_classes(tmp_path):
 def test_checkpoint_metrics_and_panels_use_the_data_classes(tmp_path, monkeypatch):
     from PIL import Image
 
-    from fcn.training.driver import RunContext, _checkpoint_dir, _log_validation
+    from fcn.training.context import RunContext
+    from fcn.training.loop import _checkpoint_dir, _log_validation
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.chdir(tmp_path)  # artifacts of a local store land under here

@@ -100,15 +100,17 @@ def test_a_run_left_running_by_a_dead_job_is_marked_killed_then_continued(
     tmp_path, capsys, monkeypatch
 ):
     from fcn.config import TrainConfig
-    from fcn.training.driver import _start_tracking
+    from fcn.training.driver import _tracked_run
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     run_dir = str(tmp_path / "runs" / "r")
     config = TrainConfig(data=str(tmp_path / "data"), name="r", experiment="trust")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    run_id, _ = _start_tracking(config, run_dir, {"a": 1})  # the job then dies as a whole
+    first = _tracked_run(config, run_dir, {"a": 1})  # kept: its run must not end
+    run_id, _ = first.__enter__()  # the job then dies as a whole
     assert tracking.client(uri).get_run(run_id).info.end_time is None
-    again, _ = _start_tracking(config, run_dir, {"a": 1})
+    second = _tracked_run(config, run_dir, {"a": 1})
+    again, _ = second.__enter__()
     assert again == run_id
     info = tracking.client(uri).get_run(run_id).info
     assert info.status == "RUNNING" and info.end_time is not None  # the kill, on record

@@ -1,0 +1,119 @@
+"""The training data: the train splits as one Ray Dataset of transformed crops, their class
+distribution and the class weights from it, and the checks of the splits the driver runs
+before Ray starts."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fcn import storage
+from fcn.config import TrainConfig
+from fcn.data import transforms
+from fcn.data.contract import check_split, read_classes, split_files
+from fcn.data.distribution import Distribution, of_masks
+from fcn.engine import images, optim
+from fcn.engine.classes import ClassList
+
+
+def train_dataset(config: TrainConfig, spec: dict):
+    """The union of the train splits as one Ray Dataset of transformed crops."""
+    import ray.data
+
+    fs, _ = storage.pyarrow_filesystem(config.data)
+    paths = []
+    for split in config.train_split:
+        split_files(config.data, split)  # a clear error when the split is missing
+        paths.append(storage.pyarrow_filesystem(storage.join(config.data, split))[1])
+    # The split is executed once per epoch: its plan would be logged anew every epoch.
+    ray.data.DataContext.get_current().print_on_execution_start = False
+    # select_columns is pushed down into the Parquet read: other columns are never fetched.
+    dataset = ray.data.read_parquet(paths, filesystem=fs).select_columns(["image", "mask"])
+    if config.cache_reads:
+        # Every epoch re-executes the pipeline; without this each one starts with the Parquet
+        # reads again (~5 s per epoch on 2 cores, however small the split). The encoded bytes
+        # are what is kept (spilled to disk if they do not fit); decoding and the random
+        # crops and flips still run anew every epoch.
+        dataset = dataset.materialize()
+    return dataset.map_batches(
+        transform_batch,
+        fn_kwargs={"spec": spec, "crop_size": config.crop_size, "flip": config.flip},
+        batch_size=8,
+        batch_format="numpy",
+    )
+
+
+def transform_batch(batch: dict, spec: dict, crop_size, flip: bool) -> dict:
+    """Ray Data task: a fresh unseeded generator per call, so every epoch gets new crops."""
+    labeled = [i for i, m in enumerate(batch["mask"]) if m is not None]
+    batch = {k: [batch[k][i] for i in labeled] for k in ("image", "mask")}
+    return transforms.TrainTransform(spec, crop_size, flip)(batch)
+
+
+def class_distribution(config: TrainConfig) -> Distribution:
+    """Class pixel counts and the number of images each class appears in, over the training
+    masks (one pass on the driver, the mask column only): the class weights come from it, and
+    every checkpoint records it as the reference of segment's drift report."""
+    import pyarrow.parquet as pq
+
+    def masks():
+        for split in config.train_split:
+            for uri in split_files(config.data, split):
+                fs, path = storage.pyarrow_filesystem(uri)
+                column = pq.read_table(path, filesystem=fs, columns=["mask"]).column("mask")
+                yield from (images.decode_mask(c) for c in column.to_pylist() if c is not None)
+
+    return of_masks(masks(), config.num_classes)
+
+
+def balanced_weights(config: TrainConfig, pixels: np.ndarray) -> tuple[float, ...] | None:
+    """Class weights from the training masks' class pixel counts: median frequency balancing,
+    or its square root (`balanced-sqrt`); None for `none`."""
+    if config.class_weights == "none":
+        return None
+    power = 0.5 if config.class_weights == "balanced-sqrt" else 1.0
+    return tuple(optim.median_frequency_weights(pixels, power))
+
+
+def dataset_classes(data: str) -> ClassList | None:
+    """The class list ingest recorded for the dataset at `data`; None for data that records
+    none (written by other tools, or before ingest recorded class lists)."""
+    try:
+        return read_classes(data)
+    except (FileNotFoundError, KeyError):
+        return None
+
+
+def check_training_split(config: TrainConfig, recipe: optim.Recipe) -> None:
+    """The train splits have the columns training reads and rows enough for one step on every
+    worker (a worker with an empty shard would fail, and be retried, in every attempt)."""
+    import pyarrow.parquet as pq
+
+    rows = 0
+    for split in config.train_split:
+        for uri in check_split(config.data, split, columns=("image", "mask")):
+            fs, path = storage.pyarrow_filesystem(uri)
+            rows += pq.read_metadata(fs.open_input_file(path)).num_rows
+    per_worker = max(1, recipe.batch_size // config.workers) if config.crop_size else 1
+    if rows < config.workers * per_worker:
+        raise ValueError(
+            f"--train-split {' '.join(config.train_split)} of {config.data} holds {rows} rows, "
+            f"fewer than {config.workers * per_worker} ({config.workers} workers x {per_worker} "
+            "images per step): use fewer --workers or a smaller --batch-size"
+        )
+
+
+def check_split_classes(config: TrainConfig, classes: ClassList) -> None:
+    """A split ingested as its own dataset under --data (`labeled-2026-11-27/default`, the
+    dataset `labeled-2026-11-27/`) must have been checked against the same class list: its
+    mask values would mean other classes."""
+    for split in config.train_split:
+        if "/" not in split:
+            continue
+        root = storage.join(config.data, split.rsplit("/", 1)[0])
+        own = dataset_classes(root)  # None: not a dataset of its own
+        if own is not None and own != classes:
+            raise ValueError(
+                f"split {split!r} was ingested with classes {', '.join(own.names)}, the data "
+                f"at {config.data} with {', '.join(classes.names)}: ingest it with the same "
+                "--classes file"
+            )
