@@ -26,7 +26,7 @@ from fcn.engine import metrics
 from fcn.evaluation.score import evaluate
 from fcn.runtime import init_ray, worker_resources
 from fcn.storage import absolute
-from fcn.tracking.models import check_model, load_model
+from fcn.tracking.models import load_model
 
 
 def validate(config: EvaluateConfig) -> EvaluateConfig:
@@ -40,9 +40,9 @@ def validate(config: EvaluateConfig) -> EvaluateConfig:
         storage=absolute(config.storage),
     )
     check_split(config.data, config.split)
-    check_model(config.model)
     # Every worker loads the version the alias names now, even if it moves mid-run.
-    return dataclasses.replace(config, model=tracking.pin_model_uri(config.model))
+    pinned, _ = tracking.checked_model(config.model)
+    return dataclasses.replace(config, model=pinned)
 
 
 def eval_loop_per_worker(loop: dict) -> None:
