@@ -1,4 +1,4 @@
-"""Any model URI the jobs accept -> a checked config or a loaded model.
+"""Any model URI the jobs accept -> a loaded model (`uris.checked_model` checks one).
 
 A model is named by a checkpoint directory (local or object storage) or by MLflow
 (`models:/NAME@ALIAS`, `models:/NAME/VERSION`, `runs:/...`). The engine loads checkpoint
@@ -11,16 +11,8 @@ from __future__ import annotations
 
 import tempfile
 
-from fcn.engine import checkpoint, inference
+from fcn.engine import inference
 from fcn.tracking.uris import resolve_model
-
-
-def check_model(uri: str) -> checkpoint.CheckpointConfig:
-    """The checked config of the model at `uri` (what `load_model` would load), without
-    building it. Raises FileNotFoundError (nothing at `uri`: no checkpoint, an unknown
-    registered model, alias or run) or `checkpoint.ContractError`, each one line."""
-    with tempfile.TemporaryDirectory(prefix="fcn-model-") as tmp:
-        return checkpoint.check(resolve_model(uri, tmp))
 
 
 def load_model(uri: str, device="cpu") -> inference.LoadedModel:

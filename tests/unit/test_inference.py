@@ -16,7 +16,7 @@ from fcn.engine import checkpoint
 from fcn.engine.classes import default_classes
 from fcn.engine.inference import load_model, predict
 from fcn.engine.models.preprocess import normalize
-from fcn.tracking.models import check_model
+from fcn.tracking import checked_model
 
 REPO = Path(__file__).resolve().parents[2]
 NUM_CLASSES = 4
@@ -55,8 +55,9 @@ def test_predict_is_the_argmax_of_the_models_logits(model_dir):
     assert np.array_equal(masks, expected)
 
 
-def test_check_model_reads_the_config_without_building_the_model(model_dir):
-    config = check_model(model_dir)
+def test_checked_model_reads_the_config_without_building_the_model(model_dir):
+    pinned, config = checked_model(model_dir)
+    assert pinned == model_dir
     assert config.num_classes == NUM_CLASSES and config.preprocessing["scale"] == 1
 
 
@@ -80,6 +81,6 @@ def test_the_engine_leaves_mlflow_uris_to_the_tracking_layer():
 def test_an_unknown_registered_model_alias_fails_with_one_line(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     with pytest.raises(FileNotFoundError) as caught:
-        check_model("models:/no-such-model@champion")
+        checked_model("models:/no-such-model@champion")
     message = str(caught.value)
     assert "\n" not in message and "models:/no-such-model@champion does not resolve" in message
