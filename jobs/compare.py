@@ -29,10 +29,10 @@ def main(argv=None) -> int:
     try:
         result = compare(config)
     except (LookupError, ValueError) as err:  # no such experiment, no runs, nothing to promote
-        print(f"compare: {err}", file=sys.stderr)
+        print(f"error: {err}", file=sys.stderr)
         return 2
     except MlflowException as err:  # an unreachable or refusing tracking server
-        print(f"compare: the tracking server failed: {err.message}", file=sys.stderr)
+        print(f"error: the tracking server failed: {err.message}", file=sys.stderr)
         return 1
     print(f"{len(result.rows)} run(s) in experiment {config.experiment!r}, best first:\n")
     print(to_markdown(result.rows, result.settings))
@@ -47,7 +47,7 @@ def main(argv=None) -> int:
             f"was {p.previous_version or 'unset'}"
         )
     if result.refusal:
-        print(f"compare: champion unchanged: {result.refusal}", file=sys.stderr)
+        print(f"error: champion unchanged: {result.refusal}", file=sys.stderr)
         return 2
     return 0
 
