@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from fcn import storage
-from fcn.data import synthetic
+from fcn.data import synthetic, voc
 
 SCHEMA = pa.schema([
     ("image_id", pa.string()), ("split", pa.string()), ("source", pa.string()),
@@ -67,3 +67,21 @@ def varied_model(num_classes: int):
         if isinstance(module, torch.nn.Conv2d):
             torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
     return model.eval()
+
+
+def list_voc(root: str, splits: tuple[str, ...] = voc.VOC_SPLITS) -> list[voc.Record]:
+    """Records for each id of each VOC segmentation list, in list order (what ingest plans)."""
+    return [
+        voc.voc_record(root, image_id, split)
+        for split in splits
+        for image_id in voc.read_ids(voc.voc_split_uri(root, split))
+    ]
+
+
+def list_sbd(root: str, splits: tuple[str, ...] = voc.SBD_SPLITS) -> list[voc.Record]:
+    """Records for each id of each SBD list (`dataset/train.txt`, `dataset/val.txt`)."""
+    return [
+        voc.sbd_record(root, image_id, split)
+        for split in splits
+        for image_id in voc.read_ids(voc.sbd_split_uri(root, split))
+    ]

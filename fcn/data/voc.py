@@ -77,24 +77,6 @@ def sbd_split_uri(root: str, split: str) -> str:
     return storage.join(root, f"dataset/{split}.txt")
 
 
-def list_voc(root: str, splits: tuple[str, ...] = VOC_SPLITS) -> list[Record]:
-    """Records for each id of each VOC segmentation list, in list order."""
-    return [
-        voc_record(root, image_id, split)
-        for split in splits
-        for image_id in read_ids(voc_split_uri(root, split))
-    ]
-
-
-def list_sbd(root: str, splits: tuple[str, ...] = SBD_SPLITS) -> list[Record]:
-    """Records for each id of each SBD list (`dataset/train.txt`, `dataset/val.txt`)."""
-    return [
-        sbd_record(root, image_id, split)
-        for split in splits
-        for image_id in read_ids(sbd_split_uri(root, split))
-    ]
-
-
 def list_images(uri: str, split: str = "unlabeled", source: str = "unlabeled") -> list[Record]:
     """Every image (`fcn.images.IMAGE_EXTENSIONS`) under `uri`, any depth, any extension
     case; id = relative key.

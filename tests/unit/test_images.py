@@ -6,9 +6,10 @@ import io
 import numpy as np
 import pytest
 from fixtures.hostile import bomb_png
+from helpers_data import list_voc
 from PIL import Image
 
-from fcn.data import synthetic, transforms, voc
+from fcn.data import synthetic, transforms
 from fcn.data.validate import validate_record
 from fcn.engine import images
 from fcn.engine.classes import voc_colormap
@@ -126,7 +127,7 @@ def test_sideways_jpeg_has_one_orientation_in_ingest_training_evaluation_and_seg
     tmp_path, orientation
 ):
     shown, label = synthetic.add_sideways_image(tmp_path, orientation=orientation)
-    (record,) = voc.list_voc(str(tmp_path), ("val",))
+    (record,) = list_voc(str(tmp_path), ("val",))
     jpeg = (tmp_path / "JPEGImages" / f"{record.image_id}.jpg").read_bytes()
     mask = (tmp_path / "SegmentationClass" / f"{record.image_id}.png").read_bytes()
     stored = Image.open(io.BytesIO(jpeg))

@@ -4,6 +4,7 @@ import io
 
 import numpy as np
 import pytest
+from helpers_data import list_sbd, list_voc
 from PIL import Image
 
 from fcn.data import synthetic, voc
@@ -29,7 +30,7 @@ def _read(uri):
 
 def test_list_voc_reads_back_generated_ids_sizes_and_labels(data):
     root, result = data
-    records = voc.list_voc(str(root / "voc"))
+    records = list_voc(str(root / "voc"))
     assert [r.split for r in records].count("train") == len(result.voc["train"])
     for split in ("train", "val"):
         assert [r.image_id for r in records if r.split == split] == result.voc[split]
@@ -44,7 +45,7 @@ def test_list_voc_reads_back_generated_ids_sizes_and_labels(data):
 
 def test_list_sbd_reads_back_generated_ids_and_labels(data):
     root, result = data
-    records = voc.list_sbd(str(root / "sbd"))
+    records = list_sbd(str(root / "sbd"))
     for split in ("train", "val"):
         assert [r.image_id for r in records if r.split == split] == result.sbd[split]
     voc_ids = set(result.voc["trainval"])
