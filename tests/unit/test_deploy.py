@@ -264,10 +264,12 @@ def pod_templates(node) -> list[dict]:
     return found
 
 
-def test_raycronjob_forbids_overlap_and_names_its_time_zone():
+def test_raycronjob_names_its_time_zone_and_sets_no_concurrency_policy():
     cron = kuberay("RayCronJob")
     spec = cron["spec"]
-    assert spec["concurrencyPolicy"] == "Forbid"
+    # No KubeRay CRD has it (kubectl would reject the manifest): overlapping nights are left
+    # to the segment job, which is safe under overlap (test_kuberay_schemas.py checks fields).
+    assert "concurrencyPolicy" not in spec
     zoneinfo.ZoneInfo(spec["timeZone"])  # a real IANA zone, or this raises
     assert len(spec["schedule"].split()) == 5
     assert "CRON_TZ" not in spec["schedule"] and "TZ=" not in spec["schedule"]
