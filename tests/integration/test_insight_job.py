@@ -173,9 +173,8 @@ def test_a_drift_night_is_flagged_queued_labeled_and_trained_on(
             "--eval-every", "2", "--val-limit", "1"]  # fmt: skip
     run_ok(ray_head, [*loop, "--train-split", "train", "labeled-day2/default"], env)
     retrained = checkpoint.load_config(s3.uri("insight/runs/loop/best"))
-    assert (
-        retrained["class_distribution"]["images"] == trained_on + night
-    )  # both splits, counted once
+    # Both splits, counted once.
+    assert retrained.class_distribution["images"] == trained_on + night
     (run,) = client.search_runs(
         [client.get_experiment_by_name(EXPERIMENT + "-train").experiment_id],
         filter_string="attributes.run_name = 'loop'",
