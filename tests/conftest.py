@@ -131,8 +131,9 @@ class S3Server:
     endpoint_url: str
     bucket: str
     env: dict = field(default_factory=dict)  # settings only: what a job may be handed
-    # Distinctive fakes (moto takes any), so a test can grep for leaks. Only the node's
-    # environment (this process, the Ray head, the MLflow server) holds them.
+    # Distinctive, drawn per session (the server's one identity), so a test can grep for
+    # leaks. Only the node's environment (this process, the Ray head, the MLflow server)
+    # holds them.
     credentials: dict = field(default_factory=dict)
 
     def uri(self, key: str = "") -> str:
@@ -162,25 +163,26 @@ class S3Server:
 
 @pytest.fixture(scope="session")
 def s3(tmp_path_factory):
-    port = free_port()
-    log = tmp_path_factory.mktemp("s3") / "moto.log"
-    proc = start([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)], {}, log)
-    endpoint = f"http://127.0.0.1:{port}"
-    env = {"AWS_ENDPOINT_URL": endpoint, "AWS_DEFAULT_REGION": "us-east-1"}
+    """SeaweedFS (tests/seaweedfs.py), a production S3 server, with one static identity."""
+    import seaweedfs
+
     credentials = {  # drawn per session: not even the uploaded sources hold them
         "AWS_ACCESS_KEY_ID": f"FCNTEST{secrets.token_hex(6).upper()}",
         "AWS_SECRET_ACCESS_KEY": f"fcn-test-secret-{secrets.token_hex(12)}",
-        "AWS_SESSION_TOKEN": f"fcn-test-token-{secrets.token_hex(12)}",
     }
-    saved = {k: os.environ.get(k) for k in {**env, **credentials}}
+    bucket = "fcn-test"
+    server = seaweedfs.start(
+        tmp_path_factory.mktemp("s3"), bucket,
+        credentials["AWS_ACCESS_KEY_ID"], credentials["AWS_SECRET_ACCESS_KEY"],
+    )  # fmt: skip
+    env = {"AWS_ENDPOINT_URL": server.endpoint_url, "AWS_DEFAULT_REGION": "us-east-1"}
+    saved = {k: os.environ.get(k) for k in [*env, *credentials, "AWS_SESSION_TOKEN"]}
+    os.environ.pop("AWS_SESSION_TOKEN", None)  # SeaweedFS takes a token for STS credentials
     os.environ.update({**env, **credentials})  # in-process fcn.storage / boto3 calls
     try:
-        wait_http(f"{endpoint}/moto-api/", 30, proc, log)
-        server = S3Server(endpoint, "fcn-test", env, credentials)
-        server.client().create_bucket(Bucket=server.bucket)
-        yield server
+        yield S3Server(server.endpoint_url, bucket, env, credentials)
     finally:
-        stop_group(proc, grace=3)
+        server.stop()
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)

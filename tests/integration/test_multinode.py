@@ -60,7 +60,7 @@ def actor_nodes(ray_head, submissions: list[str], name: str) -> set[str]:
 
 
 def secrets(s3) -> list[bytes]:
-    found = [s3.credentials[k].encode() for k in ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")]
+    found = [s3.credentials["AWS_SECRET_ACCESS_KEY"].encode()]
     assert all(len(s) > 16 for s in found)  # distinctive: a hit is a leak, not a coincidence
     return found
 
