@@ -9,7 +9,14 @@ is, depending on the rule:
 - `refuse`: the connection is closed before the request reaches the server (what a client
   sees while the endpoint is down), `times` times, then requests pass again;
 - `hold`: the request head is forwarded and nothing more (its body, the response) until
-  `release()`: a request in flight, for as long as the test needs it.
+  `release()`: a request in flight, for as long as the test needs it;
+- `slowdown`: answered by the gate itself with what S3 sends when throttling (503, code
+  `SlowDown`), the server never seeing it;
+- `cut`: forwarded, and the server's response passed on up to `after` bytes of its body, then
+  the connection closed (a body cut mid-transfer);
+- `slow`: forwarded after `seconds` (a slow store).
+
+Rules are checked in the order they were added; the first that matches takes the request.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import contextlib
 import re
 import socket
 import threading
+import time
 from dataclasses import dataclass, field
 from urllib.parse import unquote
 
@@ -28,8 +36,10 @@ REQUEST_LINE = re.compile(rb"(GET|PUT|POST|HEAD|DELETE) (/[^ \r\n]*) HTTP/1\.[01
 class Rule:
     method: str
     path: str  # a part of the decoded path (`/bucket/key`, `prefix=key` of a listing)
-    action: str  # "refuse" | "hold"
+    action: str  # "refuse" | "hold" | "slowdown" | "cut" | "slow"
     times: int = 1  # requests it applies to; then it is spent
+    after: int = 0  # cut: body bytes passed on before the cut
+    seconds: float = 0.0  # slow: the delay
     hits: list = field(default_factory=list)  # the paths it matched, in order
 
     def matches(self, method: str, path: str) -> bool:
@@ -57,6 +67,15 @@ class S3Gate:
         self.held.clear()
         self.released.clear()
         return self._add(Rule(method, path, "hold"))
+
+    def slowdown(self, method: str, path: str, times: int = 1) -> Rule:
+        return self._add(Rule(method, path, "slowdown", times))
+
+    def cut(self, method: str, path: str, after: int = 100, times: int = 1) -> Rule:
+        return self._add(Rule(method, path, "cut", times, after=after))
+
+    def slow(self, method: str, path: str, seconds: float, times: int = 1) -> Rule:
+        return self._add(Rule(method, path, "slow", times, seconds=seconds))
 
     def release(self) -> None:
         self.released.set()
@@ -113,6 +132,16 @@ class S3Gate:
                 upstream.sendall(data[:start])  # the end of an earlier request on this connection
                 if rule.action == "refuse":
                     return
+                if rule.action == "slowdown":
+                    client.sendall(SLOWDOWN)
+                    return  # `Connection: close`: the rest of the request is never read
+                if rule.action == "cut":
+                    _cut(client, data[start:], self.target, rule.after)
+                    return
+                if rule.action == "slow":
+                    time.sleep(rule.seconds)
+                    upstream.sendall(data[start:])
+                    continue
                 head_end = data.find(b"\r\n\r\n", start)
                 upstream.sendall(data[start : head_end + 4 if head_end >= 0 else start])
                 self.held.set()
@@ -125,6 +154,31 @@ class S3Gate:
                 with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
                 sock.close()
+
+
+SLOWDOWN_BODY = (
+    b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code>'
+    b"<Message>Please reduce your request rate.</Message></Error>"
+)
+SLOWDOWN = (
+    b"HTTP/1.1 503 Slow Down\r\nContent-Type: application/xml\r\nConnection: close\r\n"
+    b"Content-Length: %d\r\n\r\n%s" % (len(SLOWDOWN_BODY), SLOWDOWN_BODY)
+)
+
+
+def _cut(client: socket.socket, request: bytes, target, after: int) -> None:
+    """Send `request` (a whole GET: no body follows) on a connection of its own and pass the
+    response back up to `after` bytes past its head; the caller then closes the client."""
+    with socket.create_connection(target) as upstream:
+        upstream.sendall(request)
+        response = b""
+        while (head_end := response.find(b"\r\n\r\n")) < 0 or len(response) < head_end + 4 + after:
+            chunk = upstream.recv(1 << 16)
+            if not chunk:
+                break
+            response += chunk
+        if head_end >= 0:
+            client.sendall(response[: head_end + 4 + after])
 
 
 def _pump(source: socket.socket, sink: socket.socket) -> None:
