@@ -39,8 +39,7 @@ class Comparison:
 
 
 def compare(config: CompareConfig) -> Comparison:
-    if config.top < 1:
-        raise ValueError(f"--top must be at least 1, got {config.top}")
+    config.validate()
     uri = config.tracking_uri
     rows = sort_rows([to_row(run) for run in fetch_runs(config.experiment, uri)])
     settings = key_settings(rows)

@@ -46,7 +46,10 @@ def promote(rows: list[RunRow], registered_model: str | None = None, uri=None) -
             "say which with --registered-model"
         )
     candidate = max(versions, key=lambda v: int(v.version))
-    decision = tracking.promote(names[0], candidate.version, uri=uri)
+    reason = f"best finished run {best.name} of its experiment (best mean IU {best_score(best)})"
+    decision = tracking.promote(
+        names[0], candidate.version, uri=uri, reason=reason, source_run=best.run_id
+    )
     if decision.refusal:
         raise PromotionRefused(f"not promoting best run {best.name}: {decision.refusal}")
     return Promotion(names[0], decision.version, best.run_id, decision.previous)

@@ -108,6 +108,11 @@ def build_parser(
             kwargs["type"] = tp
         if optional and "default" not in kwargs and not kwargs.get("required"):
             kwargs["default"] = None
+        if f.metadata.get("positional"):  # `jobs/explain.py MASK`: the one thing it takes
+            kwargs.pop("dest")
+            kwargs.pop("required", None)
+            parser.add_argument(f.name, metavar=f.name.upper(), **kwargs)
+            continue
         _group(parser, groups, f).add_argument(flag(f.name), **kwargs)
     return parser
 

@@ -58,6 +58,8 @@ class Night:
     source: Source
     output: Location
     shown: Location | None  # --save-overlays
+    # Versions the champion was rolled back from: --resegment-older-models redoes their masks
+    retired: frozenset[str] = frozenset()
 
     @property
     def classes(self) -> ClassList:
@@ -116,7 +118,18 @@ def check(config: SegmentConfig) -> Night:
     if shown:
         overlays.check(shown, input, output)
     source = resolve(config.input_format, input, output)
-    return Night(config, run_id, model, checkpoint_config, source, output, shown)
+    retired = _retired(model) if config.resegment_older_models else frozenset()
+    return Night(config, run_id, model, checkpoint_config, source, output, shown, retired)
+
+
+def _retired(model: str) -> frozenset[str]:
+    """The registry versions of `model`'s registered model that a rollback moved the champion
+    away from (the champion history), as model URIs."""
+    match = tracking.REGISTRY_VERSION.fullmatch(model)
+    if not match:
+        return frozenset()
+    name = match[1]
+    return frozenset(f"models:/{name}/{v}" for v in tracking.retired_versions(name))
 
 
 def absolute_paths(config: SegmentConfig) -> SegmentConfig:
@@ -137,14 +150,18 @@ def plan(night: Night, done: pa.Table) -> Plan | SplitPlan:
         if not source.files and not config.allow_empty:
             raise NothingToSegment(f"--input {config.input} holds no Parquet files")
         existing = planning.existing_masks(output)
-        return planning.plan_split(source.split_uris(), done, existing, output, config, night.model)
+        return planning.plan_split(
+            source.split_uris(), done, existing, output, config, night.model, night.retired
+        )
     listing, existing = planning.list_both(source.location, output)
     if not listing.num_rows and not config.allow_empty:
         raise NothingToSegment(
             f"--input {config.input} lists no images (jpg/png/bmp/webp): a mistyped prefix? "
             "(--allow-empty accepts an empty night)"
         )
-    return planning.plan(listing, done, existing, source.location, output, config, night.model)
+    return planning.plan(
+        listing, done, existing, source.location, output, config, night.model, night.retired
+    )
 
 
 # --- the pipeline ----------------------------------------------------------------------------

@@ -110,17 +110,21 @@ def _uris(where: Location, paths) -> pa.ChunkedArray:
     return pc.binary_join_element_wise(f"{where.scheme}://", paths, "")
 
 
-def older_models(models: list[str | None], current: str) -> list[str]:
+def older_models(
+    models: list[str | None], current: str, retired: frozenset[str] = frozenset()
+) -> list[str]:
     """Of the models that made masks, those older than `current`: a lower registry version of
-    the same registered model, or any other model URI (checkpoints carry no order)."""
+    the same registered model, or any other model URI (checkpoints carry no order); a higher
+    version counts only when `retired` holds it (the champion was rolled back from it)."""
     mine = REGISTRY_VERSION.fullmatch(current)
     older = []
     for model in models:
         if model is None or model == current:
             continue
         theirs = REGISTRY_VERSION.fullmatch(model)
-        if mine and theirs and theirs[1] == mine[1] and int(theirs[2]) > int(mine[2]):
-            continue  # made by a newer version (an alias rolled back): not older
+        newer = mine and theirs and theirs[1] == mine[1] and int(theirs[2]) > int(mine[2])
+        if newer and model not in retired:
+            continue  # made by a newer version the champion was not rolled back from
         older.append(model)
     return older
 
@@ -216,7 +220,9 @@ def _candidates(listing: pa.Table, state: pa.Table, input: Location, output: Loc
     return _taken(_owners(table, state))
 
 
-def _decide(table: pa.Table, existing: pa.Array, config: SegmentConfig, model: str) -> pa.Table:
+def _decide(
+    table: pa.Table, existing: pa.Array, config: SegmentConfig, model: str, retired=frozenset()
+) -> pa.Table:
     """`table` (candidates joined with the state, `prev_*`) with `todo` and `older` columns."""
     prev_status = table.column("prev_status")
     same = pc.fill_null(pc.equal(table.column("prev_etag"), table.column("etag")), False)
@@ -232,7 +238,7 @@ def _decide(table: pa.Table, existing: pa.Array, config: SegmentConfig, model: s
     older = pc.and_(done, False)
     if config.resegment_older_models:
         models = pc.unique(table.column("prev_model")).to_pylist()
-        stale = pa.array(older_models(models, model), pa.string())
+        stale = pa.array(older_models(models, model, retired), pa.string())
         older = pc.and_(ok, pc.fill_null(pc.is_in(table.column("prev_model"), stale), False))
         older = pc.and_(done, older)
     return table.append_column("todo", pc.invert(done)).append_column("older", older)
@@ -252,14 +258,16 @@ def plan(
     output: Location,
     config: SegmentConfig,
     model: str,
+    retired: frozenset[str] = frozenset(),
 ) -> Plan:
-    """Tonight's work (see the module docstring); `existing`: from `existing_masks`."""
+    """Tonight's work (see the module docstring); `existing`: from `existing_masks`;
+    `retired`: model URIs a rollback moved the champion away from (`older_models`)."""
     candidates = _candidates(listing, state, input, output)
     bad = pc.is_valid(candidates.column("error"))
     refused = schema.conform(candidates.filter(bad), schema.REFUSED)
     candidates = candidates.filter(pc.invert(bad))
     table = candidates.join(_previous(state), "uri", join_type="left outer")
-    table = _decide(table, existing, config, model)
+    table = _decide(table, existing, config, model, retired)
     fresh = table.filter(table.column("todo")).sort_by(
         [("mtime", "ascending"), ("uri", "ascending")]
     )
@@ -295,6 +303,7 @@ def plan_split(
     output: Location,
     config: SegmentConfig,
     model: str,
+    retired: frozenset[str] = frozenset(),
 ) -> SplitPlan:
     """Tonight's work in an ingested split from its `uri` column (see `SplitPlan`): the rules
     of `plan`, with the image's bytes assumed unchanged (the stage checks that)."""
@@ -312,7 +321,8 @@ def plan_split(
     bad = pc.is_valid(table.column("error"))
     refused = schema.conform(table.filter(bad), schema.REFUSED)  # no etag, no size: unread
     table = table.filter(pc.invert(bad)).join(_previous(state), "uri", join_type="left outer")
-    table = _decide(table.append_column("etag", table.column("prev_etag")), existing, config, model)
+    table = table.append_column("etag", table.column("prev_etag"))
+    table = _decide(table, existing, config, model, retired)
     done = table.filter(pc.invert(pc.or_(table.column("todo"), table.column("older"))))
     known = pa.concat_tables([done.select(["uri", "etag"]), refused.select(["uri", "etag"])])
     return SplitPlan(known=known.sort_by("uri").combine_chunks(), refused=refused)

@@ -8,6 +8,8 @@ does one job:
 - reading: an experiment's runs, metric histories and class lists read back (compare);
 - datasets: content digests of splits and the splits as dataset inputs;
 - registry: model versions and the `champion` alias, the only code that touches either;
+- history: every move of the alias, one MLflow run each: who was champion when, and why;
+- lineage: what a registered version was made from (training run, datasets, commit);
 - uris: models:/ and runs:/ URIs pinned, resolved to checkpoints, checked;
 - pyfunc: the registered version as an MLflow pyfunc model (imported only when logged).
 
@@ -16,6 +18,15 @@ called): compare and the Ray-free jobs pay for neither until they talk to MLflow
 """
 
 from fcn.tracking.datasets import DATASET_CONTEXT, dataset_digest, log_split_inputs
+from fcn.tracking.history import (
+    HISTORY_EXPERIMENT,
+    ChampionMove,
+    champion_at,
+    champion_history,
+    promotion_of,
+    retired_versions,
+)
+from fcn.tracking.lineage import DatasetRecord, VersionLineage, version_lineage
 from fcn.tracking.reading import experiment_runs, metric_history, run_classes
 from fcn.tracking.registry import (
     CHAMPION,
@@ -38,6 +49,7 @@ from fcn.tracking.registry import (
     register_checkpoint,
     register_imported,
     register_version,
+    rollback,
     run_versions,
 )
 from fcn.tracking.runs import (
@@ -78,6 +90,16 @@ from fcn.tracking.uris import (
 )
 
 __all__ = [
+    "HISTORY_EXPERIMENT",
+    "ChampionMove",
+    "DatasetRecord",
+    "VersionLineage",
+    "champion_at",
+    "champion_history",
+    "promotion_of",
+    "retired_versions",
+    "rollback",
+    "version_lineage",
     "CHAMPION",
     "CLASSES_FILE",
     "DATASET_CONTEXT",

@@ -3,7 +3,8 @@
 A version is always an MLflow pyfunc model (fcn.tracking.pyfunc) whose artifact `checkpoint/`
 is the checkpoint directory, whoever registers it: a training run (`register_checkpoint`) or
 published weights (`register_imported`, jobs/import_model.py). The alias moves only through
-`promote`, so every alias move passes one rule and one place could record it.
+`promote`, so every alias move passes one rule and is recorded once, as it happens, in the
+champion history (fcn.tracking.history: one MLflow run per move); `rollback` moves it back.
 
 The champion rule. A mean IU means something only next to another one measured on the same
 validation data: the versions' `val_digest` tags (content digests of the val split).
@@ -25,6 +26,7 @@ import re
 import tempfile
 from dataclasses import dataclass
 
+from fcn.tracking import history
 from fcn.tracking.runs import _param_text, client, log_params, redact, run_scope
 from fcn.tracking.source import TAG_GIT_COMMIT, git_commit
 
@@ -103,7 +105,9 @@ def register_checkpoint(
     width, num_classes, classes, git commit. Returns (version, is_champion).
     """
     version = register_version(run_id, local_dir, model_name, {TAG_MEAN_IU: f"{mean_iu:.6f}"}, uri)
-    decision = promote(model_name, version, better_only=True, uri=uri)
+    decision = promote(
+        model_name, version, better_only=True, uri=uri, job=history.JOB_TRAIN, source_run=run_id
+    )
     if decision.refusal:
         log.warning("%s: %s", model_name, decision.refusal)
     return version, decision.is_champion
@@ -134,7 +138,11 @@ def register_imported(
         with run_scope(experiment, f"import {source}", uri=uri) as run_id:
             log_params(run_id, {k: v for k, v in saved.items() if k != "classes"}, uri)
             version = register_version(run_id, local, model_name, tags, uri)
-            decision = promote(model_name, version, uri=uri) if champion else None
+            decision = None
+            if champion:
+                reason = f"imported weights {source} offered with --champion"
+                decision = promote(model_name, version, uri=uri, job=history.JOB_IMPORT,
+                                   reason=reason, source_run=run_id)  # fmt: skip
     return version, decision
 
 
@@ -194,10 +202,21 @@ def _version_tags(local_dir: str, run_tags: dict) -> dict:
 # --- the champion ---------------------------------------------------------------------------
 
 
-def promote(model_name: str, version, better_only: bool = False, uri=None) -> ChampionDecision:
+def promote(
+    model_name: str,
+    version,
+    better_only: bool = False,
+    uri=None,
+    job: str = history.JOB_PROMOTE,
+    reason: str | None = None,
+    force: bool = False,
+    source_run: str | None = None,
+) -> ChampionDecision:
     """Move `champion` to `version` of `model_name` when the rule above allows it
-    (`better_only`: rule 2 also asks for a higher mean IU). Returns the decision; a refusal
-    leaves the alias where it was."""
+    (`better_only`: rule 2 also asks for a higher mean IU; `force`: a refusal of rules 3-4 is
+    overridden, and recorded as such). Returns the decision; a refusal leaves the alias where
+    it was. Every move is recorded once in the champion history with `job` (who moved it),
+    `reason` (default: the rule that allowed it) and `source_run` (the mover's run)."""
     mlflow_client = client(uri)
     candidate = mlflow_client.get_model_version(model_name, str(version))
     champion = champion_version(model_name, uri)
@@ -205,11 +224,64 @@ def promote(model_name: str, version, better_only: bool = False, uri=None) -> Ch
     if previous == str(candidate.version):
         return ChampionDecision(model_name, previous, previous, None)
     refusal = incomparable(candidate, champion)
+    overridden = refusal if force else None
     if refusal is None and better_only:
         refusal = _not_better(candidate, champion)
+    if force:
+        refusal = None
     if refusal is None:
-        mlflow_client.set_registered_model_alias(model_name, CHAMPION, candidate.version)
+        history.recorded(
+            model_name, candidate, champion, reason or _why(candidate, champion, better_only),
+            job, lambda: mlflow_client.set_registered_model_alias(
+                model_name, CHAMPION, candidate.version
+            ), overridden, source_run, uri,
+        )  # fmt: skip
     return ChampionDecision(model_name, str(candidate.version), previous, refusal)
+
+
+def _why(candidate, champion, better_only: bool) -> str:
+    """The rule that let `candidate` replace `champion` (a move's default reason)."""
+    if champion is None:
+        return "no champion yet"
+    if _digest(candidate) and not _digest(champion):
+        return f"champion version {champion.version} has no recorded validation data"
+    if better_only:
+        return (
+            f"mean IU {candidate.tags.get(TAG_MEAN_IU)} beats champion version "
+            f"{champion.version}'s {champion.tags.get(TAG_MEAN_IU, 'unrecorded')} on the same "
+            "validation data"
+        )
+    return "moved on request"
+
+
+def rollback(
+    model_name: str, reason: str, to=None, force: bool = False, uri=None
+) -> ChampionDecision:
+    """Move `champion` back: to version `to`, by default to the champion before the current
+    one (the history's latest move to the current champion says which). A LookupError names
+    what is missing (no champion, no history, no such version); the champion rule still
+    applies, so a version validated on other data is refused unless `force` (recorded)."""
+    from mlflow.exceptions import MlflowException
+
+    current = champion_version(model_name, uri)
+    if current is None:
+        raise LookupError(f"registered model {model_name!r} has no champion to roll back")
+    if to is None:
+        made = [m for m in history.champion_history(model_name, uri)
+                if m.to_version == str(current.version)]  # fmt: skip
+        if not made or made[-1].from_version is None:
+            raise LookupError(
+                f"the champion history of {model_name!r} names no champion before version "
+                f"{current.version}: say which version with --to"
+            )
+        to = made[-1].from_version
+    if str(to) == str(current.version):
+        raise LookupError(f"version {to} of {model_name!r} is the champion already")
+    try:
+        client(uri).get_model_version(model_name, str(to))
+    except MlflowException as err:
+        raise LookupError(f"registered model {model_name!r} has no version {to}") from err
+    return promote(model_name, to, uri=uri, job=history.JOB_ROLLBACK, reason=reason, force=force)
 
 
 def incomparable(candidate, champion) -> str | None:

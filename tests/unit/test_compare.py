@@ -256,5 +256,5 @@ def test_table_helpers_without_a_store():
 def test_cli_flags():
     config = parse(CompareConfig, ["--experiment", "e", "--promote", "--top", "3"])
     assert config.promote and config.top == 3 and not config.log_artifacts
-    with pytest.raises(SystemExit):
-        parse(CompareConfig, [])
+    with pytest.raises(ValueError, match="--experiment is required"):
+        parse(CompareConfig, []).validate()
