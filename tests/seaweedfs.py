@@ -109,7 +109,11 @@ def start(
     _remove_sockets(ports)
     cmd = [
         weed_binary(), "server", f"-dir={data_dir / 'data'}", "-ip=127.0.0.1",
-        "-ip.bind=127.0.0.1", "-s3", f"-s3.config={config}", "-master.volumeSizeLimitMB=256",
+        "-ip.bind=127.0.0.1", "-s3", f"-s3.config={config}",
+        # Room to write: each bucket takes a batch of volumes at its first write, and the
+        # default 8 ran out mid-suite ("No writable volumes", a 500 InternalError to S3).
+        # Volume files grow as written; nothing is preallocated.
+        "-volume.max=64",
         "-volume.preStopSeconds=0",  # SIGTERM stops it at once (default: 10 s of grace)
         *NO_CATALOGS,
     ]  # fmt: skip

@@ -143,7 +143,7 @@ print(" ".join(str(s.getsockname()[1]) for s in socks))')"
     -s3 -s3.config="$DIR/s3/identities.json" -s3.port="$S3_PORT" -master.port="$1" \
     -volume.port="$2" -filer.port="$3" -master.port.grpc="$4" -volume.port.grpc="$5" \
     -filer.port.grpc="$6" -s3.port.grpc="$7" -s3.port.iceberg=0 -s3.port.lance=0 \
-    -master.volumeSizeLimitMB=256 \
+    -volume.max=64 \
     -volume.preStopSeconds=0
   wait_ready s3 30
   for ((i = 0; i < 150; i++)); do
