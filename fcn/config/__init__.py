@@ -14,6 +14,7 @@ every job's `--help` is answered without torch or Ray.
 from fcn.config.cli import GROUPS, build_parser, parse
 from fcn.config.compare import CompareConfig
 from fcn.config.evaluate import EvaluateConfig
+from fcn.config.export import ExportConfig
 from fcn.config.fields import Settings, flag, from_dict, placement, required, setting, to_dict
 from fcn.config.import_model import ImportConfig
 from fcn.config.ingest import IngestConfig
@@ -25,6 +26,7 @@ __all__ = [
     "MODELS",
     "CompareConfig",
     "EvaluateConfig",
+    "ExportConfig",
     "ImportConfig",
     "IngestConfig",
     "SegmentConfig",
