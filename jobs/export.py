@@ -19,7 +19,8 @@ from fcn.config import ExportConfig, parse  # noqa: E402
 EXAMPLES = """examples:
   python jobs/export.py --model models:/fcn-demo@champion --output demo/onnx   # after make demo
   python jobs/export.py --model models:/fcn@champion --output s3://bucket/onnx/fcn --register
-  python jobs/export.py --model s3://bucket/runs/voc-8s/best --output ./onnx --check-sizes 500x375"""
+  python jobs/export.py --model s3://bucket/runs/voc-8s/best --output ./onnx \\
+      --check-sizes 500x375 375x500"""
 
 
 def main(argv=None) -> int:

@@ -35,8 +35,12 @@ def varied(name: str):
         if isinstance(module, torch.nn.Conv2d):
             torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
     config = CheckpointConfig.from_dict(
-        {"model": name, "num_classes": NUM_CLASSES, "preprocessing": "caffe",
-         **({"width": width} if width else {})}  # fmt: skip
+        {
+            "model": name,
+            "num_classes": NUM_CLASSES,
+            "preprocessing": "caffe",
+            **({"width": width} if width else {}),
+        }  # fmt: skip
     )
     return model.eval(), config
 
@@ -115,8 +119,8 @@ def test_a_graph_with_the_trace_size_baked_in_fails_the_check():
     assert not any(p.ok for p in report[1:]), report  # ...wrong at every other one
     # And a graph exported without dynamic axes refuses other sizes outright.
     buffer = io.BytesIO()
-    torch.onnx.export(model, (torch.zeros(1, 3, 64, 80),), buffer, dynamo=False,
-                      input_names=[onnx_export.INPUT], output_names=[onnx_export.OUTPUT])  # fmt: skip
+    names = {"input_names": [onnx_export.INPUT], "output_names": [onnx_export.OUTPUT]}
+    torch.onnx.export(model, (torch.zeros(1, 3, 64, 80),), buffer, dynamo=False, **names)
     fixed = onnx_runtime.OnnxModel(onnx.load_from_string(buffer.getvalue()))
     report = onnx_runtime.parity(model, fixed, SIZES)
     assert not any(p.shape_ok for p in report)
@@ -130,3 +134,26 @@ def test_a_gpu_session_without_the_cuda_provider_is_one_clear_error():
     model, config = varied("fcn32s")
     with pytest.raises(ValueError, match="onnxruntime-gpu"):
         onnx_runtime.OnnxModel(onnx_export.export(model, config), cuda=True)
+
+
+def test_the_export_job_and_the_segment_setting_refuse_what_cannot_work(tmp_path, capsys):
+    import importlib.util
+
+    from conftest import REPO
+
+    from fcn.config import SegmentConfig
+
+    spec = importlib.util.spec_from_file_location("export_job", REPO / "jobs" / "export.py")
+    job = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(job)
+    out = str(tmp_path / "onnx")
+    assert job.main(["--model", str(tmp_path), "--output", out, "--register"]) == 2
+    assert capsys.readouterr().err.startswith("error: --register attaches")
+    assert job.main(["--model", str(tmp_path), "--output", out, "--check-sizes", "0x5"]) == 2
+    assert "error: --check-sizes: '0x5'" in capsys.readouterr().err
+    assert job.main(["--model", str(tmp_path), "--output", out]) == 2  # no checkpoint there
+    assert capsys.readouterr().err.count("\n") == 1
+    night = SegmentConfig(input="i", output="o", model="m", runtime="onnxruntime",
+                          shift_and_stitch=True)  # fmt: skip
+    with pytest.raises(ValueError, match="--shift-and-stitch .* --runtime torch"):
+        night.validate()
