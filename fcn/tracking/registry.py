@@ -1,4 +1,5 @@
-"""The model registry: the only code that registers model versions and moves `champion`.
+"""The model registry: the only code that registers model versions and moves `champion`
+(and that attaches a version's ONNX export, `attach_onnx`).
 
 A version is always an MLflow pyfunc model (fcn.tracking.pyfunc) whose artifact `checkpoint/`
 is the checkpoint directory, whoever registers it: a training run (`register_checkpoint`) or
