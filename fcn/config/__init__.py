@@ -15,6 +15,7 @@ from fcn.config.cli import GROUPS, build_parser, parse
 from fcn.config.compare import CompareConfig
 from fcn.config.evaluate import EvaluateConfig
 from fcn.config.explain import ExplainConfig
+from fcn.config.export import ExportConfig
 from fcn.config.fields import Settings, flag, from_dict, placement, required, setting, to_dict
 from fcn.config.import_model import ImportConfig
 from fcn.config.ingest import IngestConfig
@@ -27,6 +28,7 @@ __all__ = [
     "CompareConfig",
     "EvaluateConfig",
     "ExplainConfig",
+    "ExportConfig",
     "ImportConfig",
     "IngestConfig",
     "SegmentConfig",

@@ -70,6 +70,14 @@ class SegmentConfig(Settings):
         "dense logits by shift-and-stitch over the model's stride instead of its upsampling "
         "(fcn32s, fcn-alexnet, fcn-googlenet; costs stride^2 = 1024 forwards per image)",
     )
+    # PyTorch stays the default: on this project's CPUs ONNX Runtime was not clearly faster
+    # (benchmarks/segment_runtime.py, results/onnx.md).
+    runtime: str = setting(
+        "torch", "what runs the model in the actors: 'torch', or 'onnxruntime' (the checkpoint "
+        "exported as jobs/export.py does; CPU, or CUDA with --gpus-per-actor and "
+        "onnxruntime-gpu installed): the same masks and statistics",
+        choices=("torch", "onnxruntime"),
+    )  # fmt: skip
     class_counts: bool = setting(True, "record per-image class pixel counts in the manifest")
     retry_errors: bool = setting(False, "retry images whose unchanged bytes failed before")
     force: bool = setting(False, "segment every image again, even unchanged ones")
@@ -99,6 +107,11 @@ class SegmentConfig(Settings):
             raise ValueError("--max-error-fraction must lie in [0, 1]")
         if self.max_images is not None and self.max_images < 0:
             raise ValueError("--max-images must be >= 0")
+        if self.runtime == "onnxruntime" and self.shift_and_stitch:
+            raise ValueError(
+                "--shift-and-stitch runs the net's coarse scores, which the ONNX export does not "
+                "expose: use --runtime torch for it"
+            )
         if self.max_batch_pixels < 1:
             raise ValueError("--max-batch-pixels must be >= 1")
         return self

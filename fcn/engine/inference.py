@@ -77,8 +77,10 @@ def predict(model, images, spec, scales=(1.0,), shift_and_stitch: bool = False, 
     forward). `shift_and_stitch`: dense logits from the model's coarse scores by
     shift-and-stitch (docs/paper.md) instead of its upsampling layers; stride^2 forwards.
     The segment job's actor, evaluation, the MLflow model and benchmarks/gpu.py all call this.
+    `model` is an nn.Module or anything callable on a tensor with a `device` attribute (an
+    `fcn.engine.onnx_runtime.OnnxModel`).
     """
-    device = next(model.parameters()).device
+    device = getattr(model, "device", None) or next(model.parameters()).device
     x = normalize(images, spec).to(device)
     if x.ndim == 3:
         x = x.unsqueeze(0)

@@ -6,7 +6,9 @@ preprocessing, the forward pass, argmax and the per-image confidence statistics 
 store never idles the accelerator). Equal-size images are stacked without padding (a mask
 equals a direct forward pass of the image alone), in groups of at most `batch_size` images and
 `max_batch_pixels` pixels, so memory stays bounded whatever the image sizes. Inputs go
-channels_last (faster convolutions on CPU and GPU).
+channels_last (faster convolutions on CPU and GPU). With `--runtime onnxruntime` the forward
+runs on ONNX Runtime (`fcn.engine.onnx_runtime.OnnxModel`) and everything around it is the same
+code.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ import pyarrow as pa
 from fcn.config import SegmentConfig
 from fcn.engine.inference import STATISTICS as STATS
 from fcn.engine.inference import predict
+from fcn.engine.onnx_export import export
+from fcn.engine.onnx_runtime import OnnxModel
 from fcn.nightly import schema
 from fcn.nightly.schema import Status
 from fcn.tracking.models import load_model
@@ -33,9 +37,19 @@ class Predictor:
 
         self.config = config
         self.device = "cuda" if config.gpus_per_actor > 0 else "cpu"
-        torch.set_num_threads(config.threads or max(1, int(config.cpus_per_actor)))
-        loaded = load_model(model_uri, self.device)  # channels_last already
-        self.model = loaded.model
+        threads = config.threads or max(1, int(config.cpus_per_actor))
+        torch.set_num_threads(threads)
+        if config.runtime == "onnxruntime":
+            # The export jobs/export.py writes, made from the checkpoint this actor loaded:
+            # ONNX Runtime gets host tensors and moves them to the GPU itself.
+            loaded = load_model(model_uri, "cpu")
+            self.model = OnnxModel(
+                export(loaded.model, loaded.config), threads, cuda=self.device == "cuda"
+            )
+            self.device = "cpu"  # nothing for torch to synchronize
+        else:
+            loaded = load_model(model_uri, self.device)  # channels_last already
+            self.model = loaded.model
         self.spec, self.num_classes = loaded.preprocessing, loaded.num_classes
         if config.shift_and_stitch and getattr(self.model, "skips", ()):
             # Fail the job once, not every image: 16s/8s fuse upsampled coarser scores.

@@ -1,4 +1,5 @@
-"""The model registry: the only code that registers model versions and moves `champion`.
+"""The model registry: the only code that registers model versions and moves `champion`
+(and that attaches a version's ONNX export, `attach_onnx`).
 
 A version is always an MLflow pyfunc model (fcn.tracking.pyfunc) whose artifact `checkpoint/`
 is the checkpoint directory, whoever registers it: a training run (`register_checkpoint`) or
@@ -46,6 +47,11 @@ TAG_MODEL_URI = "model_uri"
 TAG_MODEL_NAME = "model_name"
 TAG_MODEL_VERSION = "model_version"
 MODEL_NAME = "fcn"  # the logged model's name within its run
+# A version's ONNX export (jobs/export.py --register): an mlflow.onnx logged model in the
+# version's run, named by these version tags.
+ONNX_MODEL_NAME = "fcn-onnx"
+TAG_ONNX_MODEL = "onnx_model"
+TAG_ONNX_SHA256 = "onnx_sha256"
 # A pinned registry version, `models:/NAME/VERSION` (what `pin_model_uri` gives).
 REGISTRY_VERSION = re.compile(r"models:/([^/@]+)/(\d+)")
 
@@ -197,6 +203,55 @@ def _version_tags(local_dir: str, run_tags: dict) -> dict:
         "git_commit": run_tags.get(TAG_GIT_COMMIT) or git_commit() or "",
     }
     return {k: v for k, v in tags.items() if v}
+
+
+def attach_onnx(model_name: str, version, onnx_path: str, sha256: str, uri=None) -> str:
+    """Log the ONNX file `onnx_path` (of version `version`'s checkpoint, content digest
+    `sha256`) as an mlflow.onnx model in the version's run and name it in the version's tags
+    `onnx_model` (its `models:/<model id>` URI) and `onnx_sha256`. The same file attached
+    again is not logged twice. Returns the ONNX model's URI."""
+    import mlflow.onnx
+    import onnx
+    from mlflow.entities import LoggedModelOutput
+
+    mlflow_client = client(uri)
+    found = mlflow_client.get_model_version(model_name, str(version))
+    if found.tags.get(TAG_ONNX_SHA256) == sha256 and found.tags.get(TAG_ONNX_MODEL):
+        return found.tags[TAG_ONNX_MODEL]
+    if not found.run_id:
+        raise ValueError(
+            f"models:/{model_name}/{version} has no run to log its ONNX model in (registered "
+            "by hand from a path?): attach the file by hand, or register the checkpoint anew"
+        )
+    experiment_id = mlflow_client.get_run(found.run_id).info.experiment_id
+    logged = mlflow_client.create_logged_model(
+        experiment_id, ONNX_MODEL_NAME, source_run_id=found.run_id
+    )
+    try:
+        with tempfile.TemporaryDirectory(prefix="fcn-onnx-") as tmp:
+            path = os.path.join(tmp, "model")
+            # One file (the nets are < 2 GB): what a serving team copies to its runtime.
+            mlflow.onnx.save_model(
+                onnx.load(onnx_path), path, save_as_external_data=False,
+                pip_requirements=_onnx_requirements(), metadata={"onnx_sha256": sha256},
+            )  # fmt: skip
+            mlflow_client.log_model_artifacts(logged.model_id, path)
+    except BaseException:
+        mlflow_client.finalize_logged_model(logged.model_id, "FAILED")
+        raise
+    mlflow_client.finalize_logged_model(logged.model_id, "READY")
+    mlflow_client.log_outputs(found.run_id, [LoggedModelOutput(logged.model_id, step=0)])
+    onnx_uri = f"models:/{logged.model_id}"
+    mlflow_client.set_model_version_tag(model_name, str(version), TAG_ONNX_MODEL, onnx_uri)
+    mlflow_client.set_model_version_tag(model_name, str(version), TAG_ONNX_SHA256, sha256)
+    return onnx_uri
+
+
+def _onnx_requirements() -> list[str]:
+    """What running the ONNX model needs: the installed onnx and onnxruntime releases."""
+    import importlib.metadata
+
+    return [f"{name}=={importlib.metadata.version(name)}" for name in ("onnx", "onnxruntime")]
 
 
 # --- the champion ---------------------------------------------------------------------------
