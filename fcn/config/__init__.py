@@ -13,6 +13,7 @@ every job's `--help` is answered without torch or Ray.
 
 from fcn.config.cli import GROUPS, build_parser, parse
 from fcn.config.compare import CompareConfig
+from fcn.config.cycle import CycleConfig
 from fcn.config.evaluate import EvaluateConfig
 from fcn.config.fields import Settings, flag, from_dict, placement, required, setting, to_dict
 from fcn.config.import_model import ImportConfig
@@ -24,6 +25,7 @@ __all__ = [
     "GROUPS",
     "MODELS",
     "CompareConfig",
+    "CycleConfig",
     "EvaluateConfig",
     "ImportConfig",
     "IngestConfig",
