@@ -69,7 +69,10 @@ def _object(rng, size: int, scale: tuple[float, float]) -> np.ndarray:
         n = int(rng.integers(4, 8))
         angles = np.sort(rng.uniform(0, 2 * np.pi, size=n))
         radii = extent / 2 * rng.uniform(0.6, 1.0, size=n)
-        draw.polygon([(cx + r * np.cos(t), cy + r * np.sin(t)) for r, t in zip(radii, angles, strict=True)], fill=1)  # fmt: skip
+        points = [
+            (cx + r * np.cos(t), cy + r * np.sin(t)) for r, t in zip(radii, angles, strict=True)
+        ]
+        draw.polygon(points, fill=1)
     return np.asarray(canvas, dtype=bool)
 
 
@@ -163,7 +166,8 @@ class World:
         for split, items in (("train", self.train), ("val", self.val)):
             for item in items:
                 image, label = self.render(item)
-                storage.write_bytes(storage.join(uri, f"JPEGImages/{item.name}.jpg"), encode_jpeg(image))  # fmt: skip
+                jpeg = storage.join(uri, f"JPEGImages/{item.name}.jpg")
+                storage.write_bytes(jpeg, encode_jpeg(image))
                 storage.write_bytes(storage.join(uri, f"SegmentationClass/{item.name}.png"),
                                     encode_mask(label, palette))  # fmt: skip
             text = "".join(f"{i.name}\n" for i in items)

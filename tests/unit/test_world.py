@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -56,7 +57,7 @@ def test_the_oracle_answers_a_cvat_export_with_the_true_masks(tmp_path):
     uris = world.write_pool(str(tmp_path / "pool"))
     rows = [{"uri": u, "mask_uri": f"m{k}"} for k, u in enumerate(uris[:3])]
     predicted = {f"m{k}": b"not the truth" for k in range(3)}
-    images = {u: open(u, "rb").read() for u in uris[:3]}
+    images = {u: Path(u).read_bytes() for u in uris[:3]}
     zipped = cvat.export(rows, simulated.CLASSES, images, predicted)
     names = simulated.answer(world, zipped, str(tmp_path / "labeled"))
     assert names == [u.rsplit("/", 1)[-1][:-4] for u in uris[:3]]
