@@ -13,6 +13,7 @@ every job's `--help` is answered without torch or Ray.
 
 from fcn.config.cli import GROUPS, build_parser, parse
 from fcn.config.compare import CompareConfig
+from fcn.config.cycle import CycleConfig
 from fcn.config.evaluate import EvaluateConfig
 from fcn.config.explain import ExplainConfig
 from fcn.config.export import ExportConfig
@@ -26,6 +27,7 @@ __all__ = [
     "GROUPS",
     "MODELS",
     "CompareConfig",
+    "CycleConfig",
     "EvaluateConfig",
     "ExplainConfig",
     "ExportConfig",

@@ -89,8 +89,15 @@ class SegmentConfig(Settings):
     # A week: long enough to smooth weekday/weekend swings, short enough to follow seasons.
     drift_nights: int = setting(7, "earlier nights summed into the trailing drift reference")
     queue_size: int = setting(
-        50, "images of the night queued for labeling, most uncertain first (0: no queue)"
+        50, "images of the night queued for labeling, by --queue-strategy (0: no queue)"
     )
+    queue_strategy: str = setting(
+        "entropy", "how the queue picks: 'random' (a seeded sample, the baseline), 'entropy' "
+        "(most uncertain first) or 'diverse' (k-center over the most uncertain, "
+        "near-duplicates left out); docs/insight.md",
+        choices=("random", "entropy", "diverse"),
+    )  # fmt: skip
+    queue_seed: int = setting(0, "seed of --queue-strategy random")
 
     def validate(self) -> SegmentConfig:
         """Self, after refusing settings that cannot work (before any listing or model

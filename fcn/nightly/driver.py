@@ -261,7 +261,7 @@ def _insight(night: Night, table: pa.Table) -> tuple[insight.DriftReport, dict[s
     if config.queue_size:
         queued = insight.labeling_queue(
             table, night.classes, output, night.run_id, config.queue_size,
-            night.source.image_bytes,
+            night.source.image_bytes, config.queue_strategy, config.queue_seed,
         )  # fmt: skip
         files = {**files, **queued}
     return report, files

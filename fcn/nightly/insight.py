@@ -236,13 +236,14 @@ def write(output: Location, report: DriftReport) -> dict[str, bytes]:
 
 def labeling_queue(
     table, classes: ClassList, output: Location, run_id: str, size: int,
-    read_images: Callable[[list[str]], dict[str, bytes]],
+    read_images: Callable[[list[str]], dict[str, bytes]], strategy: str = "entropy",
+    seed: int = 0,
 ) -> dict[str, bytes]:  # fmt: skip
     """Tonight's queue (fcn.nightly.queue) as queue.parquet, queue.csv and cvat.zip under the
     report folder; returns those files. `read_images(uris)` gives the images' bytes. The
     queue is recorded as queued last, so a failed export never hides images from the next
     night's queue."""
-    chosen = queue.select(table, queue.queued(output), size, run_id)
+    chosen = queue.select(table, queue.queued(output), size, run_id, strategy, seed)
     files = queue.files(chosen)
     rows = chosen.to_pylist()
     masks = {r["mask_uri"]: locate(r["mask_uri"]).read_bytes() for r in rows}

@@ -1,5 +1,6 @@
-"""Which images should a person label next: the night's most uncertain images, never one that
-an earlier night already queued.
+"""Which images should a person label next: chosen by `--queue-strategy`
+(fcn.nightly.selection: random, entropy, diverse), never one that an earlier night already
+queued. The queue's `score` column is the image's mean pixel entropy whatever the strategy.
 
 Score: the image's mean pixel entropy (nats, `fcn.engine.inference.confidence_statistics`), highest
 first; ties by `uri` ascending, so the same night always gives the same queue. Entropy looks
@@ -19,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from fcn.nightly import schema
+from fcn.nightly import schema, selection
 from fcn.nightly.schema import Status
 from fcn.storage import Location
 
@@ -38,13 +39,17 @@ def queued(output: Location) -> pa.Array:
     return pa.array(uris, pa.string())
 
 
-def select(table: pa.Table, already: pa.Array, size: int, run_id: str) -> pa.Table:
-    """The top `size` of the manifest's `ok` rows with a score, not in `already`, ranked 1.."""
+def select(
+    table: pa.Table, already: pa.Array, size: int, run_id: str, strategy: str = "entropy",
+    seed: int = 0,
+) -> pa.Table:  # fmt: skip
+    """`size` of the manifest's `ok` rows with a score, not in `already`, chosen by
+    `strategy` (fcn.nightly.selection), ranked 1.. in the order chosen."""
     ok = pc.and_(schema.where(table, Status.OK), pc.is_valid(table.column(SCORE)))
     fresh = pc.invert(pc.is_in(table.column("uri"), value_set=already))
     rows = table.filter(pc.and_(ok, fresh))
+    rows = rows.take(pa.array(selection.choose(rows, size, strategy, seed), pa.int64()))
     rows = rows.rename_columns([("score" if n == SCORE else n) for n in rows.column_names])
-    rows = rows.sort_by([("score", "descending"), ("uri", "ascending")]).slice(0, size)
     rows = rows.select(COLUMNS[1:-1])
     rows = rows.append_column("run_id", pa.array([run_id] * rows.num_rows, pa.string()))
     ranks = pa.array(range(1, rows.num_rows + 1), pa.int32())

@@ -245,7 +245,8 @@ def test_kuberay_manifest_passes_the_crd_schema_strictly(where):
 
 
 def document(kind: str) -> dict:
-    (found,) = [d for _, d in ray_documents() if d["kind"] == kind]
+    """The first manifest of `kind` (files in name order), a copy to mutate."""
+    found = next(d for _, d in ray_documents() if d["kind"] == kind)
     return copy.deepcopy(found)
 
 

@@ -22,6 +22,7 @@ LAYERS = (
     ("tracking", ("fcn.tracking",)),
     ("evaluation", ("fcn.evaluation",)),
     ("capabilities", ("fcn.training", "fcn.nightly", "fcn.compare")),
+    ("cycle", ("fcn.cycle",)),
     ("facades", ("fcn.models", "fcn.metrics")),
     ("jobs", ("jobs",)),
 )
