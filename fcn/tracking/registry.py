@@ -1,6 +1,9 @@
 """The model registry: the only code that registers model versions and moves `champion`
 (and that attaches a version's ONNX export, `attach_onnx`).
 
+Long module: every write to the registry lives here on purpose (one place to audit what can
+register a version or move the alias); the rule, the movers and the writers stay together.
+
 A version is always an MLflow pyfunc model (fcn.tracking.pyfunc) whose artifact `checkpoint/`
 is the checkpoint directory, whoever registers it: a training run (`register_checkpoint`) or
 published weights (`register_imported`, jobs/import_model.py). The alias moves only through
