@@ -42,6 +42,7 @@ JOB_CONFIGS = {
     "segment": "SegmentConfig",
     "evaluate": "EvaluateConfig",
     "compare": "CompareConfig",
+    "cycle": "CycleConfig",
 }
 JOB_COMMAND = re.compile(r"\bpython3?\s+(?P<script>\S*jobs/(?P<job>\w+)\.py)(?P<args>.*)", re.S)
 RAY_IMAGE = re.compile(r"rayproject/ray(?:-ml)?:(?P<ray>[\d.]+)-py(?P<py>\d+)(?:-cu(?P<cu>\d+))?")

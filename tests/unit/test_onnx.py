@@ -61,10 +61,12 @@ def test_onnx_runtime_gives_pytorchs_masks_at_hostile_sizes(name):
     for p in report:
         assert p.ok, p
     assert report[2].mask_agreement >= onnx_runtime.MASK_AGREEMENT
-    # The check compares something: the masks are not one class.
+    # The check compares something: scores that differ between classes and across the image
+    # (a random net's argmax may still be one class, so the masks alone would not say).
     x = torch.randn(1, 3, 375, 500, generator=torch.Generator().manual_seed(1))
     with torch.inference_mode():
-        assert len(model(x).argmax(1).unique()) > 1
+        logits = model(x)
+    assert logits.std(dim=1).mean() > 1e-3 and logits.std(dim=(2, 3)).mean() > 1e-3
     # The file says how to feed it, and its inputs are dynamic.
     meta = onnx_export.read_metadata(proto)
     assert meta["fcn.model"] == name and meta["fcn.num_classes"] == str(NUM_CLASSES)
