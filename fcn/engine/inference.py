@@ -84,7 +84,8 @@ def predict(
     forward). `shift_and_stitch`: dense logits from the model's coarse scores by
     shift-and-stitch (docs/paper.md) instead of its upsampling layers; stride^2 forwards.
     `tile`: None or "none" (whole images), a tile side in pixels, or "auto" (tiles of the
-    largest side that fits `tile_memory` bytes, only when the whole batch does not fit):
+    largest side that fits `tile_memory` bytes, only when the whole batch does not fit;
+    shift-and-stitch, a paper experiment of stride^2 forwards, always runs whole images):
     tiles give the whole-image masks (fcn.engine.tiles), and scores are never held for more
     than one tile. The segment job's actor, evaluation, the MLflow model and benchmarks/gpu.py
     all call this.
@@ -92,7 +93,12 @@ def predict(
     images = np.asarray(images)
     if images.ndim == 3:
         images = images[None]
-    side = _tile_side(model, images.shape, scales, tile, tile_memory)
+    if shift_and_stitch and tile not in (None, "none", "auto"):
+        raise ValueError(
+            "--shift-and-stitch runs whole images (its shifted inputs would cross tile borders):"
+            " use --tile none or auto"
+        )
+    side = None if shift_and_stitch else _tile_side(model, images.shape, scales, tile, tile_memory)
     if side is None:
         return _predict_whole(model, images, spec, scales, shift_and_stitch, statistics)
     return _predict_tiled(model, images, spec, scales, shift_and_stitch, statistics, side)
