@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fcn.engine import checkpoint
+from fcn.engine import checkpoint, tiles
 from fcn.engine.classes import ClassList
 from fcn.engine.models.preprocess import normalize
 from fcn.engine.models.shift_stitch import dense_logits
@@ -69,52 +69,153 @@ LOW_CONFIDENCE = 0.5
 STATISTICS = ("mean_entropy", "mean_margin", "low_confidence_fraction")
 
 
-def predict(model, images, spec, scales=(1.0,), shift_and_stitch: bool = False, statistics=False):
+# `--tile auto`: tile what needs more than this per forward (whole images below it run whole).
+DEFAULT_TILE_MEMORY = 4 << 30
+
+
+def predict(
+    model, images, spec, scales=(1.0,), shift_and_stitch: bool = False, statistics=False,
+    tile: int | str | None = None, tile_memory: int = DEFAULT_TILE_MEMORY,
+):  # fmt: skip
     """uint8 `N x H x W x 3` RGB -> class maps `N x H x W` (uint8 numpy), argmax of the scores;
     with `statistics`, `(class maps, confidence_statistics of the class probabilities)`.
 
     `scales`: average the class probabilities over these input scales (1.0 alone: one plain
     forward). `shift_and_stitch`: dense logits from the model's coarse scores by
     shift-and-stitch (docs/paper.md) instead of its upsampling layers; stride^2 forwards.
-    The segment job's actor, evaluation, the MLflow model and benchmarks/gpu.py all call this.
-    `model` is an nn.Module or anything callable on a tensor with a `device` attribute (an
-    `fcn.engine.onnx_runtime.OnnxModel`).
+    `tile`: None or "none" (whole images), a tile side in pixels, or "auto" (tiles of the
+    largest side that fits `tile_memory` bytes, only when the whole batch does not fit;
+    shift-and-stitch, a paper experiment of stride^2 forwards, always runs whole images):
+    tiles give the whole-image masks (fcn.engine.tiles), and scores are never held for more
+    than one tile. The segment job's actor, evaluation, the MLflow model and benchmarks/gpu.py
+    all call this. `model` is an nn.Module or anything callable on a tensor with a `device`
+    attribute (an `fcn.engine.onnx_runtime.OnnxModel`; such a model declares no receptive
+    field, so `auto` runs it on whole images).
     """
-    device = getattr(model, "device", None) or next(model.parameters()).device
-    x = normalize(images, spec).to(device)
-    if x.ndim == 3:
-        x = x.unsqueeze(0)
-    x = x.contiguous(memory_format=torch.channels_last)  # the layout load_model gives weights
-    height, width = x.shape[-2:]
+    images = np.asarray(images)
+    if images.ndim == 3:
+        images = images[None]
+    if shift_and_stitch and tile not in (None, "none", "auto"):
+        raise ValueError(
+            "--shift-and-stitch runs whole images (its shifted inputs would cross tile borders):"
+            " use --tile none or auto"
+        )
+    side = None if shift_and_stitch else _tile_side(model, images.shape, scales, tile, tile_memory)
+    if side is None:
+        return _predict_whole(model, images, spec, scales, shift_and_stitch, statistics)
+    return _predict_tiled(model, images, spec, scales, shift_and_stitch, statistics, side)
+
+
+def _tile_side(model, shape, scales, tile, budget) -> int | None:
+    """The tile side `tile` asks for these images, None for whole images."""
+    if tile in (None, "none"):
+        return None
+    n, height, width = shape[:3]
+    scale = min(scales)
+    if tile == "auto":
+        if getattr(model, "context", None) is None:
+            return None
+        classes = _num_classes(model)
+        if tiles.estimate_bytes(model, height, width, classes, n) * max(scales) ** 2 <= budget:
+            return None
+        side = tiles.auto_side(model, budget, classes, scale)
+    else:
+        side = int(tile)
+        if side < tiles.minimum_side(model, scale):
+            raise ValueError(
+                f"--tile {side} is too small for {type(model).__name__}: at least "
+                f"{tiles.minimum_side(model, scale)} (twice its {tiles.margin_of(model, scale)}"
+                f" px context at scale {scale:g}, plus {tiles.GRID})"
+            )
+    side -= side % tiles.GRID
+    return None if side >= height and side >= width else side
+
+
+def _num_classes(model) -> int:
+    return getattr(model, "num_classes", None) or 21
+
+
+def _logits(model, x, height, width, scales, shift_and_stitch):
+    """Class probabilities (multi-scale) or logits (one scale) of `x`, N x C x H x W."""
 
     def logits_at(inp):
         return dense_logits(model, inp) if shift_and_stitch else model(inp)
 
+    if tuple(scales) == (1.0,):
+        return logits_at(x), False
+    probs = 0
+    for scale in scales:
+        size = (max(1, round(height * scale)), max(1, round(width * scale)))
+        xs = x if size == (height, width) else F.interpolate(x, size=size, mode="bilinear")
+        logits = logits_at(xs)
+        if logits.shape[-2:] != (height, width):
+            logits = F.interpolate(logits, size=(height, width), mode="bilinear")
+        probs = probs + logits.float().softmax(1) / len(scales)
+    return probs, True
+
+
+def _input(model, images, spec):
+    device = getattr(model, "device", None) or next(model.parameters()).device
+    x = normalize(images, spec).to(device)
+    return x.contiguous(memory_format=torch.channels_last)  # the layout load_model gives weights
+
+
+def _predict_whole(model, images, spec, scales, shift_and_stitch, statistics):
+    x = _input(model, images, spec)
+    height, width = x.shape[-2:]
     with torch.inference_mode():
-        if tuple(scales) == (1.0,):
-            scores = logits_at(x)  # argmax of the logits = argmax of the probabilities
-            probs = scores.float().softmax(1) if statistics else None
-        else:
-            probs = 0
-            for scale in scales:
-                size = (max(1, round(height * scale)), max(1, round(width * scale)))
-                xs = x if size == (height, width) else F.interpolate(x, size=size, mode="bilinear")
-                logits = logits_at(xs)
-                if logits.shape[-2:] != (height, width):
-                    logits = F.interpolate(logits, size=(height, width), mode="bilinear")
-                probs = probs + logits.float().softmax(1) / len(scales)
-            scores = probs
+        scores, are_probs = _logits(model, x, height, width, scales, shift_and_stitch)
+        # argmax of the logits = argmax of the probabilities
+        probs = (scores if are_probs else scores.float().softmax(1)) if statistics else None
         classes = scores.argmax(1).to(torch.uint8).cpu().numpy()
         return (classes, confidence_statistics(probs)) if statistics else classes
+
+
+def _predict_tiled(model, images, spec, scales, shift_and_stitch, statistics, side):
+    """As `_predict_whole`, one tile at a time: class maps filled and statistics summed per
+    tile (each tile's kept part only), so no whole-image score map ever exists."""
+    n, height, width = images.shape[:3]
+    margin = tiles.margin_of(model, min(scales))
+    classes = np.empty((n, height, width), np.uint8)
+    sums = np.zeros((n, len(STATISTICS)))
+    rows, cols = tiles.spans(height, side, margin), tiles.spans(width, side, margin)
+    with torch.inference_mode():
+        for i in range(n):
+            for r in rows:
+                for c in cols:
+                    x = _input(model, images[i : i + 1, r.start : r.stop, c.start : c.stop], spec)
+                    scores, are_probs = _logits(
+                        model, x, r.stop - r.start, c.stop - c.start, scales, shift_and_stitch
+                    )
+                    kept = scores[
+                        :, :, r.keep - r.start : r.keep_stop - r.start,
+                        c.keep - c.start : c.keep_stop - c.start,
+                    ]  # fmt: skip
+                    classes[i, r.keep : r.keep_stop, c.keep : c.keep_stop] = (
+                        kept.argmax(1).to(torch.uint8).cpu().numpy()[0]
+                    )
+                    if statistics:
+                        probs = kept if are_probs else kept.float().softmax(1)
+                        sums[i] += [v[0] for v in _statistic_sums(probs)]
+    if not statistics:
+        return classes
+    means = sums / (height * width)
+    return classes, {name: means[:, k] for k, name in enumerate(STATISTICS)}
+
+
+def _statistic_sums(probs: torch.Tensor) -> tuple[np.ndarray, ...]:
+    """Per image of `probs`: summed pixel entropy, margin and low-confidence pixels."""
+    entropy = -(probs * probs.clamp_min(1e-12).log()).sum(1)
+    top = probs.topk(min(2, probs.shape[1]), dim=1).values
+    margin = top[:, 0] - top[:, 1] if top.shape[1] > 1 else top[:, 0]
+    low = (top[:, 0] < LOW_CONFIDENCE).float()
+    return tuple(v.double().sum((1, 2)).cpu().numpy() for v in (entropy, margin, low))
 
 
 def confidence_statistics(probs: torch.Tensor) -> dict[str, np.ndarray]:
     """Per image of `probs` (N x C x H x W class probabilities): mean pixel entropy (nats), mean
     margin between the best and second-best class, and the share of pixels whose best class has
     a probability under LOW_CONFIDENCE. High entropy, low margin: the model is unsure there."""
-    entropy = -(probs * probs.clamp_min(1e-12).log()).sum(1)
-    top = probs.topk(min(2, probs.shape[1]), dim=1).values
-    margin = top[:, 0] - top[:, 1] if top.shape[1] > 1 else top[:, 0]
-    low = (top[:, 0] < LOW_CONFIDENCE).float()
-    values = (entropy, margin, low)
-    return {name: v.mean((1, 2)).cpu().numpy() for name, v in zip(STATISTICS, values, strict=True)}
+    pixels = probs.shape[-2] * probs.shape[-1]
+    sums = _statistic_sums(probs)
+    return {name: v / pixels for name, v in zip(STATISTICS, sums, strict=True)}

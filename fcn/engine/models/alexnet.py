@@ -59,6 +59,7 @@ class FCNAlexNet(nn.Module):
         self.upscore = upsample(num_classes, 63, 32, learnable_upsampling)
 
     coarse_stride = 32
+    context = 208  # receptive-field radius of an output pixel (fcn.engine.tiles)
     coarse_offset = upscore_offset(63, UPSCORE_CROP)  # 13.0
 
     def coarse_score(self, x: torch.Tensor) -> torch.Tensor:

@@ -63,6 +63,7 @@ class FCNGoogLeNet(nn.Module):
         return (x * std + mean - 0.5) / 0.5
 
     coarse_stride = 32
+    context = 220  # receptive-field radius of an output pixel (fcn.engine.tiles)
     coarse_offset = upscore_offset(63, UPSCORE_CROP)  # -75.0
 
     def coarse_score(self, x: torch.Tensor) -> torch.Tensor:

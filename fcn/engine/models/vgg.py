@@ -52,6 +52,11 @@ FINAL_UPSCORE = (
 )
 
 
+# Receptive-field radius of an output pixel, by number of skips (measured with the gradient of
+# one output pixel; tests/unit/test_tiles.py shows a tile margin one grid step short of it seams).
+CONTEXT = (233, 241, 245)
+
+
 def _scaled(channels: int, width: float) -> int:
     return max(1, round(channels * width))
 
@@ -131,6 +136,11 @@ class FCNVGG16(nn.Module):
             else:
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
             nn.init.zeros_(module.bias)
+
+    @property
+    def context(self) -> int:
+        """Receptive-field radius of an output pixel in input pixels (fcn.engine.tiles)."""
+        return CONTEXT[len(self.skips)]
 
     @property
     def coarse_stride(self) -> int:
