@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fcn.config.fields import Settings, placement, required, setting
+from fcn.config.fields import Settings, check_tile, placement, required, setting, tile, tile_memory
 
 
 @dataclass(frozen=True)
@@ -21,6 +21,8 @@ class EvaluateConfig(Settings):
     cpus_per_worker: float = setting(1.0, "logical CPUs reserved per worker")
     placement_resource: str | None = placement("evaluation workers")
     storage: str | None = setting(None, "Ray Train run storage (default: a temp dir)")
+    tile: str = tile()
+    tile_memory_mb: int = tile_memory()
 
     def validate(self) -> EvaluateConfig:
         """Self; a ValueError naming the flag (before Ray or MLflow is touched)."""
@@ -31,4 +33,5 @@ class EvaluateConfig(Settings):
                              f"got {self.limit}")  # fmt: skip
         if self.cpus_per_worker <= 0:
             raise ValueError(f"--cpus-per-worker must be positive, got {self.cpus_per_worker}")
+        check_tile(self.tile, self.tile_memory_mb)
         return self

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fcn.config.fields import Settings, placement, required, setting
+from fcn.config.fields import Settings, check_tile, placement, required, setting, tile, tile_memory
 
 
 @dataclass(frozen=True)
@@ -46,8 +46,9 @@ class SegmentConfig(Settings):
     # Reads and writes are latency-bound on object stores; two tasks each keep a slow store
     # from idling the model without taking the model actor's cores on a small node.
     io_concurrency: int = setting(2, "read+decode tasks and encode+write tasks running at once")
-    # ~12 MP covers phone and DSLR photos; above it one FCN-VGG16 forward needs > 10 GB of
-    # activations. Pillow's own bomb guard (89 MP warning, 179 MP error) is far above this.
+    # ~12 MP covers phone and DSLR photos and keeps a decoded night's batch small; tiles
+    # (--tile) bound the forward's memory whatever the size, so the cap is a bomb guard.
+    # Pillow's own bomb guard (89 MP warning, 179 MP error) is far above this.
     max_pixels: int = setting(12_000_000, "larger images are refused (decompression bombs)")
     max_error_fraction: float = setting(
         0.05, "exit non-zero when failed / (done + failed) exceeds this"
@@ -70,6 +71,8 @@ class SegmentConfig(Settings):
         "dense logits by shift-and-stitch over the model's stride instead of its upsampling "
         "(fcn32s, fcn-alexnet, fcn-googlenet; costs stride^2 = 1024 forwards per image)",
     )
+    tile: str = tile()
+    tile_memory_mb: int = tile_memory()
     # PyTorch stays the default: on this project's CPUs ONNX Runtime was not clearly faster
     # (benchmarks/segment_runtime.py, results/onnx.md).
     runtime: str = setting(
@@ -118,6 +121,12 @@ class SegmentConfig(Settings):
             raise ValueError(
                 "--shift-and-stitch runs the net's coarse scores, which the ONNX export does not "
                 "expose: use --runtime torch for it"
+            )
+        check_tile(self.tile, self.tile_memory_mb)
+        if self.runtime == "onnxruntime" and self.tile not in ("auto", "none"):
+            raise ValueError(
+                "--runtime onnxruntime runs whole images (the ONNX graph does not declare the "
+                "net's receptive field that tiles need): use --runtime torch for --tile N"
             )
         if self.max_batch_pixels < 1:
             raise ValueError("--max-batch-pixels must be >= 1")

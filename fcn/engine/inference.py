@@ -118,16 +118,9 @@ def _tile_side(model, shape, scales, tile, budget) -> int | None:
         classes = _num_classes(model)
         if tiles.estimate_bytes(model, height, width, classes, n) * max(scales) ** 2 <= budget:
             return None
-        side = tiles.auto_side(model, budget, classes, scale)
+        side = tiles.auto_side(model, budget / max(scales) ** 2, classes, scale)
     else:
-        side = int(tile)
-        if side < tiles.minimum_side(model, scale):
-            raise ValueError(
-                f"--tile {side} is too small for {type(model).__name__}: at least "
-                f"{tiles.minimum_side(model, scale)} (twice its {tiles.margin_of(model, scale)}"
-                f" px context at scale {scale:g}, plus {tiles.GRID})"
-            )
-    side -= side % tiles.GRID
+        side = tiles.check_side(model, int(tile), scale)
     return None if side >= height and side >= width else side
 
 

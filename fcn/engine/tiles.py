@@ -47,6 +47,19 @@ def minimum_side(model, scale: float = 1.0) -> int:
     return 2 * margin_of(model, scale) + GRID
 
 
+def check_side(model, side: int, scale: float = 1.0) -> int:
+    """`side` rounded down to the grid; a ValueError in one line when that is below the net's
+    minimum tile."""
+    side -= side % GRID
+    if side < minimum_side(model, scale):
+        raise ValueError(
+            f"--tile {side} is too small for {type(model).__name__}: at least "
+            f"{minimum_side(model, scale)} (twice its {margin_of(model, scale)} px context at "
+            f"scale {scale:g}, plus {GRID})"
+        )
+    return side
+
+
 def spans(length: int, side: int, margin: int) -> list[Span]:
     """Tiles of at most `side` pixels covering [0, length), origins on the grid, each kept
     part at least `margin` pixels from its tile's inner borders."""

@@ -22,7 +22,9 @@ import pyarrow.parquet as pq
 from fcn import storage
 from fcn.data.contract import COLUMNS, split_files
 from fcn.engine import images, metrics
-from fcn.engine.inference import predict
+from fcn.engine.inference import DEFAULT_TILE_MEMORY, predict
+
+TILING = ("auto", DEFAULT_TILE_MEMORY)  # whole images unless one would not fit (--tile)
 
 
 @dataclass
@@ -62,8 +64,9 @@ def decode_row(row: Row) -> tuple[np.ndarray, np.ndarray]:
     return image, mask
 
 
-def evaluate_shard(model, rows, spec: dict, num_classes: int, keep: int = 0):
-    """Confusion matrix of `rows`, and up to `keep` (id, image, mask, pred) samples.
+def evaluate_shard(model, rows, spec: dict, num_classes: int, keep: int = 0, tiling=TILING):
+    """Confusion matrix of `rows`, and up to `keep` (id, image, mask, pred) samples;
+    `tiling` = (`--tile`, budget in bytes) as `predict` takes them.
 
     The model is put in eval mode for the pass and given back in the mode it came in
     (training calls this between steps).
@@ -75,7 +78,7 @@ def evaluate_shard(model, rows, spec: dict, num_classes: int, keep: int = 0):
     try:
         for row in rows:
             image, mask = decode_row(row)
-            pred = predict(model, image[None], spec)[0]
+            pred = predict(model, image[None], spec, tile=tiling[0], tile_memory=tiling[1])[0]
             hist += metrics.confusion_matrix(mask, pred, num_classes)
             if len(samples) < keep:
                 samples.append((row.image_id, image, mask, pred))
@@ -84,13 +87,15 @@ def evaluate_shard(model, rows, spec: dict, num_classes: int, keep: int = 0):
     return hist, samples
 
 
-def evaluate(model, data, split, spec, num_classes, *, rank=0, world=1, limit=None, keep=0):
+def evaluate(
+    model, data, split, spec, num_classes, *, rank=0, world=1, limit=None, keep=0, tiling=TILING
+):
     """Scores of the whole split: this rank's shard, confusion summed over all processes.
 
     Every process of an initialized torch.distributed group must call this (the all-reduce is
     collective). Returns (scores, hist, samples); `samples` are this rank's first `keep`.
     """
     rows = shard_rows(data, split, rank, world, limit)
-    hist, samples = evaluate_shard(model, rows, spec, num_classes, keep)
+    hist, samples = evaluate_shard(model, rows, spec, num_classes, keep, tiling)
     hist = metrics.all_reduce_confusion(hist)
     return metrics.scores(hist), hist, samples

@@ -20,6 +20,7 @@ import numpy as np
 import pyarrow as pa
 
 from fcn.config import SegmentConfig
+from fcn.engine import tiles
 from fcn.engine.inference import STATISTICS as STATS
 from fcn.engine.inference import predict
 from fcn.engine.onnx_export import export
@@ -57,6 +58,10 @@ class Predictor:
                 "--shift-and-stitch needs a single-stride model (fcn32s, fcn-alexnet, "
                 "fcn-googlenet); this checkpoint's model has skips"
             )
+        if config.tile not in ("auto", "none"):
+            tiles.check_side(
+                self.model, int(config.tile), min(config.scales)
+            )  # once, not per image
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         started = time.perf_counter()
@@ -115,7 +120,7 @@ class Predictor:
         t = time.perf_counter()
         classes, stats = predict(
             self.model, stack, self.spec, self.config.scales, self.config.shift_and_stitch,
-            statistics=True,
+            statistics=True, tile=self.config.tile, tile_memory=self.config.tile_memory_mb << 20,
         )  # fmt: skip
         if self.device == "cuda":
             torch.cuda.synchronize()

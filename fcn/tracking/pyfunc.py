@@ -53,8 +53,11 @@ class FcnModel(mlflow.pyfunc.PythonModel):
         masks, pngs = [], []
         for data in model_input[IMAGE_COLUMN]:
             image = images.decode_image(bytes(data))
-            # One image per forward: a request's images may all differ in size.
-            mask = inference.predict(self.loaded.model, image[None], self.loaded.preprocessing)
+            # One image per forward: a request's images may all differ in size. An image
+            # too large for one forward runs as tiles (the same mask, bounded memory).
+            mask = inference.predict(
+                self.loaded.model, image[None], self.loaded.preprocessing, tile="auto"
+            )
             masks.append(mask[0])
             pngs.append(images.encode_mask(mask[0], self.palette))
         return pd.DataFrame({"mask": masks, "png": pngs})

@@ -354,6 +354,43 @@ def test_predictor_masks_equal_a_direct_forward(tmp_path, model_dir):
     assert len(storage.list_files(parts.uri)) == 1  # the part is written with the batch
 
 
+def test_predictor_tiles_give_the_whole_image_masks(tmp_path, model_dir):
+    from fcn.nightly import stages
+    from fcn.nightly.predictor import Predictor
+
+    image = picture(500, 1000, 4)  # two tiles of 480 each way for FCN-AlexNet
+    src = storage.locate(str(tmp_path / "in"))
+    src.child("big.png").write_bytes(encode(image))
+    rows = [{"uri": "big.png", "path": src.child("big.png").path, "mask_uri": "x",
+             "mask_key": "big.png", "etag": "e", "size": 1}]  # fmt: skip
+    maps = {}
+    for tile in ("none", "480", "auto"):
+        config = SegmentConfig("i", "o", "m", tile=tile, tile_memory_mb=64).validate()
+        decoded = stages.read_decode(pa.Table.from_pylist(rows), src, config)
+        out = Predictor(model_dir, config)(decoded).to_pylist()[0]
+        assert out["status"] is None, out["error"]
+        maps[tile] = (np.frombuffer(out["mask"], np.uint8), out["mean_entropy"])
+    whole, entropy = maps["none"]
+    assert np.array_equal(whole.reshape(500, 1000), direct(model_dir, image))
+    for tiled, tiled_entropy in (maps["480"], maps["auto"]):
+        assert np.array_equal(tiled, whole)
+        assert tiled_entropy == pytest.approx(entropy, rel=1e-4)
+
+
+def test_tile_settings_are_checked_before_any_work(model_dir):
+    from fcn.nightly.predictor import Predictor
+
+    for bad in ("0", "big", "-5"):
+        with pytest.raises(ValueError, match="--tile must be"):
+            SegmentConfig("i", "o", "m", tile=bad).validate()
+    with pytest.raises(ValueError, match="--tile-memory-mb"):
+        SegmentConfig("i", "o", "m", tile_memory_mb=0).validate()
+    with pytest.raises(ValueError, match="use --runtime torch for --tile N"):
+        SegmentConfig("i", "o", "m", tile="512", runtime="onnxruntime").validate()
+    with pytest.raises(ValueError, match="too small for FCNAlexNet: at least 480"):
+        Predictor(model_dir, SegmentConfig("i", "o", "m", tile="300").validate())
+
+
 def test_multi_scale_averages_to_full_size_masks(model_dir):
     from fcn.engine.inference import load_model, predict
 
