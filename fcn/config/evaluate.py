@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fcn.config.fields import Settings, check_tile, placement, required, setting, tile, tile_memory
+from fcn.config.fields import Settings, placement, required, setting
+from fcn.config.tiling import Tiling, check_tile, tile, tile_margin, tile_memory
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,10 @@ class EvaluateConfig(Settings):
     storage: str | None = setting(None, "Ray Train run storage (default: a temp dir)")
     tile: str = tile()
     tile_memory_mb: int = tile_memory()
+    tile_margin: int | None = tile_margin()
+
+    def tiling(self) -> Tiling:
+        return Tiling(self.tile, self.tile_memory_mb << 20, self.tile_margin)
 
     def validate(self) -> EvaluateConfig:
         """Self; a ValueError naming the flag (before Ray or MLflow is touched)."""
@@ -33,5 +38,5 @@ class EvaluateConfig(Settings):
                              f"got {self.limit}")  # fmt: skip
         if self.cpus_per_worker <= 0:
             raise ValueError(f"--cpus-per-worker must be positive, got {self.cpus_per_worker}")
-        check_tile(self.tile, self.tile_memory_mb)
+        check_tile(self.tile, self.tile_memory_mb, self.tile_margin)
         return self

@@ -44,30 +44,6 @@ def placement(who: str):
     )  # fmt: skip
 
 
-def tile():
-    """The `--tile` setting of a job that runs the net on images (fcn.engine.tiles)."""
-    return setting(
-        "auto", "tiled inference: 'auto' tiles only images whose forward would exceed "
-        "--tile-memory-mb, 'none' runs every image whole, a number N runs tiles of N x N "
-        "pixels (a multiple of 32, at least the net's minimum: 480-544 for the FCNs here); "
-        "tiles overlap by the net's receptive field, so masks equal whole-image masks",
-    )  # fmt: skip
-
-
-def tile_memory():
-    # 4 GiB: the activations of a ~3.6-megapixel FCN-VGG16 forward (~1.1 kB per pixel), so
-    # VOC-size images always run whole and a 12-megapixel photo runs as ~1900-pixel tiles.
-    return setting(4096, "--tile auto: activation budget of one forward, in MiB")
-
-
-def check_tile(value: str, memory_mb: int) -> None:
-    """Refuse a `--tile` that is not auto, none or a positive whole number of pixels."""
-    if value not in ("auto", "none") and not (str(value).isdigit() and int(value) > 0):
-        raise ValueError(f"--tile must be auto, none or a tile side in pixels, got {value!r}")
-    if memory_mb < 1:
-        raise ValueError(f"--tile-memory-mb must be >= 1, got {memory_mb}")
-
-
 def flag(name: str) -> str:
     """The command-line flag of setting `name`."""
     return "--" + name.replace("_", "-")

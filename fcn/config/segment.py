@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fcn.config.fields import Settings, check_tile, placement, required, setting, tile, tile_memory
+from fcn.config.fields import Settings, placement, required, setting
+from fcn.config.tiling import Tiling, check_tile, tile, tile_margin, tile_memory
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,7 @@ class SegmentConfig(Settings):
     )
     tile: str = tile()
     tile_memory_mb: int = tile_memory()
+    tile_margin: int | None = tile_margin()
     # PyTorch stays the default: on this project's CPUs ONNX Runtime was not clearly faster
     # (benchmarks/segment_runtime.py, results/onnx.md).
     runtime: str = setting(
@@ -102,6 +104,9 @@ class SegmentConfig(Settings):
     )  # fmt: skip
     queue_seed: int = setting(0, "seed of --queue-strategy random")
 
+    def tiling(self) -> Tiling:
+        return Tiling(self.tile, self.tile_memory_mb << 20, self.tile_margin)
+
     def validate(self) -> SegmentConfig:
         """Self, after refusing settings that cannot work (before any listing or model
         download)."""
@@ -122,7 +127,7 @@ class SegmentConfig(Settings):
                 "--shift-and-stitch runs the net's coarse scores, which the ONNX export does not "
                 "expose: use --runtime torch for it"
             )
-        check_tile(self.tile, self.tile_memory_mb)
+        check_tile(self.tile, self.tile_memory_mb, self.tile_margin)
         if self.runtime == "onnxruntime" and self.tile not in ("auto", "none"):
             raise ValueError(
                 "--runtime onnxruntime runs whole images (the ONNX graph does not declare the "

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from fcn.config.tiling import DEFAULT_TILE_MEMORY
 from fcn.engine import checkpoint, tiles
 from fcn.engine.classes import ClassList
 from fcn.engine.models.preprocess import normalize
@@ -69,13 +70,10 @@ LOW_CONFIDENCE = 0.5
 STATISTICS = ("mean_entropy", "mean_margin", "low_confidence_fraction")
 
 
-# `--tile auto`: tile what needs more than this per forward (whole images below it run whole).
-DEFAULT_TILE_MEMORY = 4 << 30
-
-
 def predict(
     model, images, spec, scales=(1.0,), shift_and_stitch: bool = False, statistics=False,
     tile: int | str | None = None, tile_memory: int = DEFAULT_TILE_MEMORY,
+    tile_margin: int | None = None,
 ):  # fmt: skip
     """uint8 `N x H x W x 3` RGB -> class maps `N x H x W` (uint8 numpy), argmax of the scores;
     with `statistics`, `(class maps, confidence_statistics of the class probabilities)`.
@@ -87,10 +85,12 @@ def predict(
     largest side that fits `tile_memory` bytes, only when the whole batch does not fit;
     shift-and-stitch, a paper experiment of stride^2 forwards, always runs whole images):
     tiles give the whole-image masks (fcn.engine.tiles), and scores are never held for more
-    than one tile. The segment job's actor, evaluation, the MLflow model and benchmarks/gpu.py
-    all call this. `model` is an nn.Module or anything callable on a tensor with a `device`
-    attribute (an `fcn.engine.onnx_runtime.OnnxModel`; such a model declares no receptive
-    field, so `auto` runs it on whole images).
+    than one tile. `tile_margin`: pixels discarded at inner tile borders, None for the net's
+    receptive field (exact masks; fcn.engine.tiles.margin_of). The segment job's actor,
+    evaluation, the MLflow model and benchmarks/gpu.py all call this. `model` is an nn.Module
+    or anything callable on a tensor with a `device` attribute (an
+    `fcn.engine.onnx_runtime.OnnxModel`; such a model declares no receptive field, so `auto`
+    runs it on whole images).
     """
     images = np.asarray(images)
     if images.ndim == 3:
@@ -100,13 +100,16 @@ def predict(
             "--shift-and-stitch runs whole images (its shifted inputs would cross tile borders):"
             " use --tile none or auto"
         )
-    side = None if shift_and_stitch else _tile_side(model, images.shape, scales, tile, tile_memory)
-    if side is None:
+    if shift_and_stitch:
         return _predict_whole(model, images, spec, scales, shift_and_stitch, statistics)
-    return _predict_tiled(model, images, spec, scales, shift_and_stitch, statistics, side)
+    side = _tile_side(model, images.shape, scales, tile, tile_memory, tile_margin)
+    if side is None:
+        return _predict_whole(model, images, spec, scales, False, statistics)
+    margin = tiles.margin_of(model, min(scales), tile_margin)
+    return _predict_tiled(model, images, spec, scales, statistics, side, margin)
 
 
-def _tile_side(model, shape, scales, tile, budget) -> int | None:
+def _tile_side(model, shape, scales, tile, budget, margin) -> int | None:
     """The tile side `tile` asks for these images, None for whole images."""
     if tile in (None, "none"):
         return None
@@ -118,9 +121,9 @@ def _tile_side(model, shape, scales, tile, budget) -> int | None:
         classes = _num_classes(model)
         if tiles.estimate_bytes(model, height, width, classes, n) * max(scales) ** 2 <= budget:
             return None
-        side = tiles.auto_side(model, budget / max(scales) ** 2, classes, scale)
+        side = tiles.auto_side(model, budget / max(scales) ** 2, classes, scale, margin)
     else:
-        side = tiles.check_side(model, int(tile), scale)
+        side = tiles.check_side(model, int(tile), scale, margin)
     return None if side >= height and side >= width else side
 
 
@@ -164,11 +167,10 @@ def _predict_whole(model, images, spec, scales, shift_and_stitch, statistics):
         return (classes, confidence_statistics(probs)) if statistics else classes
 
 
-def _predict_tiled(model, images, spec, scales, shift_and_stitch, statistics, side):
+def _predict_tiled(model, images, spec, scales, statistics, side, margin):
     """As `_predict_whole`, one tile at a time: class maps filled and statistics summed per
     tile (each tile's kept part only), so no whole-image score map ever exists."""
     n, height, width = images.shape[:3]
-    margin = tiles.margin_of(model, min(scales))
     classes = np.empty((n, height, width), np.uint8)
     sums = np.zeros((n, len(STATISTICS)))
     rows, cols = tiles.spans(height, side, margin), tiles.spans(width, side, margin)
@@ -178,7 +180,7 @@ def _predict_tiled(model, images, spec, scales, shift_and_stitch, statistics, si
                 for c in cols:
                     x = _input(model, images[i : i + 1, r.start : r.stop, c.start : c.stop], spec)
                     scores, are_probs = _logits(
-                        model, x, r.stop - r.start, c.stop - c.start, scales, shift_and_stitch
+                        model, x, r.stop - r.start, c.stop - c.start, scales, False
                     )
                     kept = scores[
                         :, :, r.keep - r.start : r.keep_stop - r.start,

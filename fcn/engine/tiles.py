@@ -34,28 +34,35 @@ class Span:
     keep_stop: int
 
 
-def margin_of(model, scale: float = 1.0) -> int:
-    """Pixels discarded at each inner tile border: the net's context, in input pixels at the
-    smallest input scale, rounded up to the grid."""
+def margin_of(model, scale: float = 1.0, margin: int | None = None) -> int:
+    """Pixels discarded at each inner tile border. By default (`margin` None) the net's
+    context, in input pixels at the smallest input scale, rounded up to the grid: tiled masks
+    then equal whole-image masks exactly. A smaller `margin` (a multiple of the grid) trades
+    that for less overlap: pixels near a cut lose the far end of their context, where an
+    FCN's scores depend little (benchmarks/tiles.py measures the agreement)."""
+    if margin is not None:
+        if margin < 0 or margin % GRID:
+            raise ValueError(f"--tile-margin must be a multiple of {GRID} >= 0, got {margin}")
+        return margin
     context = getattr(model, "context", None)
     if context is None:
         raise ValueError(f"{type(model).__name__} declares no receptive field: it cannot be tiled")
     return GRID * math.ceil(context / scale / GRID)
 
 
-def minimum_side(model, scale: float = 1.0) -> int:
-    return 2 * margin_of(model, scale) + GRID
+def minimum_side(model, scale: float = 1.0, margin: int | None = None) -> int:
+    return 2 * margin_of(model, scale, margin) + GRID
 
 
-def check_side(model, side: int, scale: float = 1.0) -> int:
-    """`side` rounded down to the grid; a ValueError in one line when that is below the net's
-    minimum tile."""
+def check_side(model, side: int, scale: float = 1.0, margin: int | None = None) -> int:
+    """`side` rounded down to the grid; a ValueError in one line when that is below the
+    minimum tile for this net and margin."""
     side -= side % GRID
-    if side < minimum_side(model, scale):
+    least = minimum_side(model, scale, margin)
+    if side < least:
         raise ValueError(
-            f"--tile {side} is too small for {type(model).__name__}: at least "
-            f"{minimum_side(model, scale)} (twice its {margin_of(model, scale)} px context at "
-            f"scale {scale:g}, plus {GRID})"
+            f"--tile {side} is too small for {type(model).__name__}: at least {least} (twice "
+            f"the {margin_of(model, scale, margin)} px margin at scale {scale:g}, plus {GRID})"
         )
     return side
 
@@ -88,10 +95,12 @@ def estimate_bytes(model, height: int, width: int, num_classes: int, batch: int 
     return int(4 * batch * (padded * per_pixel + height * width * num_classes * FLOATS_PER_CLASS))
 
 
-def auto_side(model, budget: int, num_classes: int, scale: float = 1.0) -> int:
+def auto_side(
+    model, budget: float, num_classes: int, scale: float = 1.0, margin: int | None = None
+) -> int:
     """The largest tile side (a grid multiple) whose forward fits `budget` bytes; at least
-    the net's minimum tile (a budget below that buys the minimum)."""
-    side = minimum_side(model, scale)
+    the minimum tile (a budget below that buys the minimum)."""
+    side = minimum_side(model, scale, margin)
     while estimate_bytes(model, side + GRID, side + GRID, num_classes) <= budget:
         side += GRID
     return side

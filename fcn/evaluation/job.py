@@ -58,7 +58,7 @@ def eval_loop_per_worker(loop: dict) -> None:
     scores, hist, _ = evaluate(
         loaded.model, config.data, config.split, loaded.preprocessing, loaded.num_classes,
         rank=rank, world=context.get_world_size(), limit=config.limit,
-        tiling=(config.tile, config.tile_memory_mb << 20),
+        tiling=config.tiling(),
     )  # fmt: skip
     metrics_out = {**metrics.named_scores(scores, loaded.classes.names), "hist": hist.tolist()}
     # Ray Train keeps only metrics that come with a checkpoint: rank 0 attaches a tiny one.

@@ -20,11 +20,12 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from fcn import storage
+from fcn.config.tiling import Tiling
 from fcn.data.contract import COLUMNS, split_files
 from fcn.engine import images, metrics
-from fcn.engine.inference import DEFAULT_TILE_MEMORY, predict
+from fcn.engine.inference import predict
 
-TILING = ("auto", DEFAULT_TILE_MEMORY)  # whole images unless one would not fit (--tile)
+WHOLE_UNLESS_TOO_LARGE = Tiling()  # --tile auto at its default budget
 
 
 @dataclass
@@ -64,9 +65,11 @@ def decode_row(row: Row) -> tuple[np.ndarray, np.ndarray]:
     return image, mask
 
 
-def evaluate_shard(model, rows, spec: dict, num_classes: int, keep: int = 0, tiling=TILING):
+def evaluate_shard(
+    model, rows, spec: dict, num_classes: int, keep: int = 0, tiling=WHOLE_UNLESS_TOO_LARGE
+):
     """Confusion matrix of `rows`, and up to `keep` (id, image, mask, pred) samples;
-    `tiling` = (`--tile`, budget in bytes) as `predict` takes them.
+    `tiling`: whole images unless one would not fit, by default (`--tile`).
 
     The model is put in eval mode for the pass and given back in the mode it came in
     (training calls this between steps).
@@ -78,7 +81,10 @@ def evaluate_shard(model, rows, spec: dict, num_classes: int, keep: int = 0, til
     try:
         for row in rows:
             image, mask = decode_row(row)
-            pred = predict(model, image[None], spec, tile=tiling[0], tile_memory=tiling[1])[0]
+            pred = predict(
+                model, image[None], spec,
+                tile=tiling.tile, tile_memory=tiling.memory, tile_margin=tiling.margin,
+            )[0]  # fmt: skip
             hist += metrics.confusion_matrix(mask, pred, num_classes)
             if len(samples) < keep:
                 samples.append((row.image_id, image, mask, pred))
@@ -88,7 +94,17 @@ def evaluate_shard(model, rows, spec: dict, num_classes: int, keep: int = 0, til
 
 
 def evaluate(
-    model, data, split, spec, num_classes, *, rank=0, world=1, limit=None, keep=0, tiling=TILING
+    model,
+    data,
+    split,
+    spec,
+    num_classes,
+    *,
+    rank=0,
+    world=1,
+    limit=None,
+    keep=0,
+    tiling=WHOLE_UNLESS_TOO_LARGE,
 ):
     """Scores of the whole split: this rank's shard, confusion summed over all processes.
 

@@ -58,10 +58,9 @@ class Predictor:
                 "--shift-and-stitch needs a single-stride model (fcn32s, fcn-alexnet, "
                 "fcn-googlenet); this checkpoint's model has skips"
             )
-        if config.tile not in ("auto", "none"):
-            tiles.check_side(
-                self.model, int(config.tile), min(config.scales)
-            )  # once, not per image
+        self.tiling = config.tiling()
+        if config.tile not in ("auto", "none"):  # refused once here, not on every image
+            tiles.check_side(self.model, int(config.tile), min(config.scales), config.tile_margin)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         started = time.perf_counter()
@@ -120,7 +119,8 @@ class Predictor:
         t = time.perf_counter()
         classes, stats = predict(
             self.model, stack, self.spec, self.config.scales, self.config.shift_and_stitch,
-            statistics=True, tile=self.config.tile, tile_memory=self.config.tile_memory_mb << 20,
+            statistics=True, tile=self.tiling.tile, tile_memory=self.tiling.memory,
+            tile_margin=self.tiling.margin,
         )  # fmt: skip
         if self.device == "cuda":
             torch.cuda.synchronize()

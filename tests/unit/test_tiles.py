@@ -66,16 +66,17 @@ def test_small_and_odd_sizes_are_whole_images(shape):
     assert np.array_equal(predict(model, images, TORCHVISION, tile="auto"), whole)
 
 
-def test_a_margin_short_of_the_context_shows_a_seam(monkeypatch):
+def test_a_margin_short_of_the_context_shows_a_seam():
     model = _model("fcn-alexnet")
     side = tiles.minimum_side(model)
     images = _images(side, side + 200)
     whole = predict(model, images, TORCHVISION)
     assert np.array_equal(predict(model, images, TORCHVISION, tile=side), whole)
     short = tiles.margin_of(model) - tiles.GRID
-    monkeypatch.setattr(tiles, "margin_of", lambda model, scale=1.0: short)
-    seamed = predict(model, images, TORCHVISION, tile=side)
+    seamed = predict(model, images, TORCHVISION, tile=side, tile_margin=short)
     assert (seamed != whole).any()
+    with pytest.raises(ValueError, match="--tile-margin must be a multiple of 32"):
+        predict(model, images, TORCHVISION, tile=side, tile_margin=100)
 
 
 def test_auto_tiles_only_what_exceeds_the_budget():
