@@ -134,6 +134,26 @@ def test_scores_come_from_the_one_predict_on_decoded_images(data):
     assert image.dtype == np.uint8 and image.shape[:2] == mask.shape == pred.shape
 
 
+def test_scoring_predicts_with_the_jobs_tiling(data, monkeypatch):
+    """--tile, --tile-memory-mb and --tile-margin reach the one predict, unchanged."""
+    from fcn.evaluation import score
+
+    seen = []
+
+    def spy(model, images, spec, **tiling):
+        seen.append(tiling)
+        return predict(model, images, spec, **tiling)
+
+    monkeypatch.setattr(score, "predict", spy)
+    config = EvaluateConfig(data="d", model="m", tile="512", tile_memory_mb=3, tile_margin=64)
+    _, hist, _ = evaluate(
+        PixelNet(NUM_CLASSES), data, "val", preprocess.TORCHVISION, NUM_CLASSES,
+        tiling=config.validate().tiling(),
+    )  # fmt: skip
+    assert hist.sum() > 0 and len(seen) == 5
+    assert seen[0] == {"tile": "512", "tile_memory": 3 << 20, "tile_margin": 64}
+
+
 # --- checks before Ray starts ----------------------------------------------------------------
 
 
@@ -152,7 +172,13 @@ def test_a_split_without_the_mask_column_names_it(tmp_path):
 
 @pytest.mark.parametrize(
     ("flags", "named"),
-    [({"workers": 0}, "--workers"), ({"limit": 0}, "--limit"), ({"cpus_per_worker": 0}, "--cpus")],
+    [
+        ({"workers": 0}, "--workers"),
+        ({"limit": 0}, "--limit"),
+        ({"cpus_per_worker": 0}, "--cpus"),
+        ({"tile": "big"}, "--tile must"),
+        ({"tile_margin": 33}, "--tile-margin"),
+    ],  # fmt: skip
 )
 def test_nonsense_flags_are_refused_by_the_config(flags, named):
     with pytest.raises(ValueError, match=named):
