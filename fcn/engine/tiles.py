@@ -75,10 +75,11 @@ def spans(length: int, side: int, margin: int) -> list[Span]:
                          f"{2 * margin + GRID}")  # fmt: skip
     if length <= side:
         return [Span(0, length, 0, length)]
-    step = side - 2 * margin
-    origins = [0]
-    while origins[-1] + side < length:
-        origins.append(min(origins[-1] + step, GRID * math.ceil((length - side) / GRID)))
+    # As few tiles as cover the axis, then each as short as that count allows (a grid
+    # multiple): every tile overlaps the next by exactly 2 * margin, none by more.
+    count = math.ceil((length - 2 * margin) / (side - 2 * margin))
+    side = GRID * math.ceil((length + 2 * margin * (count - 1)) / count / GRID)
+    origins = [i * (side - 2 * margin) for i in range(count)]
     tiles = [(o, min(o + side, length)) for o in origins]
     # Cut halfway through each overlap: both sides then keep >= margin from their border.
     cuts = [(nxt[0] + prev[1]) // 2 for prev, nxt in zip(tiles, tiles[1:], strict=False)]

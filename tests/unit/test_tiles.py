@@ -34,13 +34,18 @@ def _images(height, width, n=1):
 
 
 def test_spans_cover_the_axis_on_the_grid_with_margins():
-    for length in (1, 31, 543, 544, 545, 1000, 2049):
-        parts = tiles.spans(length, 544, 256)
-        assert parts[0].keep == 0 and parts[-1].keep_stop == length
-        for prev, nxt in zip(parts, parts[1:], strict=False):
-            assert prev.keep_stop == nxt.keep and nxt.start % tiles.GRID == 0
-            assert prev.keep_stop <= prev.stop - 256 and nxt.keep >= nxt.start + 256
-        assert all(p.stop - p.start <= 544 for p in parts)
+    for side, margin in ((544, 256), (1824, 256), (1024, 96), (64, 0)):
+        for length in (1, 31, side - 1, side, side + 1, 1000, 2049, 4000, 20_000):
+            parts = tiles.spans(length, side, margin)
+            assert parts[0].keep == 0 and parts[-1].keep_stop == length
+            assert parts[0].start == 0 and parts[-1].stop == length
+            for prev, nxt in zip(parts, parts[1:], strict=False):
+                assert prev.keep_stop == nxt.keep and nxt.start % tiles.GRID == 0
+                assert prev.keep_stop <= prev.stop - margin and nxt.keep >= nxt.start + margin
+                assert prev.stop - nxt.start == 2 * margin  # overlap: what is needed, no more
+            assert all(0 < p.stop - p.start <= side and p.keep < p.keep_stop for p in parts)
+            fewer = (length - 2 * margin) / (side - 2 * margin)
+            assert len(parts) == 1 or len(parts) - 1 < fewer  # no tile more than needed
 
 
 @pytest.mark.parametrize("name", VARIANTS)
