@@ -42,8 +42,8 @@ def agreement_iu(a: np.ndarray, b: np.ndarray) -> float:
 def test_tiled_masks_agree_with_whole_masks_on_the_demo_model(demo):
     loaded = load_model(str(demo[0] / "runs" / "demo" / "best"))
     model, spec = loaded.model, loaded.preprocessing
-    side, margin = tiles.minimum_side(model), tiles.margin_of(model)
-    image = mosaic(0, 6, 9)  # 768 x 1152: 2 x 3 tiles of the minimum side
+    side, margin = 1024, tiles.margin_of(model)  # the receptive field: 256 px for FCN-8s
+    image = mosaic(0, 12, 16)  # 1536 x 2048: 2 x 3 tiles
     whole = predict(model, image[None], spec, tile="none")[0]
     tiled = predict(model, image[None], spec, tile=side)[0]
     assert len(np.unique(whole)) >= 3  # the trained model sees the scenes' objects
