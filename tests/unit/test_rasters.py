@@ -13,7 +13,7 @@ import pytest
 import rasterio
 import torch
 from rasterio.crs import CRS
-from rasterio.transform import from_origin
+from rasterio.transform import Affine
 
 from fcn.engine import rasters, tiles
 from fcn.engine.classes import default_classes
@@ -23,7 +23,7 @@ from fcn.engine.models import build_model
 from fcn.engine.models.preprocess import TORCHVISION
 
 CLASSES = default_classes(3)
-TRANSFORM = from_origin(500_000.0, 5_000_000.0, 0.5, 0.5)
+TRANSFORM = Affine(0.5, 0.0, 500_000.0, 0.0, -0.5, 5_000_000.0)  # 50 cm pixels, UTM 33N
 # Tiles of 640 on fcn-alexnet (margin 224) step 192: 680 x 1000 is 2 x 3 tiles; its minimum
 # tile (480) would step 32 and run a hundred forwards.
 SIDE = 640
