@@ -147,7 +147,13 @@ def segment_raster(
     `tile_memory`, fcn.engine.tiles.auto_side), each predicted whole, its kept part written.
     The mask is the one `predict` gives the whole image."""
     side = tile_side or tiles.auto_side(model, tile_memory, classes.num_classes)
+    side -= side % tiles.GRID  # tile origins stay on the net's grid (as `predict` rounds)
     margin = tiles.margin_of(model)
+    if side < tiles.minimum_side(model):
+        raise ValueError(
+            f"tile {tile_side} is too small for {type(model).__name__}: use at least "
+            f"{tiles.minimum_side(model)} (twice its {margin} px context, plus {tiles.GRID})"
+        )
     with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), open_raster(src_uri) as dataset:
         check_readable(dataset)
         raster = info(dataset)

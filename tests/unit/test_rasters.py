@@ -186,3 +186,11 @@ def test_a_remote_uri_reads_and_writes_through_fcn_storage(model, tmp_path):
     whole = predict(model, _whole_rgb(src)[None], TORCHVISION)[0]
     with rasterio.open(tmp_path / "m.tif") as mask:
         assert np.array_equal(mask.read(1), whole) and mask.crs == CRS.from_epsg(32633)
+
+
+def test_a_tile_below_the_minimum_is_refused_in_one_line(model, tmp_path):
+    src = _geotiff(tmp_path / "in.tif", 64, 64)
+    with pytest.raises(ValueError, match="too small.*at least 480") as caught:
+        rasters.segment_raster(model, TORCHVISION, src, str(tmp_path / "m.tif"), CLASSES,
+                               tile_side=300)  # fmt: skip
+    assert "\n" not in str(caught.value) and not (tmp_path / "m.tif").exists()
