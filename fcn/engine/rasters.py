@@ -1,0 +1,175 @@
+"""Rasters larger than memory (GeoTIFF, COG): segmented window by window, at the memory of
+one tile (docs/rasters.md).
+
+`segment_raster` walks the tiles of fcn.engine.tiles over the raster, reads each tile's window
+(never the whole raster), predicts it as a whole image and writes only the tile's kept part
+into the mask, so the mask equals `predict` on the whole image. The mask is a single-band
+uint8 tiled GeoTIFF with the input's CRS and transform and the class palette as colormap.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import rasterio
+from rasterio.windows import Window
+
+from fcn import storage
+from fcn.engine import inference, tiles
+from fcn.engine.classes import ClassList
+from fcn.engine.images import DEFAULT_MAX_PIXELS, BadImage
+
+RASTER_EXTENSIONS = (".tif", ".tiff")
+MASK_BLOCK = 256  # mask tile side: GDAL needs a multiple of 16; 256 is the COG default
+# GDAL's block cache (MB): its default is 5% of RAM, which a 20k x 20k mask would fill; the
+# kept parts of tiles cut through mask blocks, so a band of blocks must stay cached until
+# its neighbour tile completes them -- a few MB for any width here.
+GDAL_CACHE_MB = 64
+
+
+@dataclass(frozen=True)
+class RasterInfo:
+    height: int
+    width: int
+    bands: int
+    dtype: str
+    crs: str | None  # WKT; None for a raster without georeference
+    transform: tuple[float, ...] | None  # the affine's a, b, c, d, e, f; None if absent
+
+
+@dataclass(frozen=True)
+class RasterResult:
+    """What `segment_raster` wrote: the mask's size, the tiles run, pixels per class."""
+
+    height: int
+    width: int
+    tiles: int
+    class_pixels: tuple[int, ...]  # index = class
+
+
+def open_raster(uri: str):
+    """A rasterio dataset for `uri`. Object storage goes through fcn.storage's filesystem
+    (rasterio >= 1.4 takes it as `opener`), so credentials come from one place; GDAL then
+    reads only the byte ranges of the windows asked for."""
+    if storage.scheme(uri) == "file":
+        return rasterio.open(storage.strip_scheme(uri))
+    fs, path = storage.filesystem(uri)
+    return rasterio.open(path, opener=fs)
+
+
+def info(dataset) -> RasterInfo:
+    georeferenced = dataset.crs is not None or not dataset.transform.is_identity
+    return RasterInfo(
+        height=dataset.height,
+        width=dataset.width,
+        bands=dataset.count,
+        dtype=str(dataset.dtypes[0]),
+        crs=dataset.crs.to_wkt() if dataset.crs is not None else None,
+        transform=tuple(dataset.transform)[:6] if georeferenced else None,
+    )
+
+
+def check_readable(dataset) -> None:
+    """Refuse, in one line, rasters with no RGB reading (before any pixel is read)."""
+    name = getattr(dataset, "name", "raster")
+    if dataset.count not in (1, 3, 4):
+        raise BadImage(
+            f"{name}: {dataset.count} bands; the models read 1 (gray), 3 (RGB) or 4 (RGB + "
+            "alpha): export the RGB bands (gdal_translate -b 1 -b 2 -b 3)",
+            "unsupported",
+        )
+    if set(dataset.dtypes) != {"uint8"}:
+        raise BadImage(
+            f"{name}: {dataset.dtypes[0]} pixels; the models read 8-bit RGB: convert it "
+            "(gdal_translate -ot Byte -scale)",
+            "unsupported",
+        )
+
+
+def read_window(dataset, rows, cols, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Rows [start, stop) x cols [start, stop) of `dataset` -> uint8 RGB `H x W x 3`: gray is
+    repeated, alpha dropped. The pixel cap guards every window, as it guards every image."""
+    check_readable(dataset)
+    (r0, r1), (c0, c1) = rows, cols
+    if (r1 - r0) * (c1 - c0) > max_pixels:
+        raise BadImage(
+            f"window {r1 - r0}x{c1 - c0} = {(r1 - r0) * (c1 - c0)} pixels exceeds "
+            f"--max-pixels {max_pixels}: use a smaller tile",
+            "too_large",
+        )
+    bands = (1, 2, 3) if dataset.count >= 3 else (1,)  # a 4th band is alpha
+    data = dataset.read(bands, window=Window.from_slices((r0, r1), (c0, c1)))
+    rgb = np.moveaxis(data, 0, -1)
+    return np.ascontiguousarray(np.repeat(rgb, 3, -1) if rgb.shape[-1] == 1 else rgb)
+
+
+def write_mask(dst_uri: str, raster: RasterInfo, classes: ClassList, paint: Callable):
+    """Write the mask at `dst_uri` whole or not at all: `paint(write)` calls
+    `write(rows, cols, block)` window by window into a local temporary GeoTIFF (GDAL writes
+    tiles in place, which object storage cannot), which is then copied to `dst_uri` in one
+    piece (fcn.storage.write_with). The temporary file is deleted whatever happens. Returns
+    what `paint` returns."""
+    fd, tmp = tempfile.mkstemp(prefix="fcn-mask-", suffix=".tif")
+    os.close(fd)
+    profile = dict(
+        driver="GTiff", height=raster.height, width=raster.width, count=1, dtype="uint8",
+        crs=raster.crs, transform=rasterio.Affine(*raster.transform) if raster.transform else None,
+        tiled=True, blockxsize=MASK_BLOCK, blockysize=MASK_BLOCK, compress="deflate",
+    )  # fmt: skip
+    try:
+        with rasterio.open(tmp, "w", **profile) as out:
+            # The class colours make the mask a picture in any GIS; the index stays the class.
+            out.write_colormap(1, {i: tuple(int(v) for v in c) for i, c in
+                                   enumerate(classes.palette())})  # fmt: skip
+
+            def write(rows, cols, block):
+                out.write(block, 1, window=Window.from_slices(rows, cols))
+
+            result = paint(write)
+        with open(tmp, "rb") as src:
+            storage.write_with(dst_uri, lambda dst: shutil.copyfileobj(src, dst))
+        return result
+    finally:
+        os.unlink(tmp)
+
+
+def segment_raster(
+    model, spec, src_uri: str, dst_uri: str, classes: ClassList, tile_side: int | None = None,
+    tile_memory: int = inference.DEFAULT_TILE_MEMORY, max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> RasterResult:  # fmt: skip
+    """The class mask of the raster at `src_uri`, written to `dst_uri` (a GeoTIFF), one tile
+    in memory at a time: tiles of `tile_side` pixels (None: the largest that fits
+    `tile_memory`, fcn.engine.tiles.auto_side), each predicted whole, its kept part written.
+    The mask is the one `predict` gives the whole image."""
+    side = tile_side or tiles.auto_side(model, tile_memory, classes.num_classes)
+    side -= side % tiles.GRID  # tile origins stay on the net's grid (as `predict` rounds)
+    margin = tiles.margin_of(model)
+    if side < tiles.minimum_side(model):
+        raise ValueError(
+            f"tile {tile_side} is too small for {type(model).__name__}: use at least "
+            f"{tiles.minimum_side(model)} (twice its {margin} px context, plus {tiles.GRID})"
+        )
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), open_raster(src_uri) as dataset:
+        check_readable(dataset)
+        raster = info(dataset)
+        rows = tiles.spans(raster.height, side, margin)
+        cols = tiles.spans(raster.width, side, margin)
+        counts = np.zeros(classes.num_classes, np.int64)
+
+        def paint(write):
+            for r in rows:
+                for c in cols:
+                    window = read_window(dataset, (r.start, r.stop), (c.start, c.stop), max_pixels)
+                    mask = inference.predict(model, window[None], spec, tile="none")[0]
+                    kept = mask[r.keep - r.start : r.keep_stop - r.start,
+                                c.keep - c.start : c.keep_stop - c.start]  # fmt: skip
+                    write((r.keep, r.keep_stop), (c.keep, c.keep_stop), kept)
+                    counts[:] += np.bincount(kept.ravel(), minlength=len(counts))[: len(counts)]
+
+        write_mask(dst_uri, raster, classes, paint)
+    return RasterResult(raster.height, raster.width, len(rows) * len(cols), tuple(map(int, counts)))
