@@ -20,11 +20,13 @@ import rasterio
 from rasterio.windows import Window
 
 from fcn import storage
+from fcn.config.tiling import Tiling
 from fcn.engine import inference, tiles
 from fcn.engine.classes import ClassList
 from fcn.engine.images import DEFAULT_MAX_PIXELS, BadImage
 
 RASTER_EXTENSIONS = (".tif", ".tiff")
+AUTO = Tiling()  # tiles of the largest side the default budget allows
 MASK_BLOCK = 256  # mask tile side: GDAL needs a multiple of 16; 256 is the COG default
 # GDAL's block cache (MB): its default is 5% of RAM, which a 20k x 20k mask would fill; the
 # kept parts of tiles cut through mask blocks, so a band of blocks must stay cached until
@@ -139,21 +141,19 @@ def write_mask(dst_uri: str, raster: RasterInfo, classes: ClassList, paint: Call
 
 
 def segment_raster(
-    model, spec, src_uri: str, dst_uri: str, classes: ClassList, tile_side: int | None = None,
-    tile_memory: int = inference.DEFAULT_TILE_MEMORY, max_pixels: int = DEFAULT_MAX_PIXELS,
+    model, spec, src_uri: str, dst_uri: str, classes: ClassList, tiling: Tiling = AUTO,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> RasterResult:  # fmt: skip
     """The class mask of the raster at `src_uri`, written to `dst_uri` (a GeoTIFF), one tile
-    in memory at a time: tiles of `tile_side` pixels (None: the largest that fits
-    `tile_memory`, fcn.engine.tiles.auto_side), each predicted whole, its kept part written.
-    The mask is the one `predict` gives the whole image."""
-    side = tile_side or tiles.auto_side(model, tile_memory, classes.num_classes)
-    side -= side % tiles.GRID  # tile origins stay on the net's grid (as `predict` rounds)
-    margin = tiles.margin_of(model)
-    if side < tiles.minimum_side(model):
-        raise ValueError(
-            f"tile {tile_side} is too small for {type(model).__name__}: use at least "
-            f"{tiles.minimum_side(model)} (twice its {margin} px context, plus {tiles.GRID})"
-        )
+    in memory at a time: tiles of `tiling.tile` pixels ("auto" or "none": the largest that
+    fits `tiling.memory`, fcn.engine.tiles.auto_side; a raster never runs whole), each
+    predicted whole, its kept part written. With the default margin the mask is the one
+    `predict` gives the whole image."""
+    if str(tiling.tile) in ("auto", "none"):
+        side = tiles.auto_side(model, tiling.memory, classes.num_classes, 1.0, tiling.margin)
+    else:
+        side = tiles.check_side(model, int(tiling.tile), 1.0, tiling.margin)
+    margin = tiles.margin_of(model, 1.0, tiling.margin)
     with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), open_raster(src_uri) as dataset:
         check_readable(dataset)
         raster = info(dataset)

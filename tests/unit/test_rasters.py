@@ -15,6 +15,7 @@ import torch
 from rasterio.crs import CRS
 from rasterio.transform import Affine
 
+from fcn.config.tiling import Tiling
 from fcn.engine import rasters, tiles
 from fcn.engine.classes import default_classes
 from fcn.engine.images import BadImage
@@ -71,7 +72,7 @@ def _temporaries():
 def test_the_mask_is_the_whole_image_mask_georeferenced_and_coloured(model, tmp_path):
     src = _geotiff(tmp_path / "scene.tif", HEIGHT, WIDTH)
     result = rasters.segment_raster(model, TORCHVISION, src, str(tmp_path / "m.tif"), CLASSES,
-                                    tile_side=SIDE)  # fmt: skip
+                                    tiling=Tiling(SIDE))  # fmt: skip
     whole = predict(model, _whole_rgb(src)[None], TORCHVISION)[0]
     assert len(np.unique(whole)) > 1 and result.tiles == 6
     with rasterio.open(tmp_path / "m.tif") as mask:
@@ -91,7 +92,7 @@ def test_the_mask_is_the_whole_image_mask_georeferenced_and_coloured(model, tmp_
 def test_gray_and_alpha_rasters_are_read_as_rgb(model, tmp_path, bands):
     src = _geotiff(tmp_path / "in.tif", 300, 500, bands=bands)
     rasters.segment_raster(model, TORCHVISION, src, str(tmp_path / "m.tif"), CLASSES,
-                           tile_side=tiles.minimum_side(model))  # fmt: skip
+                           tiling=Tiling(tiles.minimum_side(model)))  # fmt: skip
     whole = predict(model, _whole_rgb(src)[None], TORCHVISION)[0]
     with rasterio.open(tmp_path / "m.tif") as mask:
         assert np.array_equal(mask.read(1), whole)
@@ -144,7 +145,7 @@ def test_no_window_larger_than_a_tile_is_read(model, tmp_path, monkeypatch):
     opened = rasters.open_raster
     monkeypatch.setattr(rasters, "open_raster", lambda uri: _Recording(opened(uri), shapes))
     result = rasters.segment_raster(model, TORCHVISION, src, str(tmp_path / "m.tif"), CLASSES,
-                                    tile_side=SIDE)  # fmt: skip
+                                    tiling=Tiling(SIDE))  # fmt: skip
     assert len(shapes) == result.tiles
     assert all(h <= SIDE and w <= SIDE for h, w in shapes)
 
@@ -163,7 +164,7 @@ def test_a_failure_midway_leaves_no_mask_and_no_temporary_file(model, tmp_path, 
     monkeypatch.setattr(rasters.inference, "predict", failing)
     with pytest.raises(RuntimeError, match="third tile"):
         rasters.segment_raster(model, TORCHVISION, src, str(tmp_path / "m.tif"), CLASSES,
-                               tile_side=SIDE)  # fmt: skip
+                               tiling=Tiling(SIDE))  # fmt: skip
     assert len(calls) == 3
     assert not (tmp_path / "m.tif").exists()
     assert os.listdir(tmp_path) == ["in.tif"]
@@ -179,7 +180,7 @@ def test_a_remote_uri_reads_and_writes_through_fcn_storage(model, tmp_path):
     try:
         rasters.segment_raster(model, TORCHVISION, "memory://rasters/in.tif",
                                "memory://rasters/out/m.tif", CLASSES,
-                               tile_side=tiles.minimum_side(model))  # fmt: skip
+                               tiling=Tiling(tiles.minimum_side(model)))  # fmt: skip
         (tmp_path / "m.tif").write_bytes(memory.cat_file("/rasters/out/m.tif"))
     finally:
         memory.rm("/rasters", recursive=True)
@@ -192,5 +193,5 @@ def test_a_tile_below_the_minimum_is_refused_in_one_line(model, tmp_path):
     src = _geotiff(tmp_path / "in.tif", 64, 64)
     with pytest.raises(ValueError, match="too small.*at least 480") as caught:
         rasters.segment_raster(model, TORCHVISION, src, str(tmp_path / "m.tif"), CLASSES,
-                               tile_side=300)  # fmt: skip
+                               tiling=Tiling(300))  # fmt: skip
     assert "\n" not in str(caught.value) and not (tmp_path / "m.tif").exists()
