@@ -22,7 +22,7 @@ import torch
 from fcn import storage, tracking
 from fcn.config import EvaluateConfig, to_dict
 from fcn.data.contract import check_split
-from fcn.engine import metrics
+from fcn.engine import metrics, tiles
 from fcn.evaluation.score import evaluate
 from fcn.runtime import init_ray, worker_resources
 from fcn.storage import absolute
@@ -41,7 +41,9 @@ def validate(config: EvaluateConfig) -> EvaluateConfig:
     )
     check_split(config.data, config.split)
     # Every worker loads the version the alias names now, even if it moves mid-run.
-    pinned, _ = tracking.checked_model(config.model)
+    pinned, checkpoint_config = tracking.checked_model(config.model)
+    if config.tile not in ("auto", "none"):  # one line here, not an error in every worker
+        tiles.check_side(checkpoint_config.build_model(), int(config.tile), 1.0, config.tile_margin)
     return dataclasses.replace(config, model=pinned)
 
 

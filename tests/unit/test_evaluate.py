@@ -185,6 +185,12 @@ def test_nonsense_flags_are_refused_by_the_config(flags, named):
         EvaluateConfig(data="d", model="m", **flags).validate()
 
 
+def test_a_tile_below_the_nets_minimum_is_refused_before_ray(data, model_dir):
+    with pytest.raises(ValueError, match="too small for FCNAlexNet: at least 480"):
+        validate(EvaluateConfig(data=data, model=model_dir, tile="300"))
+    assert validate(EvaluateConfig(data=data, model=model_dir, tile="480")).tile == "480"
+
+
 def test_validate_makes_local_paths_absolute(data, model_dir, monkeypatch):
     monkeypatch.chdir(Path(data).parent)
     config = EvaluateConfig(data="data", model=os.path.relpath(model_dir), storage="runs")
