@@ -54,18 +54,22 @@ def write_split(root: str, split: str, count: int, size=(40, 56), classes=(1, 2)
     return [r["image_id"] for r in rows]
 
 
-def varied_model(num_classes: int):
-    """A small FCN (FCN-AlexNet) whose argmax varies over the image: a fresh model's score
-    layers are zero, so it would paint every pixel class 0 and prove nothing."""
+def varied_model(num_classes: int, name: str = "fcn-alexnet", biases: bool = False, **options):
+    """A small FCN (FCN-AlexNet by default) whose argmax varies over the image: a fresh model's
+    score layers are zero, so it would paint every pixel class 0 and prove nothing. `biases`:
+    random biases too (deep thin VGG nets otherwise still paint one class); `options` go to
+    build_model (`width`)."""
     import torch
 
     from fcn.engine.models import build_model
 
     torch.manual_seed(0)
-    model = build_model("fcn-alexnet", num_classes=num_classes)
+    model = build_model(name, num_classes=num_classes, **options)
     for module in model.modules():
         if isinstance(module, torch.nn.Conv2d):
             torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+            if biases and module.bias is not None:
+                torch.nn.init.normal_(module.bias, std=0.1)
     return model.eval()
 
 

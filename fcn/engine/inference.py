@@ -178,17 +178,12 @@ def _predict_tiled(model, images, spec, scales, statistics, side, margin):
         for i in range(n):
             for r in rows:
                 for c in cols:
-                    x = _input(model, images[i : i + 1, r.start : r.stop, c.start : c.stop], spec)
+                    x = _input(model, images[i : i + 1, r.tile, c.tile], spec)
                     scores, are_probs = _logits(
                         model, x, r.stop - r.start, c.stop - c.start, scales, False
                     )
-                    kept = scores[
-                        :, :, r.keep - r.start : r.keep_stop - r.start,
-                        c.keep - c.start : c.keep_stop - c.start,
-                    ]  # fmt: skip
-                    classes[i, r.keep : r.keep_stop, c.keep : c.keep_stop] = (
-                        kept.argmax(1).to(torch.uint8).cpu().numpy()[0]
-                    )
+                    kept = scores[:, :, r.kept_in_tile, c.kept_in_tile]
+                    classes[i, r.kept, c.kept] = kept.argmax(1).to(torch.uint8).cpu().numpy()[0]
                     if statistics:
                         probs = kept if are_probs else kept.float().softmax(1)
                         sums[i] += [v[0] for v in _statistic_sums(probs)]

@@ -166,8 +166,7 @@ def segment_raster(
                 for c in cols:
                     window = read_window(dataset, (r.start, r.stop), (c.start, c.stop), max_pixels)
                     mask = inference.predict(model, window[None], spec, tile="none")[0]
-                    kept = mask[r.keep - r.start : r.keep_stop - r.start,
-                                c.keep - c.start : c.keep_stop - c.start]  # fmt: skip
+                    kept = mask[r.kept_in_tile, c.kept_in_tile]
                     write((r.keep, r.keep_stop), (c.keep, c.keep_stop), kept)
                     counts[:] += np.bincount(kept.ravel(), minlength=len(counts))[: len(counts)]
 

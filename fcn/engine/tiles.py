@@ -33,6 +33,21 @@ class Span:
     keep: int
     keep_stop: int
 
+    @property
+    def tile(self) -> slice:
+        """The tile, in image coordinates."""
+        return slice(self.start, self.stop)
+
+    @property
+    def kept(self) -> slice:
+        """The kept part, in image coordinates."""
+        return slice(self.keep, self.keep_stop)
+
+    @property
+    def kept_in_tile(self) -> slice:
+        """The kept part, in the tile's own coordinates."""
+        return slice(self.keep - self.start, self.keep_stop - self.start)
+
 
 def margin_of(model, scale: float = 1.0, margin: int | None = None) -> int:
     """Pixels discarded at each inner tile border. By default (`margin` None) the net's

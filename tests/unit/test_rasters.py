@@ -11,7 +11,7 @@ import tempfile
 import numpy as np
 import pytest
 import rasterio
-import torch
+from helpers_data import varied_model
 from rasterio.crs import CRS
 from rasterio.transform import Affine
 
@@ -20,7 +20,6 @@ from fcn.engine import rasters, tiles
 from fcn.engine.classes import default_classes
 from fcn.engine.images import BadImage
 from fcn.engine.inference import predict
-from fcn.engine.models import build_model
 from fcn.engine.models.preprocess import TORCHVISION
 
 CLASSES = default_classes(3)
@@ -33,15 +32,8 @@ HEIGHT, WIDTH = 680, 1000
 
 @pytest.fixture(scope="module")
 def model():
-    """A random net whose argmax varies (as tests/unit/test_tiles.py builds it)."""
-    torch.manual_seed(0)
-    net = build_model("fcn-alexnet", num_classes=3)
-    for module in net.modules():
-        if isinstance(module, torch.nn.Conv2d):
-            torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
-            if module.bias is not None:
-                torch.nn.init.normal_(module.bias, std=0.1)
-    return net.eval()
+    """A random FCN-AlexNet whose argmax varies."""
+    return varied_model(3, biases=True)
 
 
 def _pixels(height, width, bands, dtype=np.uint8):

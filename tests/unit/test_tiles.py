@@ -6,27 +6,19 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
+from helpers_data import varied_model
 
 from fcn.engine import inference, tiles
 from fcn.engine.inference import predict
-from fcn.engine.models import build_model
 from fcn.engine.models.preprocess import TORCHVISION
 
 VARIANTS = ("fcn32s", "fcn16s", "fcn8s", "fcn8s-atonce", "fcn-alexnet", "fcn-googlenet")
 
 
 def _model(name: str):
-    """A random net whose argmax varies (score layers start at zero: they would paint class 0)."""
-    torch.manual_seed(0)
+    """A random net whose argmax varies; the VGG16 ones at 1/16 width (CPU time)."""
     options = {"width": 0.0625} if name.startswith("fcn8") or name in ("fcn32s", "fcn16s") else {}
-    model = build_model(name, num_classes=3, **options)
-    for module in model.modules():
-        if isinstance(module, torch.nn.Conv2d):
-            torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
-            if module.bias is not None:
-                torch.nn.init.normal_(module.bias, std=0.1)
-    return model.eval()
+    return varied_model(3, name, biases=True, **options)
 
 
 def _images(height, width, n=1):
