@@ -15,13 +15,12 @@ import sys
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-import torch
 from conftest import REPO
+from helpers_data import varied_model
 from PIL import Image
 
 from fcn import storage, tracking
 from fcn.engine import checkpoint, inference, onnx_export, onnx_runtime
-from fcn.engine.models import build_model
 from fcn.nightly import state
 
 pytestmark = pytest.mark.integration
@@ -31,11 +30,7 @@ MODEL = "fcn-onnx-it"
 
 def tiny_checkpoint(path) -> str:
     """A small FCN-8s (1/16 width) whose argmax varies over an image."""
-    torch.manual_seed(0)
-    model = build_model("fcn8s", num_classes=3, width=0.0625)
-    for module in model.modules():
-        if isinstance(module, torch.nn.Conv2d):
-            torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+    model = varied_model(3, "fcn8s", width=0.0625)
     config = {"model": "fcn8s", "num_classes": 3, "width": 0.0625, "preprocessing": "caffe"}
     checkpoint.save(model.state_dict(), config, str(path))
     return str(path)

@@ -17,13 +17,12 @@ import urllib.request
 
 import numpy as np
 import pytest
-import torch
 from conftest import BIN, free_port, start, stop_group, tail, wait_http
+from helpers_data import varied_model
 from PIL import Image
 
 from fcn import tracking
 from fcn.engine import checkpoint, images, inference
-from fcn.engine.models import build_model
 from fcn.tracking.models import load_model
 
 pytestmark = pytest.mark.integration
@@ -33,11 +32,7 @@ MODEL = "fcn-serving-it"
 
 def tiny_checkpoint(path) -> str:
     """A real, small FCN-32s (1/16 width) whose argmax varies over an image."""
-    torch.manual_seed(0)
-    model = build_model("fcn32s", num_classes=3, width=0.0625)
-    for module in model.modules():
-        if isinstance(module, torch.nn.Conv2d):
-            torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+    model = varied_model(3, "fcn32s", width=0.0625)
     config = {"model": "fcn32s", "num_classes": 3, "width": 0.0625,
               "preprocessing": "torchvision"}  # fmt: skip
     checkpoint.save(model.state_dict(), config, str(path))
