@@ -31,7 +31,7 @@ demo: $(VENV)/.installed
 	$(PY) jobs/demo.py
 
 test: $(VENV)/.installed lint
-	$(PY) -m pytest tests --durations=15
+	$(PY) -m pytest tests -n 2 --dist loadfile --no-loadscope-reorder --durations=15
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .

@@ -230,6 +230,33 @@ def mlflow_server(s3, tmp_path_factory):
             os.environ["MLFLOW_TRACKING_URI"] = saved
 
 
+# --- Parallel runs ---------------------------------------------------------------------------
+
+# `make test` runs the suite on two pytest-xdist workers (`-n 2 --dist loadfile`, files taken
+# in the order below: `--no-loadscope-reorder`): most of an integration test's time is spent
+# waiting on jobs, not on the CPU. A file's tests stay on one worker, so its module fixtures (a
+# local Ray, a second Ray node) are set up once; each worker starts its own session services
+# (S3, MLflow, Ray head) on free ports. The demo, which four files use, runs once for both
+# workers (`demo` below).
+DEMO_FIRST = "tests/integration/test_insight_job.py"
+
+
+def pytest_collection_modifyitems(config, items):
+    """The order the workers take files in: the demo's first user, then the integration tests
+    that need no demo (the demo trains meanwhile on the other worker), then the demo's other
+    users, then the unit tests (short ones fill the end). Stable within each kind."""
+
+    def kind(item) -> int:
+        path = item.nodeid.split("::")[0]
+        if path == DEMO_FIRST:
+            return 0
+        if path.startswith("tests/integration/"):
+            return 2 if "demo" in item.fixturenames else 1
+        return 3
+
+    items.sort(key=kind)
+
+
 # --- Ray -----------------------------------------------------------------------------------
 
 
@@ -409,13 +436,25 @@ def ray_worker_node(ray_head, s3):
 def demo(tmp_path_factory):
     """(root, env, stdout) of `python jobs/demo.py` run once as a new user runs it: a local Ray
     and a local MLflow store. Shared by the demo's own tests (test_opex_job.py) and by the tests
-    that need a model which learned the synthetic scenes (test_insight_job.py): one training
-    of minutes for both."""
-    root = tmp_path_factory.mktemp("demo")
+    that need a model which learned the synthetic scenes (test_insight_job.py, ...): one
+    training of minutes for all, and for both xdist workers: the first to get here runs it
+    under a file lock, the other waits on the lock and reads its result."""
+    import fcntl
+
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent  # the run's folder, above each worker's own
+    root, finished = shared / "demo", shared / "demo-stdout.txt"
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}"}
-    done = subprocess.run(
-        [sys.executable, "jobs/demo.py", "--root", str(root)],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=1200,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
-    return root, env, done.stdout
+    with open(shared / "demo.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not finished.exists():
+            shutil.rmtree(root, ignore_errors=True)  # a failed attempt's leftovers
+            root.mkdir()
+            done = subprocess.run(
+                [sys.executable, "jobs/demo.py", "--root", str(root)],
+                cwd=REPO, env=env, capture_output=True, text=True, timeout=1200,
+            )  # fmt: skip
+            assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+            finished.write_text(done.stdout)
+    return root, env, finished.read_text()
