@@ -89,3 +89,34 @@ def list_sbd(root: str, splits: tuple[str, ...] = voc.SBD_SPLITS) -> list[voc.Re
         for split in splits
         for image_id in voc.read_ids(voc.sbd_split_uri(root, split))
     ]
+
+
+# 50 cm pixels in UTM 33N: a georeference a mask must keep
+RASTER_CRS_EPSG = 32633
+RASTER_TRANSFORM = (0.5, 0.0, 500_000.0, 0.0, -0.5, 5_000_000.0)
+
+
+def geotiff(path, height: int, width: int, bands: int = 3, dtype=np.uint8) -> str:
+    """A tiled, LZW-compressed GeoTIFF of random pixels at `path` (256 x 256 blocks)."""
+    import rasterio
+    from rasterio.crs import CRS
+    from rasterio.transform import Affine
+
+    top = 256 if dtype == np.uint8 else 65536
+    pixels = np.random.default_rng(height * width + bands).integers(0, top, (bands, height, width))
+    with rasterio.open(
+        path, "w", driver="GTiff", height=height, width=width, count=bands, dtype=dtype,
+        crs=CRS.from_epsg(RASTER_CRS_EPSG), transform=Affine(*RASTER_TRANSFORM), tiled=True,
+        blockxsize=256, blockysize=256, compress="lzw",
+    ) as out:  # fmt: skip
+        out.write(pixels.astype(dtype))
+    return str(path)
+
+
+def raster_rgb(path) -> np.ndarray:
+    """The whole raster at `path` as the models read it: H x W x 3 (gray repeated)."""
+    import rasterio
+
+    with rasterio.open(path) as src:
+        data = np.moveaxis(src.read(), 0, -1)
+    return np.repeat(data, 3, -1) if data.shape[-1] == 1 else data[..., :3]

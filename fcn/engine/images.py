@@ -33,6 +33,10 @@ from PIL import ExifTags, Image, UnidentifiedImageError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 MASK_EXTENSION = ".png"
+# Rasters (GeoTIFF, COG) are read window by window (fcn.engine.rasters), never decoded whole;
+# their masks are GeoTIFFs too, keeping the georeference.
+RASTER_EXTENSIONS = (".tif", ".tiff")
+RASTER_MASK_EXTENSION = ".tif"
 # Ingest's cap: rows read back from an ingested dataset were checked against it already.
 DEFAULT_MAX_PIXELS = 64_000_000
 # Modes Pillow converts to RGB without losing meaning (alpha is dropped).

@@ -25,7 +25,6 @@ from fcn.engine import inference, tiles
 from fcn.engine.classes import ClassList
 from fcn.engine.images import DEFAULT_MAX_PIXELS, BadImage
 
-RASTER_EXTENSIONS = (".tif", ".tiff")
 AUTO = Tiling()  # tiles of the largest side the default budget allows
 MASK_BLOCK = 256  # mask tile side: GDAL needs a multiple of 16; 256 is the COG default
 # GDAL's block cache (MB): its default is 5% of RAM, which a 20k x 20k mask would fill; the

@@ -29,10 +29,11 @@ from fcn import storage, tracking
 from fcn.config import SegmentConfig
 from fcn.engine.checkpoint import CheckpointConfig
 from fcn.engine.classes import ClassList
-from fcn.nightly import insight, manifest, overlays, schema, stages, state
+from fcn.nightly import insight, manifest, masks, overlays, schema, stages, state
 from fcn.nightly import plan as planning
 from fcn.nightly.plan import Plan, SplitPlan
 from fcn.nightly.predictor import Predictor
+from fcn.nightly.raster_actor import RasterSegmenter
 from fcn.nightly.schema import Status
 from fcn.nightly.source import Source, resolve
 from fcn.nightly.summary import Summary, count, log_to_mlflow
@@ -156,8 +157,8 @@ def plan(night: Night, done: pa.Table) -> Plan | SplitPlan:
     listing, existing = planning.list_both(source.location, output)
     if not listing.num_rows and not config.allow_empty:
         raise NothingToSegment(
-            f"--input {config.input} lists no images (jpg/png/bmp/webp): a mistyped prefix? "
-            "(--allow-empty accepts an empty night)"
+            f"--input {config.input} lists no images (jpg/png/bmp/webp) or rasters (tif): "
+            "a mistyped prefix? (--allow-empty accepts an empty night)"
         )
     return planning.plan(
         listing, done, existing, source.location, output, config, night.model, night.retired
@@ -179,22 +180,62 @@ def segment(night: Night, work: Plan | SplitPlan) -> pa.Table:
     actors["resources"] = placement_resources(config.placement_resource)
     if config.gpus_per_actor == 0:  # CPU actors: the allocator settings (fcn.runtime)
         actors["runtime_env"] = {"env_vars": ALLOCATOR_ENV}
-    ds = _read(night, work).map_batches(
-        Predictor,
-        fn_constructor_kwargs={"model_uri": night.model, "config": config},
-        batch_size=config.batch_size,
-        batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(size=config.concurrency),
-        **actors,
-    )
     parts = state.parts_dir(night.output, night.run_id)
-    palette = night.classes.palette()
-    written = {"output": night.output, "palette": palette, "parts": parts, "model": night.model}
-    ds = ds.map_batches(
-        stages.encode_write, fn_kwargs={**written, "run_id": night.run_id}, **_io(config)
-    )
-    tables = [t for t in ds.iter_batches(batch_format="pyarrow", batch_size=None) if t.num_rows]
+    written = {"parts": parts, "model": night.model, "run_id": night.run_id}
+    work, raster_rows = _rasters_apart(work)
+    pipelines = []
+    if night.source.is_split or work.todo.num_rows:
+        ds = _read(night, work).map_batches(
+            Predictor,
+            fn_constructor_kwargs={"model_uri": night.model, "config": config},
+            batch_size=config.batch_size,
+            batch_format="pyarrow",
+            compute=ray.data.ActorPoolStrategy(size=config.concurrency),
+            **actors,
+        )
+        encode = {**written, "output": night.output, "palette": night.classes.palette()}
+        pipelines.append(ds.map_batches(stages.encode_write, fn_kwargs=encode, **_io(config)))
+    if raster_rows.num_rows:  # one raster per call, on an actor pool of its own
+        pipelines.append(
+            ray.data.from_arrow(_blocks(raster_rows, 1)).map_batches(
+                RasterSegmenter,
+                fn_constructor_kwargs={
+                    "model_uri": night.model,
+                    "config": config,
+                    "classes": night.classes,
+                    **written,
+                },  # fmt: skip
+                batch_size=1,
+                batch_format="pyarrow",
+                compute=ray.data.ActorPoolStrategy(
+                    size=min(config.concurrency, raster_rows.num_rows)
+                ),
+                **actors,
+            )
+        )
+    tables = [
+        t
+        for ds in pipelines
+        for t in ds.iter_batches(batch_format="pyarrow", batch_size=None)
+        if t.num_rows
+    ]
     return pa.concat_tables(tables) if tables else schema.MANIFEST.empty_table()
+
+
+def _rasters_apart(work: Plan | SplitPlan) -> tuple[Plan | SplitPlan, pa.Table]:
+    """(the plan without its rasters, the rasters' rows); an ingested split holds none."""
+    if isinstance(work, SplitPlan):
+        return work, pa.table({})
+    raster = pc.match_substring_regex(work.todo.column("path"), masks.RASTER_KEY)
+    apart = dataclasses.replace(work, todo=work.todo.filter(pc.invert(raster)))
+    return apart, work.todo.filter(raster)
+
+
+def _blocks(table: pa.Table, rows_per_batch: int) -> list[pa.Table]:
+    """`table` in about one block per batch (a unit of scheduling), at most MAX_BLOCKS."""
+    batches = math.ceil(table.num_rows / rows_per_batch)
+    chunk = math.ceil(table.num_rows / min(MAX_BLOCKS, batches))
+    return [table.slice(i, chunk) for i in range(0, table.num_rows, chunk)]
 
 
 def _io(config: SegmentConfig) -> dict:
@@ -218,9 +259,7 @@ def _read(night: Night, work: Plan | SplitPlan):
     if night.source.is_split:
         kwargs = {"output": night.output, "known": [ray.put(work.known)], "config": config}
         return night.source.read_split().map_batches(stages.decide_parquet, fn_kwargs=kwargs, **io)
-    todo = work.todo
-    chunk = math.ceil(todo.num_rows / min(MAX_BLOCKS, math.ceil(todo.num_rows / config.batch_size)))
-    ds = ray.data.from_arrow([todo.slice(i, chunk) for i in range(0, todo.num_rows, chunk)])
+    ds = ray.data.from_arrow(_blocks(work.todo, config.batch_size))
     read = {"input": night.source.location, "config": config}
     return ds.map_batches(stages.read_decode, fn_kwargs=read, **io)
 

@@ -21,7 +21,7 @@ from fcn.config import SegmentConfig
 from fcn.engine import images
 from fcn.engine.classes import ClassList
 from fcn.engine.visualize import overlay, png_bytes
-from fcn.nightly import schema
+from fcn.nightly import masks, schema
 from fcn.nightly.schema import Status
 from fcn.storage import Location
 
@@ -83,7 +83,9 @@ def write(table: pa.Table, dir: Location, output: Location, classes: ClassList, 
     most `config.io_concurrency` at once."""
     import ray
 
-    rows = table.filter(schema.where(table, Status.OK)).select(["uri", "mask_uri"])
+    # A raster's mask is a GeoTIFF of any size: a GIS shows it over the raster (its colormap)
+    photos = pc.invert(pc.match_substring_regex(table.column("uri"), masks.RASTER_KEY))
+    rows = table.filter(pc.and_(schema.where(table, Status.OK), photos)).select(["uri", "mask_uri"])
     if not rows.num_rows:
         return Written(dir.uri, 0, 0)
     chunk = max(config.batch_size, math.ceil(rows.num_rows / MAX_BLOCKS))

@@ -72,7 +72,7 @@ def list_images(input: Location, output: Location) -> pa.Table:
     """`path`, `size`, `mtime` of the images under `input`, minus anything under `output`
     (masks written inside the input tree must not come back as images the next night)."""
     _check_apart(input, output)
-    found = collect(input.walk(images.IMAGE_EXTENSIONS))
+    found = collect(input.walk(images.IMAGE_EXTENSIONS + images.RASTER_EXTENSIONS))
     inside = pc.starts_with(found.column("path"), output.path + "/")
     return found.filter(pc.invert(inside))
 
@@ -83,8 +83,10 @@ def _check_apart(input: Location, output: Location) -> None:
 
 
 def existing_masks(output: Location) -> pa.Array:
-    """URIs of the mask PNGs under `output` (an `ok` row counts only while its mask exists)."""
-    paths = pa.chunked_array(list(output.paths((images.MASK_EXTENSION,))), pa.string())
+    """URIs of the masks under `output`, PNGs and rasters' GeoTIFFs (an `ok` row counts only
+    while its mask exists)."""
+    kinds = (images.MASK_EXTENSION, images.RASTER_MASK_EXTENSION)
+    paths = pa.chunked_array(list(output.paths(kinds)), pa.string())
     return _uris(output, paths).combine_chunks()
 
 
@@ -133,9 +135,11 @@ def _mask_keys(input: Location, keys: pa.ChunkedArray) -> tuple[pa.Array, pa.Arr
     """(mask key or null, the refusal reason or null) for each image key."""
     keys = keys.combine_chunks()
     # posixpath.splitext's rule (fcn.masks.mask_key) for keys without a leading-dot basename
-    mask_keys = pc.replace_substring_regex(
-        keys, r"(\.[^./]*)?$", images.MASK_EXTENSION, max_replacements=1
+    as_png, as_tif = (
+        pc.replace_substring_regex(keys, r"(\.[^./]*)?$", ext, max_replacements=1)
+        for ext in (images.MASK_EXTENSION, images.RASTER_MASK_EXTENSION)
     )
+    mask_keys = pc.if_else(pc.match_substring_regex(keys, masks.RASTER_KEY), as_tif, as_png)
     odd = pc.match_substring_regex(keys, ODD_KEY)
     reasons = pa.nulls(len(keys), pa.string())
     odd_rows = np.flatnonzero(odd.to_numpy(zero_copy_only=False))

@@ -130,6 +130,12 @@ def encode_write(
         except Exception as err:  # noqa: BLE001 - a failed write is one error row
             # No etag: unlike a bad image, an outage passes; the next night tries again.
             row.update(status=Status.ERROR, error=f"mask write failed: {err!r}", etag=None)
+    return record(rows, parts, model, run_id)
+
+
+def record(rows: list[dict], parts: Location, model: str, run_id: str) -> pa.Table:
+    """Finished rows -> manifest rows (`schema.MANIFEST`), and their state part written: call
+    it after the masks are written, so a part never names a mask that is not there."""
     now = time.time()  # one completion time per batch
     stages = ("read", "decode", "model", "encode", "write")
     for row in rows:

@@ -11,7 +11,7 @@ import tempfile
 import numpy as np
 import pytest
 import rasterio
-from helpers_data import varied_model
+from helpers_data import RASTER_TRANSFORM, geotiff, raster_rgb, varied_model
 from rasterio.crs import CRS
 from rasterio.transform import Affine
 
@@ -23,7 +23,7 @@ from fcn.engine.inference import predict
 from fcn.engine.models.preprocess import TORCHVISION
 
 CLASSES = default_classes(3)
-TRANSFORM = Affine(0.5, 0.0, 500_000.0, 0.0, -0.5, 5_000_000.0)  # 50 cm pixels, UTM 33N
+TRANSFORM = Affine(*RASTER_TRANSFORM)
 # Tiles of 640 on fcn-alexnet (margin 224) step 192: 680 x 1000 is 2 x 3 tiles; its minimum
 # tile (480) would step 32 and run a hundred forwards.
 SIDE = 640
@@ -36,36 +36,15 @@ def model():
     return varied_model(3, biases=True)
 
 
-def _pixels(height, width, bands, dtype=np.uint8):
-    top = 256 if dtype == np.uint8 else 65536
-    return np.random.default_rng(height * width + bands).integers(0, top, (bands, height, width))
-
-
-def _geotiff(path, height, width, bands=3, dtype=np.uint8):
-    with rasterio.open(
-        path, "w", driver="GTiff", height=height, width=width, count=bands, dtype=dtype,
-        crs=CRS.from_epsg(32633), transform=TRANSFORM, tiled=True, blockxsize=256,
-        blockysize=256, compress="lzw",
-    ) as out:  # fmt: skip
-        out.write(_pixels(height, width, bands, dtype).astype(dtype))
-    return str(path)
-
-
-def _whole_rgb(path):
-    with rasterio.open(path) as src:
-        data = np.moveaxis(src.read(), 0, -1)
-    return np.repeat(data, 3, -1) if data.shape[-1] == 1 else data[..., :3]
-
-
 def _temporaries():
     return {n for n in os.listdir(tempfile.gettempdir()) if n.startswith("fcn-mask-")}
 
 
 def test_the_mask_is_the_whole_image_mask_georeferenced_and_coloured(model, tmp_path):
-    src = _geotiff(tmp_path / "scene.tif", HEIGHT, WIDTH)
+    src = geotiff(tmp_path / "scene.tif", HEIGHT, WIDTH)
     result = rasters.segment_raster(model, TORCHVISION, src, str(tmp_path / "m.tif"), CLASSES,
                                     tiling=Tiling(SIDE))  # fmt: skip
-    whole = predict(model, _whole_rgb(src)[None], TORCHVISION)[0]
+    whole = predict(model, raster_rgb(src)[None], TORCHVISION)[0]
     assert len(np.unique(whole)) > 1 and result.tiles == 6
     with rasterio.open(tmp_path / "m.tif") as mask:
         assert np.array_equal(mask.read(1), whole)
@@ -82,10 +61,10 @@ def test_the_mask_is_the_whole_image_mask_georeferenced_and_coloured(model, tmp_
 
 @pytest.mark.parametrize("bands", [1, 4])
 def test_gray_and_alpha_rasters_are_read_as_rgb(model, tmp_path, bands):
-    src = _geotiff(tmp_path / "in.tif", 300, 500, bands=bands)
+    src = geotiff(tmp_path / "in.tif", 300, 500, bands=bands)
     rasters.segment_raster(model, TORCHVISION, src, str(tmp_path / "m.tif"), CLASSES,
                            tiling=Tiling(tiles.minimum_side(model)))  # fmt: skip
-    whole = predict(model, _whole_rgb(src)[None], TORCHVISION)[0]
+    whole = predict(model, raster_rgb(src)[None], TORCHVISION)[0]
     with rasterio.open(tmp_path / "m.tif") as mask:
         assert np.array_equal(mask.read(1), whole)
 
@@ -94,7 +73,7 @@ def test_gray_and_alpha_rasters_are_read_as_rgb(model, tmp_path, bands):
     ("bands", "dtype", "says"), [(3, np.uint16, "8-bit"), (2, np.uint8, "2 bands")]
 )
 def test_rasters_with_no_rgb_reading_are_refused_in_one_line(model, tmp_path, bands, dtype, says):
-    src = _geotiff(tmp_path / "in.tif", 64, 64, bands=bands, dtype=dtype)
+    src = geotiff(tmp_path / "in.tif", 64, 64, bands=bands, dtype=dtype)
     with pytest.raises(BadImage, match=says) as caught:
         rasters.segment_raster(model, TORCHVISION, src, str(tmp_path / "m.tif"), CLASSES)
     assert "\n" not in str(caught.value) and caught.value.reason == "unsupported"
@@ -102,7 +81,7 @@ def test_rasters_with_no_rgb_reading_are_refused_in_one_line(model, tmp_path, ba
 
 
 def test_a_window_over_the_pixel_cap_is_refused(tmp_path):
-    src = _geotiff(tmp_path / "in.tif", 100, 100)
+    src = geotiff(tmp_path / "in.tif", 100, 100)
     with rasters.open_raster(src) as dataset:
         assert rasters.read_window(dataset, (0, 10), (0, 10), max_pixels=100).shape == (10, 10, 3)
         with pytest.raises(BadImage, match="max-pixels") as caught:
@@ -132,7 +111,7 @@ class _Recording:
 
 
 def test_no_window_larger_than_a_tile_is_read(model, tmp_path, monkeypatch):
-    src = _geotiff(tmp_path / "in.tif", HEIGHT, WIDTH)
+    src = geotiff(tmp_path / "in.tif", HEIGHT, WIDTH)
     shapes = []
     opened = rasters.open_raster
     monkeypatch.setattr(rasters, "open_raster", lambda uri: _Recording(opened(uri), shapes))
@@ -143,7 +122,7 @@ def test_no_window_larger_than_a_tile_is_read(model, tmp_path, monkeypatch):
 
 
 def test_a_failure_midway_leaves_no_mask_and_no_temporary_file(model, tmp_path, monkeypatch):
-    src = _geotiff(tmp_path / "in.tif", HEIGHT, WIDTH)
+    src = geotiff(tmp_path / "in.tif", HEIGHT, WIDTH)
     before = _temporaries()
     calls = []
 
@@ -166,7 +145,7 @@ def test_a_failure_midway_leaves_no_mask_and_no_temporary_file(model, tmp_path, 
 def test_a_remote_uri_reads_and_writes_through_fcn_storage(model, tmp_path):
     import fsspec
 
-    src = _geotiff(tmp_path / "in.tif", 300, 500)
+    src = geotiff(tmp_path / "in.tif", 300, 500)
     memory = fsspec.filesystem("memory")
     memory.pipe_file("/rasters/in.tif", (tmp_path / "in.tif").read_bytes())
     try:
@@ -176,13 +155,13 @@ def test_a_remote_uri_reads_and_writes_through_fcn_storage(model, tmp_path):
         (tmp_path / "m.tif").write_bytes(memory.cat_file("/rasters/out/m.tif"))
     finally:
         memory.rm("/rasters", recursive=True)
-    whole = predict(model, _whole_rgb(src)[None], TORCHVISION)[0]
+    whole = predict(model, raster_rgb(src)[None], TORCHVISION)[0]
     with rasterio.open(tmp_path / "m.tif") as mask:
         assert np.array_equal(mask.read(1), whole) and mask.crs == CRS.from_epsg(32633)
 
 
 def test_a_tile_below_the_minimum_is_refused_in_one_line(model, tmp_path):
-    src = _geotiff(tmp_path / "in.tif", 64, 64)
+    src = geotiff(tmp_path / "in.tif", 64, 64)
     with pytest.raises(ValueError, match="too small.*at least 480") as caught:
         rasters.segment_raster(model, TORCHVISION, src, str(tmp_path / "m.tif"), CLASSES,
                                tiling=Tiling(300))  # fmt: skip

@@ -14,7 +14,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 import torch
-from helpers_data import varied_model
+from helpers_data import RASTER_CRS_EPSG, geotiff, raster_rgb, varied_model
 from PIL import Image
 
 from fcn import storage
@@ -137,6 +137,8 @@ def test_mask_png_has_class_values_and_voc_palette():
 def test_mask_key_drops_the_extension():
     assert masks.mask_key("a/b/photo.JPG") == "a/b/photo.png"
     assert masks.mask_key("x.tar.jpeg") == "x.tar.png"
+    assert masks.mask_key("aerial/scene.TIFF") == "aerial/scene.tif"  # a raster: GeoTIFF
+    assert masks.mask_key("aerial/scene.tif") == "aerial/scene.tif"
 
 
 # --- planning, state and the stages ---------------------------------------------------------
@@ -453,6 +455,40 @@ def test_run_local_incremental_and_exit_status(tmp_path, model_dir, local_ray):
     assert not third.ok  # 1 of 2 failed > 0.0: jobs/segment.py exits 1
     mask = np.asarray(Image.open(tmp_path / "out" / "d" / "b.png"))
     assert np.array_equal(mask, direct(model_dir, picture(72, 64, 3)))
+
+
+@pytest.mark.slow
+def test_run_local_routes_rasters_to_tiled_georeferenced_masks(tmp_path, model_dir, local_ray):
+    """A GeoTIFF under the prefix goes to the raster actor, not the PNG pipeline: its mask is a
+    GeoTIFF at `<key>.tif`, tiled (6 tiles of 640) yet equal to the whole image's forward, with
+    the input's CRS; a broken raster is an error row, retried next night; photos beside it get
+    their PNGs as ever, and the next night skips the done ones."""
+    import rasterio
+
+    from fcn.nightly.driver import run
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    (src / "aerial").mkdir(parents=True)
+    (src / "a.jpg").write_bytes(encode(picture(64, 64, 1), "JPEG"))
+    scene = geotiff(src / "aerial" / "scene.TIFF", 680, 1000)
+    (src / "broken.tif").write_bytes(b"II*\x00 not a raster")
+    config = SegmentConfig(str(src), str(out), model_dir, tile="640", max_error_fraction=0.5)
+
+    first = run(config)
+    assert (first.counts.done, first.counts.failed) == (2, 1)
+    with rasterio.open(out / "aerial" / "scene.tif") as mask:
+        assert np.array_equal(mask.read(1), direct(model_dir, raster_rgb(scene)))
+        assert mask.crs.to_epsg() == RASTER_CRS_EPSG
+    assert (out / "a.png").exists() and not (out / "broken.tif").exists()
+    rows = {Path(r["uri"]).name: r for r in pq.read_table(first.manifest).to_pylist()}
+    done = rows["scene.TIFF"]
+    assert (done["status"], done["height"], done["width"]) == ("ok", 680, 1000)
+    assert done["mask_uri"] == str(out / "aerial" / "scene.tif") and done["classes_present"] > 1
+    assert done["class_counts"] is None and done["mean_entropy"] is None  # not for a raster
+    assert rows["broken.tif"]["status"] == "error" and rows["broken.tif"]["etag"] is None
+
+    second = run(config)  # the done raster and photo skipped; the broken raster tried again
+    assert (second.counts.done, second.counts.failed, second.counts.skipped) == (0, 1, 2)
 
 
 @pytest.mark.slow
