@@ -169,50 +169,27 @@ def plan(night: Night, done: pa.Table) -> Plan | SplitPlan:
 
 
 def segment(night: Night, work: Plan | SplitPlan) -> pa.Table:
-    """Every row the pipeline produced (schema.MANIFEST), `skipped` ones included."""
+    """Every row the pipeline produced (schema.MANIFEST), `skipped` ones included: photos
+    through read + decode -> `Predictor` -> encode + write, rasters through `RasterSegmenter`."""
     if not (night.source.files if night.source.is_split else work.todo.num_rows):
         return schema.MANIFEST.empty_table()
-    import ray
-
     init_ray()
     config = night.config
     actors = {"num_cpus": config.cpus_per_actor, "num_gpus": config.gpus_per_actor}
     actors["resources"] = placement_resources(config.placement_resource)
     if config.gpus_per_actor == 0:  # CPU actors: the allocator settings (fcn.runtime)
         actors["runtime_env"] = {"env_vars": ALLOCATOR_ENV}
-    parts = state.parts_dir(night.output, night.run_id)
-    written = {"parts": parts, "model": night.model, "run_id": night.run_id}
+    written = {
+        "parts": state.parts_dir(night.output, night.run_id),
+        "model": night.model,
+        "run_id": night.run_id,
+    }
     work, raster_rows = _rasters_apart(work)
     pipelines = []
     if night.source.is_split or work.todo.num_rows:
-        ds = _read(night, work).map_batches(
-            Predictor,
-            fn_constructor_kwargs={"model_uri": night.model, "config": config},
-            batch_size=config.batch_size,
-            batch_format="pyarrow",
-            compute=ray.data.ActorPoolStrategy(size=config.concurrency),
-            **actors,
-        )
-        encode = {**written, "output": night.output, "palette": night.classes.palette()}
-        pipelines.append(ds.map_batches(stages.encode_write, fn_kwargs=encode, **_io(config)))
-    if raster_rows.num_rows:  # one raster per call, on an actor pool of its own
-        pipelines.append(
-            ray.data.from_arrow(_blocks(raster_rows, 1)).map_batches(
-                RasterSegmenter,
-                fn_constructor_kwargs={
-                    "model_uri": night.model,
-                    "config": config,
-                    "classes": night.classes,
-                    **written,
-                },  # fmt: skip
-                batch_size=1,
-                batch_format="pyarrow",
-                compute=ray.data.ActorPoolStrategy(
-                    size=min(config.concurrency, raster_rows.num_rows)
-                ),
-                **actors,
-            )
-        )
+        pipelines.append(_photos(night, work, actors, written))
+    if raster_rows.num_rows:
+        pipelines.append(_rasters(night, raster_rows, actors, written))
     tables = [
         t
         for ds in pipelines
@@ -220,6 +197,40 @@ def segment(night: Night, work: Plan | SplitPlan) -> pa.Table:
         if t.num_rows
     ]
     return pa.concat_tables(tables) if tables else schema.MANIFEST.empty_table()
+
+
+def _photos(night: Night, work: Plan | SplitPlan, actors: dict, written: dict):
+    """read + decode (CPU tasks) -> the model actor pool -> PNG encode + write (CPU tasks)."""
+    import ray
+
+    config = night.config
+    ds = _read(night, work).map_batches(
+        Predictor,
+        fn_constructor_kwargs={"model_uri": night.model, "config": config},
+        batch_size=config.batch_size,
+        batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(size=config.concurrency),
+        **actors,
+    )
+    encode = {**written, "output": night.output, "palette": night.classes.palette()}
+    return ds.map_batches(stages.encode_write, fn_kwargs=encode, **_io(config))
+
+
+def _rasters(night: Night, rows: pa.Table, actors: dict, written: dict):
+    """One raster per call on an actor pool of its own: each reads, predicts and writes its
+    raster tile by tile (fcn.nightly.raster_actor)."""
+    import ray
+
+    size = min(night.config.concurrency, rows.num_rows)
+    constructor = {"model_uri": night.model, "config": night.config, "classes": night.classes}
+    return ray.data.from_arrow(_blocks(rows, 1)).map_batches(
+        RasterSegmenter,
+        fn_constructor_kwargs={**constructor, **written},
+        batch_size=1,
+        batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(size=size),
+        **actors,
+    )
 
 
 def _rasters_apart(work: Plan | SplitPlan) -> tuple[Plan | SplitPlan, pa.Table]:
