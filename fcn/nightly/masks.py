@@ -15,8 +15,3 @@ def mask_key(image_key: str) -> str:
     raster's (`scene.tiff`) as GeoTIFF (`scene.tif`), which keeps its georeference."""
     root, ext = posixpath.splitext(image_key)
     return root + (RASTER_MASK_EXTENSION if ext.lower() in RASTER_EXTENSIONS else MASK_EXTENSION)
-
-
-def is_raster(key: str) -> bool:
-    """Whether the object at `key` is segmented as a raster (fcn.engine.rasters)."""
-    return posixpath.splitext(key)[1].lower() in RASTER_EXTENSIONS

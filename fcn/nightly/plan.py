@@ -135,11 +135,10 @@ def _mask_keys(input: Location, keys: pa.ChunkedArray) -> tuple[pa.Array, pa.Arr
     """(mask key or null, the refusal reason or null) for each image key."""
     keys = keys.combine_chunks()
     # posixpath.splitext's rule (fcn.masks.mask_key) for keys without a leading-dot basename
-    as_png, as_tif = (
-        pc.replace_substring_regex(keys, r"(\.[^./]*)?$", ext, max_replacements=1)
-        for ext in (images.MASK_EXTENSION, images.RASTER_MASK_EXTENSION)
-    )
-    mask_keys = pc.if_else(pc.match_substring_regex(keys, masks.RASTER_KEY), as_tif, as_png)
+    roots = pc.replace_substring_regex(keys, r"(\.[^./]*)?$", "", max_replacements=1)
+    raster = pc.match_substring_regex(keys, masks.RASTER_KEY)
+    extensions = pc.if_else(raster, images.RASTER_MASK_EXTENSION, images.MASK_EXTENSION)
+    mask_keys = pc.binary_join_element_wise(roots, extensions, "")
     odd = pc.match_substring_regex(keys, ODD_KEY)
     reasons = pa.nulls(len(keys), pa.string())
     odd_rows = np.flatnonzero(odd.to_numpy(zero_copy_only=False))
