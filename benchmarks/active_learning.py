@@ -68,8 +68,11 @@ def parse(argv=None):
 def train_flags(iterations: int) -> dict:
     return dict(
         preset="fast", lr=3e-4, batch_size=4, class_weights="balanced-sqrt",
-        iterations=iterations, eval_every=iterations, workers=1, cpus_per_worker=2.0,
+        iterations=iterations, eval_every=iterations, workers=1, cpus_per_worker=1.0, threads=2,
     )  # fmt: skip
+    # One logical CPU reserved, two torch threads: the process's local Ray is started by the
+    # first ingest with one logical CPU per core (2 here), and a worker reserving both left
+    # none for Ray Data's reads, so training waited forever for its first batch.
 
 
 def seed_champion(args, work: Path, seed: int, names: list[str]):

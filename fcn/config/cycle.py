@@ -43,6 +43,7 @@ class CycleConfig(Settings):
     workers: int = setting(2, "training and evaluation workers")
     gpu: bool = setting(False, "one GPU per worker")
     cpus_per_worker: float = setting(1.0, "logical CPUs reserved per worker")
+    threads: int | None = setting(None, "torch threads per worker (default: cpus_per_worker)")
     seed: int = setting(0, "seed of the fine-tune's data order")
     evaluate: bool = setting(
         True, "also score the new version with the evaluate job (an MLflow evaluation run "

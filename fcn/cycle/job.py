@@ -171,6 +171,7 @@ def _train_config(config: CycleConfig, exports: list[Export]) -> TrainConfig:
         workers=config.workers,
         gpu=config.gpu,
         cpus_per_worker=config.cpus_per_worker,
+        threads=config.threads,
         seed=config.seed,
     )
 
