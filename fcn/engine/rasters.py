@@ -9,7 +9,10 @@ uint8 tiled GeoTIFF with the input's CRS and transform and the class palette as 
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -31,6 +34,9 @@ MASK_BLOCK = 256  # mask tile side: GDAL needs a multiple of 16; 256 is the COG 
 # kept parts of tiles cut through mask blocks, so a band of blocks must stay cached until
 # its neighbour tile completes them -- a few MB for any width here.
 GDAL_CACHE_MB = 64
+# A mask in progress is a local file named after its process: a process killed mid-raster
+# (SIGKILL runs no cleanup) leaves one, which the next raster's writer removes.
+TEMPORARY = re.compile(r"fcn-mask-(\d+)-.*\.tif")
 
 
 @dataclass(frozen=True)
@@ -115,7 +121,8 @@ def write_mask(dst_uri: str, raster: RasterInfo, classes: ClassList, paint: Call
     tiles in place, which object storage cannot), which is then copied to `dst_uri` in one
     piece (fcn.storage.write_with). The temporary file is deleted whatever happens. Returns
     what `paint` returns."""
-    fd, tmp = tempfile.mkstemp(prefix="fcn-mask-", suffix=".tif")
+    remove_orphans()
+    fd, tmp = tempfile.mkstemp(prefix=f"fcn-mask-{os.getpid()}-", suffix=".tif")
     os.close(fd)
     profile = dict(
         driver="GTiff", height=raster.height, width=raster.width, count=1, dtype="uint8",
@@ -168,6 +175,48 @@ def segment_raster(
                     kept = mask[r.kept_in_tile, c.kept_in_tile]
                     write((r.keep, r.keep_stop), (c.keep, c.keep_stop), kept)
                     counts[:] += np.bincount(kept.ravel(), minlength=len(counts))[: len(counts)]
+                    release_free_memory()
 
         write_mask(dst_uri, raster, classes, paint)
     return RasterResult(raster.height, raster.width, len(rows) * len(cols), tuple(map(int, counts)))
+
+
+def remove_orphans(folder: str | None = None) -> list[str]:
+    """Delete the masks in progress of processes that no longer run (killed mid-raster);
+    returns their paths. A live process's file is never touched."""
+    folder = folder or tempfile.gettempdir()
+    removed = []
+    for name in os.listdir(folder):
+        match = TEMPORARY.fullmatch(name)
+        if match and not _alive(int(match[1])):
+            path = os.path.join(folder, name)
+            try:
+                os.unlink(path)
+                removed.append(path)
+            except FileNotFoundError:  # another process's sweep was first
+                pass
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
+
+
+_LIBC = ctypes.CDLL(ctypes.util.find_library("c")) if os.name == "posix" else None
+
+
+def release_free_memory() -> None:
+    """Give the heap's free pages back to the kernel (glibc's malloc_trim; a no-op where the C
+    library has none). The model actors run with glibc's trimming and mmap off (fast steps,
+    docs/environment.md); over hundreds of tiles the freed buffers of each tile then stay
+    resident, and a 20,000^2 raster peaked 1.26x higher than a 2,000^2 one. Once a tile it
+    costs page faults on the next tile's buffers, small beside a tile's forward."""
+    trim = getattr(_LIBC, "malloc_trim", None)
+    if trim is not None:
+        trim(0)

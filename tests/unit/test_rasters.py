@@ -6,6 +6,7 @@ leaves nothing behind."""
 from __future__ import annotations
 
 import os
+import subprocess
 import tempfile
 
 import numpy as np
@@ -140,6 +141,37 @@ def test_a_failure_midway_leaves_no_mask_and_no_temporary_file(model, tmp_path, 
     assert not (tmp_path / "m.tif").exists()
     assert os.listdir(tmp_path) == ["in.tif"]
     assert _temporaries() == before
+
+
+def test_a_killed_writers_temporary_mask_is_removed_by_the_next_raster(model, tmp_path):
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # its pid names no process now
+    folder = tempfile.gettempdir()
+    orphan = os.path.join(folder, f"fcn-mask-{dead.pid}-killed.tif")
+    live = os.path.join(folder, f"fcn-mask-{os.getppid()}-running.tif")
+    other = os.path.join(folder, f"fcn-mask-{dead.pid}-notes.txt")
+    for path in (orphan, live, other):
+        with open(path, "wb") as f:
+            f.write(b"partial")
+    try:
+        src = geotiff(tmp_path / "in.tif", 300, 500)
+        rasters.segment_raster(model, TORCHVISION, src, str(tmp_path / "m.tif"), CLASSES,
+                               tiling=Tiling(SIDE))  # fmt: skip
+        assert not os.path.exists(orphan)
+        assert os.path.exists(live) and os.path.exists(other)  # a live writer's, not a mask
+    finally:
+        for path in (orphan, live, other):
+            if os.path.exists(path):
+                os.unlink(path)
+
+
+def test_memory_is_released_once_a_tile(model, tmp_path, monkeypatch):
+    released = []
+    monkeypatch.setattr(rasters, "release_free_memory", lambda: released.append(1))
+    src = geotiff(tmp_path / "in.tif", HEIGHT, WIDTH)
+    result = rasters.segment_raster(model, TORCHVISION, src, str(tmp_path / "m.tif"), CLASSES,
+                                    tiling=Tiling(SIDE))  # fmt: skip
+    assert len(released) == result.tiles == 6
 
 
 def test_a_remote_uri_reads_and_writes_through_fcn_storage(model, tmp_path):
