@@ -232,11 +232,11 @@ def mlflow_server(s3, tmp_path_factory):
 
 # --- Parallel runs ---------------------------------------------------------------------------
 
-# `make test` runs the suite on two pytest-xdist workers (`-n 2 --dist loadfile`, files taken
+# `make test` runs the suite on three pytest-xdist workers (`-n 3 --dist loadfile`, files taken
 # in the order below: `--no-loadscope-reorder`): most of an integration test's time is spent
 # waiting on jobs, not on the CPU. A file's tests stay on one worker, so its module fixtures (a
 # local Ray, a second Ray node) are set up once; each worker starts its own session services
-# (S3, MLflow, Ray head) on free ports. The demo, which four files use, runs once for both
+# (S3, MLflow, Ray head) on free ports. The demo, which four files use, runs once for all
 # workers (`demo` below).
 DEMO_FIRST = "tests/integration/test_insight_job.py"
 
@@ -437,8 +437,8 @@ def demo(tmp_path_factory):
     """(root, env, stdout) of `python jobs/demo.py` run once as a new user runs it: a local Ray
     and a local MLflow store. Shared by the demo's own tests (test_opex_job.py) and by the tests
     that need a model which learned the synthetic scenes (test_insight_job.py, ...): one
-    training of minutes for all, and for both xdist workers: the first to get here runs it
-    under a file lock, the other waits on the lock and reads its result."""
+    training of minutes for all, and for every xdist worker: the first to get here runs it
+    under a file lock, the others wait on the lock and reads its result."""
     import fcntl
 
     shared = tmp_path_factory.getbasetemp()
