@@ -15,11 +15,13 @@ import os
 import re
 import shutil
 import tempfile
+import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import rasterio
+from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 
 from fcn import storage
@@ -51,12 +53,15 @@ class RasterInfo:
 
 @dataclass(frozen=True)
 class RasterResult:
-    """What `segment_raster` wrote: the mask's size, the tiles run, pixels per class."""
+    """What `segment_raster` wrote: the mask's size, the tiles run, pixels per class; for a
+    band, the rows it wrote from `top` (`height` of them) of the raster's `raster_height`."""
 
     height: int
     width: int
     tiles: int
     class_pixels: tuple[int, ...]  # index = class
+    raster_height: int | None = None
+    top: int = 0
 
 
 def open_raster(uri: str):
@@ -148,24 +153,27 @@ def write_mask(dst_uri: str, raster: RasterInfo, classes: ClassList, paint: Call
 
 def segment_raster(
     model, spec, src_uri: str, dst_uri: str, classes: ClassList, tiling: Tiling = AUTO,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_pixels: int = DEFAULT_MAX_PIXELS, band: tuple[int, int] = (0, 1),
 ) -> RasterResult:  # fmt: skip
     """The class mask of the raster at `src_uri`, written to `dst_uri` (a GeoTIFF), one tile
     in memory at a time: tiles of `tiling.tile` pixels ("auto" or "none": the largest that
     fits `tiling.memory`, fcn.engine.tiles.auto_side; a raster never runs whole), each
     predicted whole, its kept part written. With the default margin the mask is the one
-    `predict` gives the whole image."""
-    if str(tiling.tile) in ("auto", "none"):
-        side = tiles.auto_side(model, tiling.memory, classes.num_classes, 1.0, tiling.margin)
-    else:
-        side = tiles.check_side(model, int(tiling.tile), 1.0, tiling.margin)
-    margin = tiles.margin_of(model, 1.0, tiling.margin)
+    `predict` gives the whole image.
+
+    `band=(k, n)` segments only the k-th of n bands of tile rows (`bands`) and writes the rows
+    they keep, from `RasterResult.top` down, as a part for `merge_bands`: n actors can share
+    one raster. A band with no tile row (n above the raster's rows of tiles) writes nothing."""
+    side, margin = _geometry(model, tiling, classes)
     with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), open_raster(src_uri) as dataset:
         check_readable(dataset)
         raster = info(dataset)
-        rows = tiles.spans(raster.height, side, margin)
+        rows = bands(tiles.spans(raster.height, side, margin), band[1])[band[0]]
         cols = tiles.spans(raster.width, side, margin)
         counts = np.zeros(classes.num_classes, np.int64)
+        if not rows:
+            return RasterResult(0, raster.width, 0, tuple(map(int, counts)), raster.height)
+        top, bottom = rows[0].keep, rows[-1].keep_stop
 
         def paint(write):
             for r in rows:
@@ -173,12 +181,58 @@ def segment_raster(
                     window = read_window(dataset, (r.start, r.stop), (c.start, c.stop), max_pixels)
                     mask = inference.predict(model, window[None], spec, tile="none")[0]
                     kept = mask[r.kept_in_tile, c.kept_in_tile]
-                    write((r.keep, r.keep_stop), (c.keep, c.keep_stop), kept)
+                    write((r.keep - top, r.keep_stop - top), (c.keep, c.keep_stop), kept)
                     counts[:] += np.bincount(kept.ravel(), minlength=len(counts))[: len(counts)]
                     release_free_memory()
 
-        write_mask(dst_uri, raster, classes, paint)
-    return RasterResult(raster.height, raster.width, len(rows) * len(cols), tuple(map(int, counts)))
+        whole = band[1] == 1
+        out = raster if whole else replace(raster, height=bottom - top, crs=None,
+                                                        transform=None)  # fmt: skip
+        with warnings.catch_warnings():  # a part has no georeference: the merge adds it
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            write_mask(dst_uri, out, classes, paint)
+    return RasterResult(bottom - top, raster.width, len(rows) * len(cols),
+                        tuple(map(int, counts)), raster.height, top)  # fmt: skip
+
+
+def bands(rows: list[tiles.Span], n: int) -> list[list[tiles.Span]]:
+    """`rows` (the tile rows of a raster) in n contiguous bands, as even as the rows allow;
+    their kept parts tile the raster's rows in order. Empty bands when n exceeds the rows."""
+    return [[r for i, r in enumerate(rows) if i * n // len(rows) == k] for k in range(n)]
+
+
+def merge_bands(src_uri: str, parts: list[str], dst_uri: str, classes: ClassList) -> None:
+    """The mask of the raster at `src_uri` from its bands' parts (`segment_raster(band=...)`,
+    in band order, empty bands left out), written to `dst_uri` whole or not at all with the
+    raster's georeference, a strip of mask blocks in memory at a time."""
+    with open_raster(src_uri) as dataset:
+        raster = info(dataset)
+
+    def paint(write):
+        top = 0
+        for part in parts:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", NotGeoreferencedWarning)
+                band = open_raster(part)
+            with band:
+                for r in range(0, band.height, MASK_BLOCK):
+                    stop = min(r + MASK_BLOCK, band.height)
+                    strip = band.read(1, window=Window.from_slices((r, stop), (0, band.width)))
+                    write((top + r, top + stop), (0, raster.width), strip)
+                top += band.height
+        if top != raster.height:
+            raise ValueError(f"{src_uri}: the parts cover {top} of {raster.height} rows")
+
+    write_mask(dst_uri, raster, classes, paint)
+
+
+def _geometry(model, tiling: Tiling, classes: ClassList) -> tuple[int, int]:
+    """(tile side, margin) of `tiling` for `model`."""
+    if str(tiling.tile) in ("auto", "none"):
+        side = tiles.auto_side(model, tiling.memory, classes.num_classes, 1.0, tiling.margin)
+    else:
+        side = tiles.check_side(model, int(tiling.tile), 1.0, tiling.margin)
+    return side, tiles.margin_of(model, 1.0, tiling.margin)
 
 
 def remove_orphans(folder: str | None = None) -> list[str]:

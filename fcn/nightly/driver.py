@@ -29,7 +29,7 @@ from fcn import storage, tracking
 from fcn.config import SegmentConfig
 from fcn.engine.checkpoint import CheckpointConfig
 from fcn.engine.classes import ClassList
-from fcn.nightly import insight, manifest, masks, overlays, schema, stages, state
+from fcn.nightly import insight, manifest, masks, overlays, raster_actor, schema, stages, state
 from fcn.nightly import plan as planning
 from fcn.nightly.plan import Plan, SplitPlan
 from fcn.nightly.predictor import Predictor
@@ -196,6 +196,8 @@ def segment(night: Night, work: Plan | SplitPlan) -> pa.Table:
         for t in ds.iter_batches(batch_format="pyarrow", batch_size=None)
         if t.num_rows
     ]
+    if raster_rows.num_rows:
+        raster_actor.remove_parts(night.output, night.run_id)
     return pa.concat_tables(tables) if tables else schema.MANIFEST.empty_table()
 
 
@@ -217,19 +219,32 @@ def _photos(night: Night, work: Plan | SplitPlan, actors: dict, written: dict):
 
 
 def _rasters(night: Night, rows: pa.Table, actors: dict, written: dict):
-    """One raster per call on an actor pool of its own: each reads, predicts and writes its
-    raster tile by tile (fcn.nightly.raster_actor)."""
+    """One raster (or one band of a raster) per call on an actor pool of its own: each reads,
+    predicts and writes it tile by tile (fcn.nightly.raster_actor). With fewer rasters than
+    actors, rasters are cut into bands of tile rows, and each raster's bands are merged into
+    its mask once all are done."""
     import ray
 
-    size = min(night.config.concurrency, rows.num_rows)
-    constructor = {"model_uri": night.model, "config": night.config, "classes": night.classes}
-    return ray.data.from_arrow(_blocks(rows, 1)).map_batches(
+    config = night.config
+    bands = raster_actor.bands_per_raster(rows.num_rows, config.concurrency)
+    if bands > 1:
+        rows = raster_actor.band_rows(rows, night.output, night.run_id, bands)
+    constructor = {"model_uri": night.model, "config": config, "classes": night.classes}
+    ds = ray.data.from_arrow(_blocks(rows, 1)).map_batches(
         RasterSegmenter,
         fn_constructor_kwargs={**constructor, **written},
         batch_size=1,
         batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(size=size),
+        compute=ray.data.ActorPoolStrategy(size=min(config.concurrency, rows.num_rows)),
         **actors,
+    )
+    if bands == 1:
+        return ds
+    merge = {"classes": night.classes, **written}
+    # A few rows per raster: a handful of shuffle partitions, not Ray Data's default of 200.
+    partitions = min(rows.num_rows, config.concurrency)
+    return ds.groupby("uri", num_partitions=partitions).map_groups(
+        raster_actor.merge, fn_kwargs=merge, batch_format="pyarrow", num_cpus=IO_CPUS
     )
 
 

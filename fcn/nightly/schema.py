@@ -54,6 +54,11 @@ MEAN_MARGIN = pa.field("mean_margin", pa.float32())
 LOW_CONFIDENCE = pa.field("low_confidence_fraction", pa.float32())
 CLASSES_PRESENT = pa.field("classes_present", pa.int32())
 CLASS_COUNTS = pa.field("class_counts", pa.list_(pa.int64()))
+# A band of a raster shared by the actors (fcn.nightly.raster_actor).
+BAND = pa.field("band", pa.int32())  # k of the raster's bands, from the top
+PART = pa.field("part", pa.string())  # the URI of the band's mask rows
+ROWS = pa.field("rows", pa.int64())  # mask rows the band wrote (0: a band with no tiles)
+CLASS_PIXELS = pa.field("class_pixels", pa.list_(pa.int64()))  # the band's, per class
 
 # --- rows -------------------------------------------------------------------------------------
 STATE = pa.schema([URI, ETAG, MASK_URI, STATUS, ERROR, MODEL, RUN_ID, TIME])
@@ -71,6 +76,12 @@ DECODED = pa.schema(
 )  # fmt: skip
 
 PREDICTED = pa.schema([MASK, FORWARD_SECONDS, *CONFIDENCE])  # added by the model actor
+
+# A raster band's outcome, on its way to the raster's merge; HEIGHT is the raster's.
+BAND_DONE = pa.schema(
+    [URI, MASK_URI, ETAG, SIZE, BAND, PART, STATUS, ERROR, ROWS, HEIGHT, WIDTH, MODEL_SECONDS,
+     CLASS_PIXELS]
+)  # fmt: skip
 
 # Images the plan refuses (a key that cannot get a mask): error rows of the manifest.
 REFUSED = pa.schema([URI, ETAG, SIZE, MASK_URI, ERROR])

@@ -198,3 +198,36 @@ def test_a_tile_below_the_minimum_is_refused_in_one_line(model, tmp_path):
         rasters.segment_raster(model, TORCHVISION, src, str(tmp_path / "m.tif"), CLASSES,
                                tiling=Tiling(300))  # fmt: skip
     assert "\n" not in str(caught.value) and not (tmp_path / "m.tif").exists()
+
+
+@pytest.mark.parametrize("n", [2, 3, 5])
+def test_bands_segmented_apart_and_merged_are_the_whole_mask(model, tmp_path, n):
+    src = geotiff(tmp_path / "in.tif", 1300, 700)
+    whole = predict(model, raster_rgb(src)[None], TORCHVISION)[0]
+    parts, tops, written = [], [], 0
+    for k in range(n):
+        part = str(tmp_path / f"band-{k}.tif")
+        done = rasters.segment_raster(model, TORCHVISION, src, part, CLASSES, Tiling(SIDE),
+                                      band=(k, n))  # fmt: skip
+        assert done.raster_height == 1300 and done.width == 700
+        if done.height:  # 1300 rows in tiles of 640 step 192: 5 rows of tiles
+            parts.append(part)
+            tops.append(done.top)
+            written += sum(done.class_pixels)
+        else:
+            assert not os.path.exists(part)
+    assert tops == sorted(tops) and tops[0] == 0 and len(parts) == min(n, 5)
+    assert written == whole.size  # every pixel counted once
+    rasters.merge_bands(src, parts, str(tmp_path / "m.tif"), CLASSES)
+    with rasterio.open(tmp_path / "m.tif") as mask:
+        assert np.array_equal(mask.read(1), whole)
+        assert mask.crs == CRS.from_epsg(32633) and mask.transform == TRANSFORM
+
+
+def test_a_merge_missing_a_band_writes_nothing(model, tmp_path):
+    src = geotiff(tmp_path / "in.tif", 1300, 700)
+    part = str(tmp_path / "band-0.tif")
+    rasters.segment_raster(model, TORCHVISION, src, part, CLASSES, Tiling(SIDE), band=(0, 2))
+    with pytest.raises(ValueError, match="cover"):
+        rasters.merge_bands(src, [part], str(tmp_path / "m.tif"), CLASSES)
+    assert not (tmp_path / "m.tif").exists()

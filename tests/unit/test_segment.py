@@ -492,6 +492,42 @@ def test_run_local_routes_rasters_to_tiled_georeferenced_masks(tmp_path, model_d
 
 
 @pytest.mark.slow
+def test_run_local_shares_one_raster_among_the_actors(tmp_path, model_dir, local_ray):
+    """One raster, two actors: the raster is cut into two bands of tile rows, one per actor,
+    merged into one mask equal to the whole image's forward; its parts are gone afterwards. A
+    raster whose bands fail is one error row, retried the next night."""
+    import rasterio
+
+    from fcn.nightly import raster_actor
+    from fcn.nightly.driver import run
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    scene = geotiff(src / "scene.tif", 1300, 700)  # 5 rows of tiles of 640
+    config = SegmentConfig(str(src), str(out), model_dir, tile="640", concurrency=2)
+
+    first = run(config)
+    assert (first.counts.done, first.counts.failed) == (1, 0)
+    with rasterio.open(out / "scene.tif") as mask:
+        # A band out of place would differ in whole rows; one pixel in 10^4 may differ in
+        # the last float bit between a tile's forward and the whole image's (measured: 1 of
+        # 910,000). tests/unit/test_rasters.py holds bands to `predict` exactly.
+        assert (mask.read(1) != direct(model_dir, raster_rgb(scene))).mean() < 1e-4
+        assert mask.crs.to_epsg() == RASTER_CRS_EPSG
+    (row,) = pq.read_table(first.manifest).to_pylist()
+    assert (row["status"], row["height"], row["width"]) == ("ok", 1300, 700)
+    assert row["classes_present"] > 1 and row["mask_uri"] == str(out / "scene.tif")
+    assert not list((out / raster_actor.PARTS).rglob("*.tif"))
+
+    (src / "broken.tif").write_bytes(b"II*\x00 not a raster")
+    second = run(config)  # one new raster, two actors: two bands, both failing
+    assert (second.counts.done, second.counts.failed, second.counts.skipped) == (0, 1, 1)
+    (row,) = pq.read_table(second.manifest).to_pylist()
+    assert row["status"] == "error" and row["etag"] is None and "raster failed" in row["error"]
+    assert not (out / "broken.tif").exists()
+
+
+@pytest.mark.slow
 def test_run_local_on_a_parquet_split(tmp_path, model_dir, local_ray):
     from fcn.nightly.driver import run
 
@@ -548,3 +584,31 @@ def test_predict_with_shift_and_stitch_takes_the_dense_logits():
     np.testing.assert_array_equal(got, want)
     plain = predict(model, images, CAFFE)
     assert (plain != got).any()  # nearest upsampling of coarse cells is not the dense output
+
+
+def test_raster_parts_of_this_run_and_of_long_dead_runs_are_removed(tmp_path):
+    """A night removes its own raster parts and those of runs started over two days ago (killed
+    mid-raster); a night still running (started recently) keeps its parts."""
+    import time
+
+    from fcn.nightly import raster_actor
+
+    output = storage.locate(str(tmp_path))
+    now = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    hours_ago = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(time.time() - 3 * 3600))
+    runs = {"mine": f"{now}-aaaa", "killed": "20260101T000000Z-bbbb", "live": f"{hours_ago}-cc"}
+    for run_id in runs.values():
+        part = tmp_path / raster_actor.PARTS / run_id / "x-000-of-002.tif"
+        part.parent.mkdir(parents=True)
+        part.write_bytes(b"band")
+    raster_actor.remove_parts(output, runs["mine"])
+    left = {p.name for p in (tmp_path / raster_actor.PARTS).iterdir()}
+    assert left == {runs["live"]}
+
+
+@pytest.mark.parametrize(("rasters", "actors", "bands"), [(1, 1, 1), (1, 4, 4), (3, 4, 2),
+                                                          (4, 4, 1), (9, 4, 1)])  # fmt: skip
+def test_rasters_are_cut_only_as_far_as_the_actors_need(rasters, actors, bands):
+    from fcn.nightly import raster_actor
+
+    assert raster_actor.bands_per_raster(rasters, actors) == bands
