@@ -3,18 +3,21 @@
 
     python benchmarks/segment_scale.py [--images 200000] [--s3-images 200000] [--nights 1 30 365]
 
-Twice, on local disk (`--images`) and on the S3 test server (`--s3-images`; 0 skips it):
-tiny image objects and their masks, a state snapshot with every image done, and each
-simulated past night's run manifest (1% of the images each) in `_runs/`. Each measurement is
-a fresh process that does what the driver does before Ray starts (read the state, list the
-input and the masks, plan) and reports its wall time, CPU time and peak RSS (VmHWM). Prints
-both side by side and writes results/segment_scale.md.
+Twice, on local disk (`--images`) and on an S3 server (`--s3-images`; 0 skips it): tiny
+image objects and their masks, a state snapshot with every image done, and each simulated past
+night's run manifest (1% of the images each) in `_runs/`. Each measurement is a fresh process
+that does what the driver does before Ray starts (read the state, list the input and the
+masks, plan) and reports its wall time, CPU time and peak RSS (VmHWM); the S3 server's own CPU
+time over the same interval is reported beside it. Prints both side by side and writes
+results/segment_scale.md.
 
-The S3 test server is moto, run inside this process (benchmarks/common.InProcessS3): the
-objects are seeded straight into its store (moto takes ~100 HTTP PUTs/s here) and its
-listings visit only the keys under the prefix asked for (moto's own scan and sort of the
-whole bucket on every page would make a 200,000-image listing take minutes). The planning
-process talks to it over HTTP through s3fs, as the job does.
+The S3 server (`--s3-server`) is SeaweedFS by default (tests/seaweedfs.py: a production
+store, started here on loopback with one identity; objects seeded by parallel PUTs). `moto`
+runs the former mock inside this process instead (benchmarks/common.InProcessS3: objects
+seeded straight into its store, listings patched to visit only the prefix asked for, since
+moto scans and sorts the whole bucket on every page).
+
+    python benchmarks/segment_scale.py --images 0 --s3-images 1000000 --nights 1 365
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from fcn.nightly import (  # noqa: E402
     state,
 )
 from fcn.nightly import schema as nightly_schema  # noqa: E402
+from tests import seaweedfs  # noqa: E402
 
 PLAN = """
 import json, sys, time
@@ -64,7 +68,51 @@ print(json.dumps({"s": seconds, "cpu": cpu, "MiB": int(hwm) / 1024, "todo": work
 """
 
 
-def seed(src: str, out: str, images: int, server: InProcessS3 | None) -> None:
+class Seaweed:
+    """SeaweedFS on loopback with one bucket, this process's AWS settings pointed at it."""
+
+    def __init__(self, bucket: str):
+        import secrets
+
+        import boto3
+
+        self.folder = Path(tempfile.mkdtemp(prefix="fcn-bench-weed-"))
+        self.server = seaweedfs.start(self.folder, bucket, "bench", secrets.token_hex(16))
+        os.environ.update(self.server.client_env())
+        self.bucket, self.uri = bucket, f"s3://{bucket}"
+        self.client = boto3.client("s3", endpoint_url=self.server.endpoint_url)
+
+    def put_many(self, objects: list[tuple[str, bytes]], threads: int = 32) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        def put(item):
+            self.client.put_object(Bucket=self.bucket, Key=item[0], Body=item[1])
+
+        with ThreadPoolExecutor(threads) as pool:
+            for done, _ in enumerate(pool.map(put, objects), 1):
+                if done % 100_000 == 0:
+                    print(f"  {done:,} of {len(objects):,} objects put", flush=True)
+
+    def cpu(self) -> float:
+        """The server's CPU seconds so far (user + system)."""
+        fields = Path(f"/proc/{self.server.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def stop(self) -> None:
+        self.server.stop()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+class Moto(InProcessS3):
+    def put_many(self, objects: list[tuple[str, bytes]]) -> None:
+        for key, body in objects:
+            self.put(key, body)
+
+    def cpu(self) -> float:
+        return time.process_time()  # the server runs in this process
+
+
+def seed(src: str, out: str, images: int, server: Seaweed | Moto | None) -> None:
     """`images` one-byte images under `src` and their masks under `out` (local, or in the
     store of `server`)."""
     keys = [f"d{i // 1000:04d}/{i:07d}" for i in range(images)]
@@ -79,9 +127,10 @@ def seed(src: str, out: str, images: int, server: InProcessS3 | None) -> None:
             mask.write_bytes(b"m")
         return
     bucket = f"{server.bucket}/"
-    for key in keys:
-        server.put(f"{src_at.path}/{key}.jpg".removeprefix(bucket), b"x")
-        server.put(f"{out_at.path}/{key}.png".removeprefix(bucket), b"m")
+    server.put_many(
+        [(f"{src_at.path}/{key}.jpg".removeprefix(bucket), b"x") for key in keys]
+        + [(f"{out_at.path}/{key}.png".removeprefix(bucket), b"m") for key in keys]
+    )
 
 
 def write_state(src: str, out: str) -> None:
@@ -142,10 +191,10 @@ def show_nights(spare: str, out: str, count: int) -> None:
         source.fs.mv(source.child(name).path, target.child(name).path)
 
 
-def measure(src: str, out: str) -> dict:
+def measure(src: str, out: str, server: Seaweed | Moto | None) -> dict:
     env = {"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}
     env.update({k: v for k, v in os.environ.items() if k.startswith("AWS_")})  # the S3 server
-    server_cpu = time.process_time()  # the in-process S3 test server's share (0 locally)
+    server_cpu = server.cpu() if server else 0.0
     done = subprocess.run(
         [sys.executable, "-c", PLAN, src, out], cwd=REPO, capture_output=True, text=True, env=env
     )
@@ -153,12 +202,12 @@ def measure(src: str, out: str) -> dict:
         raise RuntimeError(done.stderr[-3000:])
     return {
         **json.loads(done.stdout.strip().splitlines()[-1]),
-        "server_cpu": time.process_time() - server_cpu,
+        "server_cpu": (server.cpu() if server else 0.0) - server_cpu,
     }
 
 
 def series(
-    root: str, images: int, nights: list[int], trials: int, server: InProcessS3 | None = None
+    root: str, images: int, nights: list[int], trials: int, server: Seaweed | Moto | None = None
 ) -> dict[int, dict]:
     """Seed `root`, then measure planning with each number of past nights, in the order
     1, 30, 365, 365, 30, 1, ... (load that drifts during the run hits every count alike):
@@ -173,7 +222,7 @@ def series(
     for trial in range(trials):
         for count in sorted(nights, reverse=bool(trial % 2)):
             show_nights(spare, out, count)
-            measured = measure(src, out)
+            measured = measure(src, out, server)
             assert measured["todo"] == 0, measured
             print(src, count, measured, flush=True)
             for key in results[count]:
@@ -185,6 +234,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--images", type=int, default=200_000)
     p.add_argument("--s3-images", type=int, default=200_000, help="0: no S3 run")
+    p.add_argument("--s3-server", choices=("seaweedfs", "moto"), default="seaweedfs")
     p.add_argument("--nights", type=int, nargs="+", default=[1, 30, 365])
     p.add_argument("--trials", type=int, default=2, help="measurements per point (noisy machine)")
     p.add_argument("--out", default=str(REPO / "results" / "segment_scale.md"))
@@ -192,14 +242,15 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="fcn-bench-scale-"))
     runs = {}
     try:
-        runs[f"local, {args.images:,} images"] = series(
-            str(root), args.images, args.nights, args.trials
-        )
+        if args.images:
+            runs[f"local, {args.images:,} images"] = series(
+                str(root), args.images, args.nights, args.trials
+            )
         shutil.rmtree(root, ignore_errors=True)  # before the S3 run: a quiet disk
         if args.s3_images:
-            server = InProcessS3("fcn-bench-scale")
+            server = (Seaweed if args.s3_server == "seaweedfs" else Moto)("fcn-bench-scale")
             try:
-                runs[f"S3 test server, {args.s3_images:,} images"] = series(
+                runs[f"{args.s3_server}, {args.s3_images:,} images"] = series(
                     server.uri, args.s3_images, args.nights, args.trials, server
                 )
             finally:
@@ -239,8 +290,8 @@ def report(runs: dict[str, dict[int, dict]], nights: list[int]) -> str:
             "the input and the masks, join, decide (Arrow), in a fresh process. Cells: median "
             "(min-max, trials); CPU s = the planning process's own CPU time, which other "
             "processes on the machine disturb less than its wall time; S3 server CPU s = the "
-            "CPU time the in-process moto server spent meanwhile (its pages are made in "
-            "Python: on the test server, wall time ~ planning CPU + server CPU).",
+            "CPU time the S3 server spent meanwhile (SeaweedFS: its process; moto: this "
+            "process, which runs it).",
             "",
             *lines,
             "",
