@@ -12,7 +12,8 @@ time over the same interval is reported beside it. Prints both side by side and 
 results/segment_scale.md.
 
 The S3 server (`--s3-server`) is SeaweedFS by default (tests/seaweedfs.py: a production
-store, started here on loopback with one identity; objects seeded by parallel PUTs). `moto`
+store, started here on loopback with one identity; objects written to local disk, then
+copied in with `weed filer.copy`). `moto`
 runs the former mock inside this process instead (benchmarks/common.InProcessS3: objects
 seeded straight into its store, listings patched to visit only the prefix asked for, since
 moto scans and sorts the whole bucket on every page).
@@ -74,24 +75,22 @@ class Seaweed:
     def __init__(self, bucket: str):
         import secrets
 
-        import boto3
-
         self.folder = Path(tempfile.mkdtemp(prefix="fcn-bench-weed-"))
         self.server = seaweedfs.start(self.folder, bucket, "bench", secrets.token_hex(16))
         os.environ.update(self.server.client_env())
         self.bucket, self.uri = bucket, f"s3://{bucket}"
-        self.client = boto3.client("s3", endpoint_url=self.server.endpoint_url)
 
-    def put_many(self, objects: list[tuple[str, bytes]], threads: int = 32) -> None:
-        from concurrent.futures import ThreadPoolExecutor
-
-        def put(item):
-            self.client.put_object(Bucket=self.bucket, Key=item[0], Body=item[1])
-
-        with ThreadPoolExecutor(threads) as pool:
-            for done, _ in enumerate(pool.map(put, objects), 1):
-                if done % 100_000 == 0:
-                    print(f"  {done:,} of {len(objects):,} objects put", flush=True)
+    def copy_tree(self, local: Path, prefix: str) -> None:
+        """The folders under `local` to `s3://bucket/<prefix>/` with `weed filer.copy` through
+        the filer (~4x the objects/s of parallel S3 PUTs here). Its address names the filer's
+        gRPC port, which is not the default port + 10000 here."""
+        filer = f"http://127.0.0.1:{self.server.ports[3]}.{self.server.ports[6]}"
+        folders = sorted(str(p) for p in local.iterdir())
+        subprocess.run(
+            [seaweedfs.weed_binary(), "filer.copy", "-c", "32", *folders,
+             f"{filer}/buckets/{self.bucket}/{prefix}/"],
+            check=True, stdout=subprocess.DEVNULL,
+        )  # fmt: skip
 
     def cpu(self) -> float:
         """The server's CPU seconds so far (user + system)."""
@@ -104,10 +103,6 @@ class Seaweed:
 
 
 class Moto(InProcessS3):
-    def put_many(self, objects: list[tuple[str, bytes]]) -> None:
-        for key, body in objects:
-            self.put(key, body)
-
     def cpu(self) -> float:
         return time.process_time()  # the server runs in this process
 
@@ -117,6 +112,13 @@ def seed(src: str, out: str, images: int, server: Seaweed | Moto | None) -> None
     store of `server`)."""
     keys = [f"d{i // 1000:04d}/{i:07d}" for i in range(images)]
     src_at, out_at = storage.locate(src), storage.locate(out)
+    if isinstance(server, Seaweed):  # written locally, then copied in bulk
+        with tempfile.TemporaryDirectory(prefix="fcn-bench-seed-") as local:
+            seed(f"{local}/in", f"{local}/out", images, None)
+            bucket = f"{server.bucket}/"
+            server.copy_tree(Path(local) / "in", src_at.path.removeprefix(bucket))
+            server.copy_tree(Path(local) / "out", out_at.path.removeprefix(bucket))
+        return
     if src_at.local:
         for i, key in enumerate(keys):
             image, mask = Path(src) / f"{key}.jpg", Path(out) / f"{key}.png"
@@ -127,10 +129,9 @@ def seed(src: str, out: str, images: int, server: Seaweed | Moto | None) -> None
             mask.write_bytes(b"m")
         return
     bucket = f"{server.bucket}/"
-    server.put_many(
-        [(f"{src_at.path}/{key}.jpg".removeprefix(bucket), b"x") for key in keys]
-        + [(f"{out_at.path}/{key}.png".removeprefix(bucket), b"m") for key in keys]
-    )
+    for key in keys:
+        server.put(f"{src_at.path}/{key}.jpg".removeprefix(bucket), b"x")
+        server.put(f"{out_at.path}/{key}.png".removeprefix(bucket), b"m")
 
 
 def write_state(src: str, out: str) -> None:
