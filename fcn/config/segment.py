@@ -97,9 +97,9 @@ class SegmentConfig(Settings):
         50, "images of the night queued for labeling, by --queue-strategy (0: no queue)"
     )
     queue_strategy: str = setting(
-        "entropy", "how the queue picks: 'random' (a seeded sample, the baseline), 'entropy' "
-        "(most uncertain first) or 'diverse' (k-center over the most uncertain, "
-        "near-duplicates left out); docs/insight.md",
+        "diverse", "how the queue picks: 'diverse' (k-center over the most uncertain, "
+        "near-duplicates left out; the default: results/active_learning.md), 'random' (a "
+        "seeded sample, the baseline) or 'entropy' (most uncertain first); docs/insight.md",
         choices=("random", "entropy", "diverse"),
     )  # fmt: skip
     queue_seed: int = setting(0, "seed of --queue-strategy random")

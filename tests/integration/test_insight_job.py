@@ -108,6 +108,7 @@ def test_a_drift_night_is_flagged_queued_labeled_and_trained_on(
     args = [
         "jobs/segment.py", "--output", output, "--model", model, "--experiment", EXPERIMENT,
         "--drift-threshold", str(THRESHOLD), "--queue-size", str(night),
+        "--queue-strategy", "entropy",  # the ranking by uncertainty is what is checked here
     ]  # fmt: skip
 
     day1 = upload(s3, "insight/images/day1", {f"{i}.png": a for i, a in enumerate(scenes(1, 12))})
