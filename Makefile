@@ -31,9 +31,9 @@ demo: $(VENV)/.installed
 	$(PY) jobs/demo.py
 
 test: $(VENV)/.installed lint
-# Three pytest workers on two cores: the integration tests mostly wait (job submission, service
-# start-up, polling); docs/environment.md, "The test suite on parallel workers".
-	$(PY) -m pytest tests -n 3 --dist loadfile --no-loadscope-reorder --durations=15
+# Two pytest workers on two cores: the integration tests mostly wait (job submission, service
+# start-up, polling); three overload the machine (docs/environment.md).
+	$(PY) -m pytest tests -n 2 --dist loadfile --no-loadscope-reorder --durations=15
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .

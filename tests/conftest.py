@@ -232,7 +232,7 @@ def mlflow_server(s3, tmp_path_factory):
 
 # --- Parallel runs ---------------------------------------------------------------------------
 
-# `make test` runs the suite on three pytest-xdist workers (`-n 3 --dist loadfile`, files taken
+# `make test` runs the suite on two pytest-xdist workers (`-n 2 --dist loadfile`, files taken
 # in the order below: `--no-loadscope-reorder`): most of an integration test's time is spent
 # waiting on jobs, not on the CPU. A file's tests stay on one worker, so its module fixtures (a
 # local Ray, a second Ray node) are set up once; each worker starts its own session services
