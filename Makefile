@@ -33,7 +33,7 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed lint
 # Two pytest workers on two cores: the integration tests mostly wait (job submission, service
 # start-up, polling); three overload the machine (docs/environment.md).
-	$(PY) -m pytest tests -n 2 --dist loadfile --no-loadscope-reorder --durations=15
+	$(PY) -m pytest tests -n 2 --dist loadfile --no-loadscope-reorder --durations=40
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .

@@ -55,13 +55,30 @@ def encode(image, fmt="PNG", **kwargs) -> bytes:
     return buffer.getvalue()
 
 
-def direct(model_dir: str, image: np.ndarray) -> np.ndarray:
+def direct_scores(model_dir: str, image: np.ndarray) -> torch.Tensor:
     state, config = checkpoint.load(model_dir)
     model = config.build_model()
     model.load_state_dict(state)
     with torch.inference_mode():
-        logits = model.eval()(normalize(image, config.preprocessing)[None])
-    return logits.argmax(1)[0].numpy()
+        return model.eval()(normalize(image, config.preprocessing)[None])[0]
+
+
+def direct(model_dir: str, image: np.ndarray) -> np.ndarray:
+    return direct_scores(model_dir, image).argmax(0).numpy()
+
+
+def assert_mask_of(mask: np.ndarray, model_dir: str, image: np.ndarray) -> None:
+    """`mask` is the argmax of a direct forward of `image`, but where the two best classes'
+    scores tie to float rounding: another batch shape, tile or thread count sums in another
+    order and may flip those (seen on CI: a handful of pixels in 500,000). A pixel that
+    differs anywhere else (a band or tile out of place, a wrong crop) fails."""
+    scores = direct_scores(model_dir, image)
+    expected = scores.argmax(0).numpy()
+    top2 = scores.topk(2, dim=0).values
+    tie = (top2[0] - top2[1] <= 1e-4 * top2[0].abs().clamp(min=1.0)).numpy()
+    assert tie.mean() < 1e-3  # the test model separates its classes almost everywhere
+    differ = mask.reshape(expected.shape) != expected
+    assert not (differ & ~tie).any(), f"{int((differ & ~tie).sum())} pixels differ off a tie"
 
 
 # --- decoding policy -----------------------------------------------------------------------
@@ -347,8 +364,9 @@ def test_predictor_masks_equal_a_direct_forward(tmp_path, model_dir):
         expected = direct(model_dir, image)
         assert mask.shape == image.shape[:2]
         assert len(np.unique(expected)) > 1  # the test model really varies
-        assert np.array_equal(mask, expected)
-    counts = np.bincount(direct(model_dir, pictures["a.png"]).ravel(), minlength=NUM_CLASSES)
+        assert_mask_of(mask, model_dir, image)
+    first = np.asarray(Image.open(tmp_path / "m" / "a.png"))
+    counts = np.bincount(first.ravel(), minlength=NUM_CLASSES)
     assert out_rows[0]["class_counts"] == counts.tolist()
     assert out_rows[0]["classes_present"] == int((counts > 0).sum())
     assert 0 < out_rows[0]["mean_margin"] <= 1 and out_rows[0]["mean_entropy"] > 0
@@ -373,9 +391,9 @@ def test_predictor_tiles_give_the_whole_image_masks(tmp_path, model_dir):
         assert out["status"] is None, out["error"]
         maps[tile] = (np.frombuffer(out["mask"], np.uint8), out["mean_entropy"])
     whole, entropy = maps["none"]
-    assert np.array_equal(whole.reshape(500, 1000), direct(model_dir, image))
+    assert_mask_of(whole, model_dir, image)
     for tiled, tiled_entropy in (maps["480"], maps["auto"]):
-        assert np.array_equal(tiled, whole)
+        assert_mask_of(tiled, model_dir, image)
         assert tiled_entropy == pytest.approx(entropy, rel=1e-4)
 
 
@@ -454,7 +472,7 @@ def test_run_local_incremental_and_exit_status(tmp_path, model_dir, local_ray):
     assert (third.counts.done, third.counts.failed, third.counts.skipped) == (1, 1, 1)
     assert not third.ok  # 1 of 2 failed > 0.0: jobs/segment.py exits 1
     mask = np.asarray(Image.open(tmp_path / "out" / "d" / "b.png"))
-    assert np.array_equal(mask, direct(model_dir, picture(72, 64, 3)))
+    assert_mask_of(mask, model_dir, picture(72, 64, 3))
 
 
 @pytest.mark.slow
@@ -477,7 +495,7 @@ def test_run_local_routes_rasters_to_tiled_georeferenced_masks(tmp_path, model_d
     first = run(config)
     assert (first.counts.done, first.counts.failed) == (2, 1)
     with rasterio.open(out / "aerial" / "scene.tif") as mask:
-        assert np.array_equal(mask.read(1), direct(model_dir, raster_rgb(scene)))
+        assert_mask_of(mask.read(1), model_dir, raster_rgb(scene))
         assert mask.crs.to_epsg() == RASTER_CRS_EPSG
     assert (out / "a.png").exists() and not (out / "broken.tif").exists()
     rows = {Path(r["uri"]).name: r for r in pq.read_table(first.manifest).to_pylist()}
@@ -509,10 +527,10 @@ def test_run_local_shares_one_raster_among_the_actors(tmp_path, model_dir, local
     first = run(config)
     assert (first.counts.done, first.counts.failed) == (1, 0)
     with rasterio.open(out / "scene.tif") as mask:
-        # A band out of place would differ in whole rows; one pixel in 10^4 may differ in
-        # the last float bit between a tile's forward and the whole image's (measured: 1 of
-        # 910,000). tests/unit/test_rasters.py holds bands to `predict` exactly.
-        assert (mask.read(1) != direct(model_dir, raster_rgb(scene))).mean() < 1e-4
+        # A band out of place would differ in whole rows; a tile's forward and the whole
+        # image's may differ at float ties (measured: 1 pixel of 910,000).
+        # tests/unit/test_rasters.py holds bands to `predict` exactly.
+        assert_mask_of(mask.read(1), model_dir, raster_rgb(scene))
         assert mask.crs.to_epsg() == RASTER_CRS_EPSG
     (row,) = pq.read_table(first.manifest).to_pylist()
     assert (row["status"], row["height"], row["width"]) == ("ok", 1300, 700)
@@ -548,7 +566,7 @@ def test_run_local_on_a_parquet_split(tmp_path, model_dir, local_ray):
     assert "already taken by s3://bucket/raw/x.jpg" in rows["s3://bucket/raw/x.png"]["error"]
     for name, image in (("x", images[0]), ("y/z", images[1])):
         mask = np.asarray(Image.open(tmp_path / "out" / "bucket" / "raw" / f"{name}.png"))
-        assert np.array_equal(mask, direct(model_dir, image))
+        assert_mask_of(mask, model_dir, image)
     second = run(config)
     assert (second.counts.done, second.counts.skipped, second.counts.failed) == (0, 2, 1)
 
