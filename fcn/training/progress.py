@@ -53,7 +53,8 @@ class Throughput:
 
 
 def _clock(seconds: float) -> str:
-    """h:mm:ss, or m:ss under an hour."""
-    minutes, secs = divmod(int(seconds), 60)
+    """h:mm:ss, or m:ss under an hour; to the nearest second (a difference of two clock
+    readings lands a hair under the whole second as often as on it)."""
+    minutes, secs = divmod(round(seconds), 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
