@@ -67,11 +67,12 @@ def direct(model_dir: str, image: np.ndarray) -> np.ndarray:
     return direct_scores(model_dir, image).argmax(0).numpy()
 
 
-def assert_mask_of(mask: np.ndarray, model_dir: str, image: np.ndarray) -> None:
+def assert_mask_of(mask: np.ndarray, model_dir: str, image: np.ndarray) -> np.ndarray:
     """`mask` is the argmax of a direct forward of `image`, but where the two best classes'
     scores tie to float rounding: another batch shape, tile or thread count sums in another
     order and may flip those (seen on CI: a handful of pixels in 500,000). A pixel that
-    differs anywhere else (a band or tile out of place, a wrong crop) fails."""
+    differs anywhere else (a band or tile out of place, a wrong crop) fails. Returns the
+    direct forward's mask."""
     scores = direct_scores(model_dir, image)
     expected = scores.argmax(0).numpy()
     top2 = scores.topk(2, dim=0).values
@@ -79,6 +80,7 @@ def assert_mask_of(mask: np.ndarray, model_dir: str, image: np.ndarray) -> None:
     assert tie.mean() < 1e-3  # the test model separates its classes almost everywhere
     differ = mask.reshape(expected.shape) != expected
     assert not (differ & ~tie).any(), f"{int((differ & ~tie).sum())} pixels differ off a tie"
+    return expected
 
 
 # --- decoding policy -----------------------------------------------------------------------
@@ -361,10 +363,9 @@ def test_predictor_masks_equal_a_direct_forward(tmp_path, model_dir):
     assert "read failed" in out_rows[-1]["error"]
     for name, image in pictures.items():
         mask = np.asarray(Image.open(tmp_path / "m" / name))
-        expected = direct(model_dir, image)
         assert mask.shape == image.shape[:2]
+        expected = assert_mask_of(mask, model_dir, image)
         assert len(np.unique(expected)) > 1  # the test model really varies
-        assert_mask_of(mask, model_dir, image)
     first = np.asarray(Image.open(tmp_path / "m" / "a.png"))
     counts = np.bincount(first.ravel(), minlength=NUM_CLASSES)
     assert out_rows[0]["class_counts"] == counts.tolist()
