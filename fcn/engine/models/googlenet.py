@@ -21,7 +21,6 @@ Where torchvision's GoogLeNet differs from Caffe's bvlc_googlenet, and what that
 """
 
 import torch
-import torchvision
 from torch import nn
 
 from fcn.engine.models.layers import crop, upsample, upscore_offset
@@ -45,6 +44,10 @@ class FCNGoogLeNet(nn.Module):
         super().__init__()
         self.num_classes = num_classes
         self.transform_input = transform_input
+        # Imported here: torchvision's import pulls in torch._dynamo (~2 s of CPU), which every
+        # Ray worker that unpickles a stage would otherwise pay for one model family.
+        import torchvision
+
         net = torchvision.models.googlenet(weights=None, aux_logits=False, init_weights=True)
         for name in BACKBONE:
             setattr(self, name, getattr(net, name))

@@ -57,22 +57,25 @@ def _spec(spec) -> dict:
     return spec
 
 
-def normalize(image, spec) -> torch.Tensor:
+def normalize(image, spec, channels_last: bool = False) -> torch.Tensor:
     """uint8 RGB `H x W x 3` (or a batch `N x H x W x 3`), NumPy or torch -> float32 NCHW-ready.
 
-    Returns `3 x H x W` for one image, `N x 3 x H x W` for a batch.
+    Returns `3 x H x W` for one image, `N x 3 x H x W` for a batch: contiguous, or with
+    `channels_last` a batch in PyTorch's channels-last layout, which is the pixels' own
+    (H x W x 3) order, so no copy rearranges them (the inference path's layout).
     """
     spec = _spec(spec)
     array = torch.as_tensor(np.asarray(image) if not isinstance(image, torch.Tensor) else image)
     if array.ndim not in (3, 4) or array.shape[-1] != 3:
         raise ValueError(f"expected H x W x 3 or N x H x W x 3 RGB, got shape {tuple(array.shape)}")
-    x = array.to(torch.float32)
+    x = array.to(torch.float32, copy=True)  # a copy of its own: the steps below are in place
     if spec["channel_order"] == "BGR":
         x = x.flip(-1)
     elif spec["channel_order"] != "RGB":
         raise ValueError(f"unknown channel_order {spec['channel_order']!r}")
-    x = x * (spec["scale"] / 255.0)
-    mean = torch.tensor(spec["mean"], dtype=torch.float32)
-    std = torch.tensor(spec["std"], dtype=torch.float32)
-    x = (x - mean) / std
-    return x.movedim(-1, -3).contiguous()
+    # In place, each step the same arithmetic as `(x * scale - mean) / std`, bit for bit.
+    x.mul_(spec["scale"] / 255.0)
+    x.sub_(torch.tensor(spec["mean"], dtype=torch.float32))
+    x.div_(torch.tensor(spec["std"], dtype=torch.float32))
+    x = x.movedim(-1, -3)
+    return x if channels_last and x.ndim == 4 else x.contiguous()
