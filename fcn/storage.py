@@ -261,6 +261,11 @@ class Location:
     def exists(self) -> bool:
         return self.fs.exists(self.path)
 
+    def stat(self) -> tuple[int, float | None]:
+        """(size, mtime) of the object, as `walk` lists them; FileNotFoundError if absent."""
+        info = self.fs.info(self.path)
+        return int(info.get("size") or 0), _mtime(info)
+
     def read_bytes(self) -> bytes:
         return self.fs.cat_file(self.path)  # one GET on S3 (open() + read() costs a HEAD too)
 

@@ -24,7 +24,9 @@ SCHEMA = pa.schema(
         pa.field("image_id", pa.string(), nullable=False),
         pa.field("split", pa.string(), nullable=False),
         pa.field("source", pa.string(), nullable=False),
-        pa.field("image", pa.binary(), nullable=False),
+        # null for a raster of an unlabeled split (`images.is_raster(uri)`): a reference,
+        # read window by window from `uri` by the segment job, never bytes in Parquet
+        pa.field("image", pa.binary(), nullable=True),
         pa.field("mask", pa.binary(), nullable=True),
         pa.field("height", pa.int32(), nullable=False),
         pa.field("width", pa.int32(), nullable=False),

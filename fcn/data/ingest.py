@@ -140,9 +140,10 @@ def check_config(config: IngestConfig) -> Checked:
         if uri is not None and not storage.exists(uri):
             raise ValueError(f"--{flag} {uri} does not exist")
     if config.unlabeled is not None:
-        found = next(storage.locate(config.unlabeled).walk(images.IMAGE_EXTENSIONS, chunk=1), None)
+        kinds = images.IMAGE_EXTENSIONS + images.RASTER_EXTENSIONS
+        found = next(storage.locate(config.unlabeled).walk(kinds, chunk=1), None)
         if found is None:
-            kinds = ", ".join(images.IMAGE_EXTENSIONS)
+            kinds = ", ".join(kinds)
             raise ValueError(f"--unlabeled {config.unlabeled} holds no images ({kinds})")
     return Checked(config, load_classes(config))
 

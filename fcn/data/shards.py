@@ -18,11 +18,14 @@ from fcn import storage
 from fcn.data import validate, voc
 from fcn.data.contract import ERROR_SCHEMA, SCHEMA
 from fcn.data.plan import Shard
+from fcn.engine import images
 
 
-def _read(uri: str | None) -> bytes | BaseException | None:
+def _read(uri: str | None) -> bytes | BaseException | object | None:
     if uri is None:
         return None
+    if images.is_raster(uri):  # kept as a reference: validate reads its header only
+        return validate.RASTER
     try:
         # cat_file is one GET; opening a file object first costs an extra HEAD per object.
         fs, path = storage.filesystem(uri)
@@ -88,12 +91,12 @@ def write_shard(
         if len(rows) == rows_per_row_group:
             groups.append(_table(rows, SCHEMA))
             written += len(rows)
-            image_bytes += sum(len(r["image"]) for r in rows)
+            image_bytes += sum(len(r["image"] or b"") for r in rows)
             rows = []
     if rows:
         groups.append(_table(rows, SCHEMA))
         written += len(rows)
-        image_bytes += sum(len(r["image"]) for r in rows)
+        image_bytes += sum(len(r["image"] or b"") for r in rows)
     storage.write_bytes(storage.join(output, shard.key), _parquet_bytes(groups, SCHEMA))
     if errors:
         error_table = _table(errors, ERROR_SCHEMA)

@@ -1,5 +1,5 @@
 """Validation of one record: the bytes read for an image (and its mask) -> a dataset row, or
-an error row saying why not.
+an error row saying why not. An unlabeled raster becomes a reference row from its header.
 
 Pure functions of bytes, unit-testable without Ray or storage. Images and masks go through
 `fcn.engine.images`, the codec training, evaluation and segmentation use, so what ingest
@@ -11,9 +11,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from fcn import storage
 from fcn.data import voc
 from fcn.engine import images
 from fcn.engine.classes import VOID
+
+# What the shard reader passes instead of bytes for an unlabeled raster (never read whole).
+RASTER = object()
 
 
 class Rejected(Exception):
@@ -108,6 +112,36 @@ def validate_record(
     }
 
 
+def validate_raster(record: voc.Record) -> dict:
+    """A row for an unlabeled raster (`images.is_raster`): a reference, not bytes. Only its
+    header is read (size, bands, pixel type), never its pixels: a 20,000^2 GeoTIFF stays in
+    the bucket, and whoever segments it reads it window by window from `uri`, each window
+    under the pixel cap (fcn.engine.rasters). `image` is null; raise Rejected if unusable."""
+    from fcn.engine import rasters  # GDAL and torch: only in a shard that holds a raster
+
+    uri = record.image_uri
+    try:
+        with rasters.open_raster(uri) as dataset:
+            rasters.check_readable(dataset)
+            height, width = dataset.height, dataset.width
+    except images.BadImage as err:
+        raise Rejected(_IMAGE_REASONS[err.reason], uri, str(err)) from None
+    except Exception as err:  # GDAL's errors on untrusted bytes, or the object is gone
+        if not storage.exists(uri):
+            raise Rejected("missing_image", uri, "listed raster does not exist") from None
+        raise Rejected("corrupt_image", uri, f"not a readable raster: {err}") from None
+    return {
+        "image_id": record.image_id,
+        "split": record.split,
+        "source": record.source,
+        "image": None,  # a reference: the raster is read from `uri`
+        "mask": None,
+        "height": height,
+        "width": width,
+        "uri": uri,
+    }
+
+
 def _read_failure(err: BaseException | None, uri: str, kind: str) -> Rejected:
     if err is None or isinstance(err, FileNotFoundError):
         return Rejected(f"missing_{kind}", uri, f"listed {kind} does not exist")
@@ -117,6 +151,8 @@ def _read_failure(err: BaseException | None, uri: str, kind: str) -> Rejected:
 def row_or_error(record, image, mask, num_classes, max_pixels) -> tuple[dict | None, dict | None]:
     """(row, None) for a valid record, (None, error row in ERROR_SCHEMA's fields) otherwise."""
     try:
+        if image is RASTER:
+            return validate_raster(record), None
         return validate_record(record, image, mask, num_classes, max_pixels), None
     except Rejected as rej:
         uri, reason, detail = rej.uri, rej.reason, rej.detail

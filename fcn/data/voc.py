@@ -4,7 +4,8 @@
   palette index, 255 = void), `ImageSets/Segmentation/<split>.txt`.
 - SBD: `dataset/img/<id>.jpg`, `dataset/cls/<id>.mat` (`GTcls.Segmentation`),
   `dataset/<split>.txt`.
-- Any tree of images under a prefix (`fcn.images.IMAGE_EXTENSIONS`, nested, any case).
+- Any tree of images under a prefix (`fcn.images.IMAGE_EXTENSIONS`, nested, any case), and
+  rasters (`RASTER_EXTENSIONS`), which ingest keeps as references.
 
 PNG masks are decoded by `fcn.images.decode_mask`; SBD's MATLAB masks here, to the same
 H x W uint8 array.
@@ -78,14 +79,15 @@ def sbd_split_uri(root: str, split: str) -> str:
 
 
 def list_images(uri: str, split: str = "unlabeled", source: str = "unlabeled") -> list[Record]:
-    """Every image (`fcn.images.IMAGE_EXTENSIONS`) under `uri`, any depth, any extension
-    case; id = relative key.
+    """Every image (`fcn.images.IMAGE_EXTENSIONS`) and raster (`RASTER_EXTENSIONS`) under
+    `uri`, any depth, any extension case; id = relative key.
 
     The id keeps the extension so `a.jpg` and `a.png` in one folder stay distinct rows.
     """
+    kinds = images.IMAGE_EXTENSIONS + images.RASTER_EXTENSIONS
     return [
         Record(f.uri, None, split, source, storage.relative_key(uri, f.uri))
-        for f in storage.list_files(uri, extensions=images.IMAGE_EXTENSIONS)
+        for f in storage.list_files(uri, extensions=kinds)
     ]
 
 

@@ -37,6 +37,13 @@ MASK_EXTENSION = ".png"
 # their masks are GeoTIFFs too, keeping the georeference.
 RASTER_EXTENSIONS = (".tif", ".tiff")
 RASTER_MASK_EXTENSION = ".tif"
+
+
+def is_raster(key: str) -> bool:
+    """Whether `key` (a path, key or URI) names a raster: by its extension, any case."""
+    return key.lower().endswith(RASTER_EXTENSIONS)
+
+
 # Ingest's cap: rows read back from an ingested dataset were checked against it already.
 DEFAULT_MAX_PIXELS = 64_000_000
 # Modes Pillow converts to RGB without losing meaning (alpha is dropped).

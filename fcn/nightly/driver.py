@@ -249,9 +249,10 @@ def _rasters(night: Night, rows: pa.Table, actors: dict, written: dict):
 
 
 def _rasters_apart(work: Plan | SplitPlan) -> tuple[Plan | SplitPlan, pa.Table]:
-    """(the plan without its rasters, the rasters' rows); an ingested split holds none."""
+    """(the plan without its rasters, the rasters' rows); a split's rasters are references
+    the stage that reads the split drops."""
     if isinstance(work, SplitPlan):
-        return work, pa.table({})
+        return work, work.rasters
     raster = pc.match_substring_regex(work.todo.column("path"), masks.RASTER_KEY)
     apart = dataclasses.replace(work, todo=work.todo.filter(pc.invert(raster)))
     return apart, work.todo.filter(raster)

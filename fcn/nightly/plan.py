@@ -20,6 +20,7 @@ bytes (see `SplitPlan`).
 
 from __future__ import annotations
 
+import dataclasses
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -27,6 +28,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from fcn import storage
 from fcn.config import SegmentConfig
 from fcn.engine import images
 from fcn.nightly import masks, schema
@@ -60,6 +62,10 @@ class SplitPlan:
     known: pa.Table  # uri (sorted, unique), etag: skipped while the bytes hash to etag;
     #                  etag null: refused (the stage drops the row, the driver reports it)
     refused: pa.Table  # schema.REFUSED, as Plan.refused (etag, size null)
+    # The split's rasters (references: no bytes in Parquet) are planned here in full, their
+    # etag from the object as for an image prefix: TODO_COLUMNS' uri, mask_uri, etag, size.
+    rasters: pa.Table = dataclasses.field(default_factory=pa.table)
+    unchanged_rasters: int = 0
 
 
 def collect(chunks) -> pa.Table:
@@ -206,8 +212,7 @@ def _candidates(listing: pa.Table, state: pa.Table, input: Location, output: Loc
     paths = listing.column("path")
     keys = pc.utf8_slice_codeunits(paths, len(input.path) + 1)
     mask_keys, reasons = _mask_keys(input, keys)
-    mtime = pc.fill_null(pc.cast(listing.column("mtime"), pa.string()), "None")
-    etag = pc.binary_join_element_wise(pc.cast(listing.column("size"), pa.string()), mtime, ":")
+    etag = _etag(listing.column("size"), listing.column("mtime"))
     table = pa.table(
         {
             "uri": _uris(input, paths),
@@ -221,6 +226,12 @@ def _candidates(listing: pa.Table, state: pa.Table, input: Location, output: Loc
         }
     )
     return _taken(_owners(table, state))
+
+
+def _etag(size, mtime):
+    """An object's version, `size:mtime` as listed (null where the size is)."""
+    mtime = pc.fill_null(pc.cast(mtime, pa.string()), "None")
+    return pc.binary_join_element_wise(pc.cast(size, pa.string()), mtime, ":")
 
 
 def _decide(
@@ -321,11 +332,56 @@ def plan_split(
         }
     )
     table = _taken(_owners(table, state))
+    table = _with_rasters(table, uris)
     bad = pc.is_valid(table.column("error"))
     refused = schema.conform(table.filter(bad), schema.REFUSED)  # no etag, no size: unread
     table = table.filter(pc.invert(bad)).join(_previous(state), "uri", join_type="left outer")
-    table = table.append_column("etag", table.column("prev_etag"))
-    table = _decide(table, existing, config, model, retired)
-    done = table.filter(pc.invert(pc.or_(table.column("todo"), table.column("older"))))
+    # An image's etag is its bytes' digest, known once the stage reads them: assume the last
+    # one here. A raster's is its object's, known now.
+    etag = pc.coalesce(table.column("raster_etag"), table.column("prev_etag"))
+    table = _decide(table.append_column("etag", etag), existing, config, model, retired)
+    todo = pc.or_(table.column("todo"), table.column("older"))
+    raster = pc.is_valid(table.column("raster_etag"))
+    rasters = table.filter(pc.and_(raster, todo)).select(["uri", "mask_uri", "etag", "size"])
+    done = table.filter(pc.invert(todo))
     known = pa.concat_tables([done.select(["uri", "etag"]), refused.select(["uri", "etag"])])
-    return SplitPlan(known=known.sort_by("uri").combine_chunks(), refused=refused)
+    return SplitPlan(
+        known=known.sort_by("uri").combine_chunks(),
+        refused=refused,
+        rasters=rasters,
+        unchanged_rasters=pc.sum(pc.and_(raster, pc.invert(todo))).as_py() or 0,
+    )
+
+
+def _with_rasters(table: pa.Table, uris: pa.Array) -> pa.Table:
+    """`table` with `raster_etag` and `size`, set for the split's rasters (references: each
+    object is looked up, a few requests a night); a raster gone from its bucket is an error
+    row. Only the rasters' rows become Python objects."""
+    refs = uris.filter(pc.match_substring_regex(uris, masks.RASTER_KEY)).to_pylist()
+    with ThreadPoolExecutor(8, thread_name_prefix="stat-rasters") as pool:
+        stats = list(pool.map(_stat, refs))
+    found = [s if isinstance(s, tuple) else (None, None) for s in stats]
+    size = pa.array([size for size, _ in found], pa.int64())
+    looked_up = pa.table(
+        {
+            "uri": pa.array(refs, schema.URI.type),
+            "raster_etag": _etag(size, pa.array([mtime for _, mtime in found], pa.float64())),
+            "size": size,
+            "gone": pa.array(
+                [None if isinstance(s, tuple) else f"listed raster is gone: {s}" for s in stats],
+                pa.string(),
+            ),
+        }
+    )
+    table = table.join(looked_up, "uri", join_type="left outer")
+    error = pc.coalesce(table.column("error"), table.column("gone"))
+    table = table.set_column(table.column_names.index("error"), "error", error)
+    return table.drop_columns(["gone"])  # a gone raster's etag is null: its size is
+
+
+def _stat(uri: str) -> tuple[int, float | None] | str:
+    """(size, mtime) of the object at `uri`, or why it cannot be read."""
+    try:
+        return storage.locate(uri).stat()
+    except FileNotFoundError as err:
+        return str(err) or uri

@@ -75,6 +75,8 @@ def decide_parquet(batch: pa.Table, output: Location, known: list, config: Segme
     known_uris, known_etags = (_array(known.column(name)) for name in ("uri", "etag"))
     rows = []
     for uri, data in zip(*(batch.column(c).to_pylist() for c in ("uri", "image")), strict=True):
+        if data is None and images.is_raster(uri):
+            continue  # a raster's reference: planned on the driver, run by the raster actors
         at = _find(known_uris, uri)
         if at is not None and not known_etags[at].is_valid:
             continue  # refused on the driver (e.g. its mask key is another image's)

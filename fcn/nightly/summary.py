@@ -48,7 +48,7 @@ def count(table: pa.Table, results: pa.Table, work) -> Counts:
     failed = pc.sum(schema.where(table, Status.ERROR)).as_py() or 0
     if not isinstance(work, Plan):  # an ingested split: the stage decided what was unchanged
         skipped = pc.sum(schema.where(results, Status.SKIPPED)).as_py() or 0
-        return Counts(done, failed, skipped, deferred=0, resegmented=0)
+        return Counts(done, failed, skipped + work.unchanged_rasters, deferred=0, resegmented=0)
     return Counts(done, failed, work.unchanged, work.deferred, work.resegment)
 
 

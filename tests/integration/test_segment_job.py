@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from conftest import BIN, RAY_ENV
-from helpers_data import varied_model
+from helpers_data import geotiff, varied_model
 from PIL import Image
 
 from fcn import storage
@@ -316,16 +316,22 @@ def test_overlapping_runs_and_a_run_killed_in_the_merge_lose_nothing(s3, ray_hea
 
 
 def test_a_parquet_split_on_s3_is_read_through_pyarrow_and_skipped_when_unchanged(
-    s3, ray_head, model
+    s3, ray_head, model, tmp_path
 ):
     """An ingested split (`uri` + `image`) on the S3 server: masks at `<output>/<uri without
     scheme>.png`, the labeling queue's images read back from the split, and a second night
-    that finds every row unchanged by the hash of its bytes."""
+    that finds every row unchanged by the hash of its bytes. A raster in the split is a
+    reference (`image` null): read from its bucket, its mask a GeoTIFF, unchanged the second
+    night by its object's size and time."""
     files = {
         f"s3://cams/raw/img_{i}.png": encode(picture(64, 72 + 8 * i, 90 + i)) for i in range(5)
     }
+    raster = s3.uri("split-rasters/scene.tif")
+    s3.client().upload_file(geotiff(tmp_path / "scene.tif", 200, 300), s3.bucket,
+                            "split-rasters/scene.tif")  # fmt: skip
     buffer = io.BytesIO()
-    pq.write_table(pa.table({"uri": list(files), "image": list(files.values())}), buffer)
+    uris, data = [*files, raster], [*files.values(), None]
+    pq.write_table(pa.table({"uri": uris, "image": pa.array(data, pa.binary())}), buffer)
     s3.client().put_object(Bucket=s3.bucket, Key="split/unlabeled/part-0.parquet",
                            Body=buffer.getvalue())  # fmt: skip
     args = [
@@ -334,7 +340,9 @@ def test_a_parquet_split_on_s3_is_read_through_pyarrow_and_skipped_when_unchange
         "--queue-strategy", "entropy",  # never a shorter queue: exactly two exported
     ]  # fmt: skip
     rc, logs = ray_head.submit(args, env=s3.env)
-    assert rc == 0 and "5 done, 0 skipped, 0 failed" in logs, logs[-4000:]
+    assert rc == 0 and "6 done, 0 skipped, 0 failed" in logs, logs[-4000:]
+    mask = storage.read_bytes(s3.uri(f"split/masks/{s3.bucket}/split-rasters/scene.tif"))
+    assert mask.startswith((b"II*\x00", b"MM\x00*"))  # a TIFF (its georeference: unit tests)
     for uri, data in files.items():
         key = masks.mask_key(uri.removeprefix("s3://"))
         png = Image.open(io.BytesIO(storage.read_bytes(s3.uri(f"split/masks/{key}"))))
@@ -344,4 +352,4 @@ def test_a_parquet_split_on_s3_is_read_through_pyarrow_and_skipped_when_unchange
         assert len([n for n in archive.namelist() if n.startswith("JPEGImages/")]) == 2
 
     rc, logs = ray_head.submit(args, env=s3.env)
-    assert rc == 0 and "0 done, 5 skipped, 0 failed" in logs, logs[-4000:]
+    assert rc == 0 and "0 done, 6 skipped, 0 failed" in logs, logs[-4000:]

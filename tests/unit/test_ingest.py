@@ -328,3 +328,35 @@ def test_a_bad_class_file_is_a_settings_error(tmp_path, capsys):
     assert _ingest_job().main(argv) == 2
     assert capsys.readouterr().err.startswith("error: class file line 1")
     assert not (tmp_path / "out").exists()
+
+
+def test_unlabeled_rasters_become_references_from_their_header(tmp_path):
+    """An unlabeled raster is a row without bytes (`image` null): its size read from the header,
+    never its pixels; a raster with no RGB reading, a broken one and a vanished one are error
+    rows like bad photos. A prefix of rasters alone is a valid source."""
+    from helpers_data import geotiff
+
+    src = tmp_path / "bucket"
+    (src / "aerial").mkdir(parents=True)
+    geotiff(src / "aerial" / "scene.TIF", 300, 520)
+    geotiff(src / "five.tif", 40, 40, bands=5)
+    (src / "broken.tiff").write_bytes(b"II*\x00 not a raster")
+    config = ingest.check_config(IngestConfig(output=str(tmp_path / "out"), unlabeled=str(src)))
+    records, _ = plan.plan_records(config.config)
+    listed = [r.image_id for r in records["unlabeled"]]
+    assert listed == ["aerial/scene.TIF", "broken.tiff", "five.tif"]
+    gone = voc.Record(str(src / "gone.tif"), None, "unlabeled", "unlabeled", "gone.tif")
+    shard = plan.Shard("unlabeled", 0, (*records["unlabeled"], gone))
+    # A pixel cap under the raster's 156,000 pixels: a reference is never decoded whole (the
+    # cap guards each window the segment job reads).
+    counts = shards.write_shard(shard, str(tmp_path / "out"), 21, 10**5, 4, 2)
+    assert (counts["written"], counts["rejected"], counts["image_bytes"]) == (1, 3, 0)
+    table = pq.read_table(tmp_path / "out" / shard.key)
+    assert table.schema.equals(contract.SCHEMA)
+    (row,) = table.to_pylist()
+    assert (row["image"], row["height"], row["width"]) == (None, 300, 520)  # the header's
+    assert row["uri"] == str(src / "aerial" / "scene.TIF") and row["mask"] is None
+    errors = {Path(e["uri"]).name: e["reason"] for e in
+              pq.read_table(tmp_path / "out" / shard.error_key).to_pylist()}  # fmt: skip
+    assert errors == {"five.tif": "unsupported_image", "broken.tiff": "corrupt_image",
+                      "gone.tif": "missing_image"}  # fmt: skip

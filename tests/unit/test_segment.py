@@ -547,29 +547,54 @@ def test_run_local_shares_one_raster_among_the_actors(tmp_path, model_dir, local
 
 
 @pytest.mark.slow
-def test_run_local_on_a_parquet_split(tmp_path, model_dir, local_ray):
+def test_run_local_on_a_parquet_split_with_raster_references(tmp_path, model_dir, local_ray):
+    """An ingested split: photos take the PNG pipeline (x.png wants x.jpg's mask key, x.jpg
+    sorts first: an error row, every night); its rasters are references (`image` null,
+    fcn.data.validate) that the raster actors read window by window from their `uri` into
+    georeferenced masks. The next night skips the done ones; a raster gone from its bucket is
+    an error row; a raster rewritten in place is segmented again."""
+    import rasterio
+
+    from fcn.data import contract
     from fcn.nightly.driver import run
 
-    images = [picture(64, 64, 5), picture(64, 72, 6), picture(64, 64, 7)]
-    table = pa.table(
-        {  # x.png wants x.jpg's mask key (x.jpg sorts first): an error row, every night
-            "uri": ["s3://bucket/raw/x.jpg", "s3://bucket/raw/y/z.png", "s3://bucket/raw/x.png"],
-            "image": [encode(image) for image in images],
-        }
-    )
+    bucket = tmp_path / "bucket"
+    (bucket / "aerial").mkdir(parents=True)
+    scene = geotiff(bucket / "aerial" / "scene.tif", 680, 1000)
+    photos = {name: picture(64, 64 + 8 * (seed == 6), seed)
+              for name, seed in (("x.jpg", 5), ("y/z.png", 6), ("x.png", 7))}  # fmt: skip
+    data = {**{k: encode(v) for k, v in photos.items()}, "aerial/scene.tif": None, "gone.tif": None}
+    rows = [
+        {"image_id": key, "split": "unlabeled", "source": "unlabeled", "image": image,
+         "mask": None, "height": 64, "width": 64, "uri": str(bucket / key)}
+        for key, image in data.items()
+    ]  # fmt: skip
     (tmp_path / "split").mkdir()
-    pq.write_table(table, tmp_path / "split" / "part-0.parquet")
-    config = SegmentConfig(str(tmp_path / "split"), str(tmp_path / "out"), model_dir)
+    pq.write_table(pa.Table.from_pylist(rows, contract.SCHEMA), tmp_path / "split" / "p.parquet")
+    config = SegmentConfig(str(tmp_path / "split"), str(tmp_path / "out"), model_dir, tile="640")
     config = dataclasses.replace(config, max_error_fraction=0.5)
+
     first = run(config)
-    assert (first.counts.done, first.counts.failed) == (2, 1)
-    rows = {r["uri"]: r for r in pq.read_table(first.manifest).to_pylist()}
-    assert "already taken by s3://bucket/raw/x.jpg" in rows["s3://bucket/raw/x.png"]["error"]
-    for name, image in (("x", images[0]), ("y/z", images[1])):
-        mask = np.asarray(Image.open(tmp_path / "out" / "bucket" / "raw" / f"{name}.png"))
-        assert_mask_of(mask, model_dir, image)
+    assert (first.counts.done, first.counts.failed) == (3, 2)
+    manifest_rows = {r["uri"]: r for r in pq.read_table(first.manifest).to_pylist()}
+    assert f"already taken by {bucket}/x.jpg" in manifest_rows[f"{bucket}/x.png"]["error"]
+    assert "gone" in manifest_rows[f"{bucket}/gone.tif"]["error"]
+    done = manifest_rows[f"{bucket}/aerial/scene.tif"]
+    assert (done["status"], done["height"], done["width"]) == ("ok", 680, 1000)
+    masks_at = tmp_path / "out" / str(bucket).lstrip("/")  # a split's mask key: its uri's path
+    for name, image in (("x", photos["x.jpg"]), ("y/z", photos["y/z.png"])):
+        assert_mask_of(np.asarray(Image.open(masks_at / f"{name}.png")), model_dir, image)
+    with rasterio.open(masks_at / "aerial" / "scene.tif") as mask:
+        assert_mask_of(mask.read(1), model_dir, raster_rgb(scene))
+        assert mask.crs.to_epsg() == RASTER_CRS_EPSG
+
     second = run(config)
-    assert (second.counts.done, second.counts.skipped, second.counts.failed) == (0, 2, 1)
+    assert (second.counts.done, second.counts.skipped, second.counts.failed) == (0, 3, 2)
+    geotiff(bucket / "aerial" / "scene.tif", 640, 1000)  # rewritten in place
+    third = run(config)
+    assert (third.counts.done, third.counts.skipped, third.counts.failed) == (1, 2, 2)
+    with rasterio.open(masks_at / "aerial" / "scene.tif") as mask:
+        assert (mask.height, mask.width) == (640, 1000)
 
 
 class _StrideTwoNet(torch.nn.Module):
