@@ -68,8 +68,13 @@ COLUMNS = ("image_id", "image", "mask")
 
 def split_files(data: str, split: str) -> list[str]:
     """The Parquet files of `<data>/<split>/`, sorted; FileNotFoundError when there are none."""
+    return [f.uri for f in split_file_infos(data, split)]
+
+
+def split_file_infos(data: str, split: str) -> list[storage.FileInfo]:
+    """`split_files` with each file's size."""
     uri = storage.join(data, split)
-    files = [f.uri for f in storage.list_files(uri, extensions=(".parquet",))]
+    files = storage.list_files(uri, extensions=(".parquet",))
     if not files:
         raise FileNotFoundError(
             f"no Parquet files under {uri!r}: is --data the root of an ingested dataset "

@@ -9,10 +9,16 @@ import numpy as np
 from fcn import storage
 from fcn.config import TrainConfig
 from fcn.data import transforms
-from fcn.data.contract import check_split, read_classes, split_files
+from fcn.data.contract import check_split, read_classes, split_file_infos, split_files
 from fcn.data.distribution import Distribution, of_masks
 from fcn.engine import images, optim
 from fcn.engine.classes import ClassList
+
+# A cached split this small is read by the driver and handed to Ray Data as tables: Ray Data's
+# own read (a job of read tasks, their worker processes started) cost ~10 s on 2 cores however
+# small the split, and gives the same rows in the object store (docs/environment.md).
+DRIVER_READ_BYTES = 256 << 20
+BLOCK_ROWS = 32
 
 
 def train_dataset(config: TrainConfig, spec: dict):
@@ -20,26 +26,40 @@ def train_dataset(config: TrainConfig, spec: dict):
     import ray.data
 
     fs, _ = storage.pyarrow_filesystem(config.data)
-    paths = []
-    for split in config.train_split:
-        split_files(config.data, split)  # a clear error when the split is missing
-        paths.append(storage.pyarrow_filesystem(storage.join(config.data, split))[1])
+    files = [f for split in config.train_split for f in split_file_infos(config.data, split)]
+    paths = [storage.strip_scheme(f.uri) for f in files]
     # The split is executed once per epoch: its plan would be logged anew every epoch.
     ray.data.DataContext.get_current().print_on_execution_start = False
-    # select_columns is pushed down into the Parquet read: other columns are never fetched.
-    dataset = ray.data.read_parquet(paths, filesystem=fs).select_columns(["image", "mask"])
-    if config.cache_reads:
-        # Every epoch re-executes the pipeline; without this each one starts with the Parquet
-        # reads again (~5 s per epoch on 2 cores, however small the split). The encoded bytes
-        # are what is kept (spilled to disk if they do not fit); decoding and the random
-        # crops and flips still run anew every epoch.
-        dataset = dataset.materialize()
+    if config.cache_reads and sum(f.size for f in files) <= DRIVER_READ_BYTES:
+        dataset = ray.data.from_arrow(_blocks(_read_in_driver(paths, fs)))
+    else:
+        # select_columns is pushed down into the Parquet read: other columns are never fetched.
+        dataset = ray.data.read_parquet(paths, filesystem=fs).select_columns(["image", "mask"])
+        if config.cache_reads:
+            # Every epoch re-executes the pipeline; without this each one starts with the
+            # Parquet reads again (~5 s per epoch on 2 cores, however small the split). The
+            # encoded bytes are what is kept (spilled to disk if they do not fit); decoding and
+            # the random crops and flips still run anew every epoch.
+            dataset = dataset.materialize()
     return dataset.map_batches(
         transform_batch,
         fn_kwargs={"spec": spec, "crop_size": config.crop_size, "flip": config.flip},
         batch_size=8,
         batch_format="numpy",
     )
+
+
+def _read_in_driver(paths: list[str], fs):
+    """The `image` and `mask` columns of a small split, read by the driver (pyarrow)."""
+    import pyarrow.dataset as pads
+
+    return pads.dataset(paths, filesystem=fs, format="parquet").to_table(columns=["image", "mask"])
+
+
+def _blocks(table, rows: int = BLOCK_ROWS) -> list:
+    """`table` in slices of `rows`: Ray Data transforms a block per task, so one block would
+    leave all but one CPU idle."""
+    return [table.slice(i, rows) for i in range(0, table.num_rows, rows)] or [table]
 
 
 def transform_batch(batch: dict, spec: dict, crop_size, flip: bool) -> dict:

@@ -6,6 +6,7 @@ import json
 import os
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import torch
 from helpers_data import write_split
@@ -13,6 +14,7 @@ from torch import nn
 
 from fcn import tracking
 from fcn.config import TrainConfig
+from fcn.data import transforms
 from fcn.engine import checkpoint, metrics, optim
 from fcn.engine.classes import ClassList
 from fcn.engine.models import build_model, preprocess
@@ -146,17 +148,24 @@ def test_recipe_rejects_nonsense():
         optim.recipe(dataclasses.replace(config(), lr=-1.0))
 
 
-def test_cached_training_splits_still_get_new_crops_every_epoch(tmp_path, local_ray):
+@pytest.mark.parametrize("route", ["driver", "ray-data"])
+def test_cached_training_splits_still_get_new_crops_every_epoch(
+    tmp_path, local_ray, monkeypatch, route
+):
     """--cache-reads keeps the encoded rows, not the transformed ones: each pass over the
-    dataset (an epoch) crops anew, and every image of every train split is in every epoch."""
-    from fcn.training.dataset import train_dataset
+    dataset (an epoch) crops anew, and every image of every train split is in every epoch,
+    whether the driver read the small split (`driver`) or Ray Data's read did (`ray-data`,
+    splits over DRIVER_READ_BYTES); both give the same images."""
+    from fcn.training import dataset as training_data
 
+    if route == "ray-data":
+        monkeypatch.setattr(training_data, "DRIVER_READ_BYTES", 0)
     write_split(str(tmp_path), "train", 3, size=(48, 48), seed=0)
     write_split(str(tmp_path / "labeled"), "default", 1, size=(48, 48), seed=1, files=1)
     splits = ("train", "labeled/default")
     cfg = config(crop_size=24, cache_reads=True, train_split=splits)
     cfg = dataclasses.replace(cfg, data=str(tmp_path))
-    dataset = train_dataset(cfg, preprocess.TORCHVISION)
+    dataset = training_data.train_dataset(cfg, preprocess.TORCHVISION)
     epochs = [
         [b["image"] for b in dataset.iter_batches(batch_size=None, batch_format="numpy")]
         for _ in range(2)
@@ -165,6 +174,15 @@ def test_cached_training_splits_still_get_new_crops_every_epoch(tmp_path, local_
     assert first.shape == second.shape == (4, 3, 24, 24)
     # Compared as sets (order-free): the same crops in another order would not count.
     assert sorted(x.tobytes() for x in first) != sorted(x.tobytes() for x in second)
+    whole = dataclasses.replace(cfg, crop_size=None)  # no crop, no flip: the images themselves
+    rows = training_data.train_dataset(whole, preprocess.TORCHVISION).take_all()
+    transform = transforms.TrainTransform(preprocess.TORCHVISION)
+    expected = sorted(  # the split's images as the transform reads them, straight from Parquet
+        transform.one(r["image"], r["mask"])[0].tobytes()
+        for split in splits
+        for r in pq.read_table(tmp_path / split).to_pylist()
+    )
+    assert sorted(r["image"].tobytes() for r in rows) == expected
 
 
 # --- class lists: data -> config -> checkpoint, metric names, panels ------------------------
