@@ -311,16 +311,15 @@ class Location:
         """Files under this location as Arrow tables of at most `chunk` rows (`path`, `size`,
         `mtime`), one directory listing at a time: a bucket of millions of keys never sits in
         Python objects all at once. A missing prefix yields nothing; an unreachable store
-        raises."""
+        raises. On S3 through pyarrow's C++ client (`_s3_files`): botocore parsing the pages
+        in Python was most of the segment job's planning CPU at a million images
+        (results/segment_scale.md)."""
         suffixes = _suffixes(extensions)
         paths, sizes, mtimes = [], [], []
-        for _, _, files in self.fs.walk(self.path, detail=True):
-            for info in files.values():
-                if suffixes and not info["name"].lower().endswith(suffixes):
-                    continue
-                paths.append(info["name"])
-                sizes.append(int(info.get("size") or 0))
-                mtimes.append(_mtime(info))
+        for path, size, mtime in self._files(suffixes):
+            paths.append(path)
+            sizes.append(size)
+            mtimes.append(mtime)
             if len(paths) >= chunk:
                 yield pa.table({"path": paths, "size": sizes, "mtime": mtimes}, schema=WALK_SCHEMA)
                 paths, sizes, mtimes = [], [], []
@@ -328,18 +327,28 @@ class Location:
             yield pa.table({"path": paths, "size": sizes, "mtime": mtimes}, schema=WALK_SCHEMA)
 
     def paths(self, extensions=None, chunk: int = 50_000):
-        """The file paths `walk` would list, as Arrow string arrays of at most `chunk`, one
-        directory listing at a time (no sizes or times). On S3 through pyarrow's filesystem:
-        its C++ client parses listing pages several times faster than botocore and lets go of
-        the GIL, so this listing runs beside another one (the segment job lists the masks
-        this way while it walks the images). A missing prefix yields nothing."""
-        if self.scheme not in ("s3", "s3a"):
-            for table in self.walk(extensions, chunk):
-                yield table.column("path").combine_chunks()
+        """The file paths `walk` would list, as Arrow string arrays of at most `chunk`. On S3
+        pyarrow's C++ client parses the pages and lets go of the GIL, so this listing runs
+        beside another one (the segment job lists the masks while it lists the images)."""
+        for table in self.walk(extensions, chunk):
+            yield table.column("path").combine_chunks()
+
+    def _files(self, suffixes: tuple[str, ...]):
+        """(path, size, mtime) of every file under this location, a directory at a time."""
+        if self.scheme in ("s3", "s3a"):
+            yield from self._s3_files(suffixes)
             return
+        for _, _, files in self.fs.walk(self.path, detail=True):
+            for info in files.values():
+                if not suffixes or info["name"].lower().endswith(suffixes):
+                    yield info["name"], int(info.get("size") or 0), _mtime(info)
+
+    def _s3_files(self, suffixes: tuple[str, ...]):
+        """`_files` through pyarrow's S3 filesystem. Its `mtime` is the same `LastModified`
+        of the same listing s3fs reads, to the same float (tests/integration/
+        test_storage_s3.py), so an image's version (`size:mtime`) is unchanged."""
         fs, _ = pyarrow_filesystem(self.uri)
-        suffixes = _suffixes(extensions)
-        pending, paths = [self.path], []
+        pending = [self.path]
         while pending:
             selector = pafs.FileSelector(pending.pop(), allow_not_found=True)
             for info in fs.get_file_info(selector):
@@ -348,12 +357,9 @@ class Location:
                 elif info.type == pafs.FileType.File and (
                     not suffixes or info.path.lower().endswith(suffixes)
                 ):
-                    paths.append(info.path)
-            if len(paths) >= chunk:
-                yield pa.array(paths, pa.string())
-                paths = []
-        if paths:
-            yield pa.array(paths, pa.string())
+                    # int / int: rounded once, to the float s3fs's datetime gives
+                    ns = info.mtime_ns
+                    yield info.path, int(info.size or 0), None if ns is None else ns / 10**9
 
 
 def locate(uri: str) -> Location:

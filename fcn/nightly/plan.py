@@ -102,7 +102,8 @@ def list_both(input: Location, output: Location) -> tuple[pa.Table, pa.Array]:
     trips and response parsing hide behind the other's. Planning 200,000 images on the S3
     test server (benchmarks/segment_scale.py): 78 s one after the other, 63 s at the same
     time, 54 s with the masks listed through pyarrow (`Location.paths`, C++ page parsing that
-    lets go of the GIL), 17 s of it the driver's CPU."""
+    lets go of the GIL), 17 s of it the driver's CPU. Both go through pyarrow since a million
+    images took 145-224 s with the images listed through s3fs (benchmarks/listing.py)."""
     _check_apart(input, output)
     pool = ThreadPoolExecutor(1, thread_name_prefix="list-masks")
     try:

@@ -54,18 +54,31 @@ def test_streamed_checkpoint_round_trip_on_s3(s3):
     storage.delete(uri, recursive=True)
 
 
-def test_paths_lists_what_walk_lists(s3):
-    """The segment job lists the masks through pyarrow (`Location.paths`) and the images through
-    s3fs (`Location.walk`): both must see the same keys, odd ones included."""
+def test_walk_lists_what_s3fs_lists_with_the_same_size_and_time(s3):
+    """Listings go through pyarrow's S3 client (`Location.walk`, `Location.paths`); the state
+    holds image versions (`size:mtime`) that s3fs listed before. Both must see the same keys,
+    odd ones included, with the same size and the same float time, or every image would look
+    changed after an upgrade."""
+    from fcn.storage import _mtime
+
     base = s3.uri("paths-test")
     keys = ["a.png", "A/b.PNG", "A/deep/er/c.png", "sp ace/#hash?.png", "ünï/çødé.png", "x.jpg"]
-    for key in keys:
-        storage.write_bytes(f"{base}/{key}", b"m")
+    for n, key in enumerate(keys):
+        storage.write_bytes(f"{base}/{key}", b"m" * (n + 1))
     at = storage.locate(base)
+    by_s3fs = sorted(
+        (info["name"], int(info["size"]), _mtime(info))
+        for _, _, files in at.fs.walk(at.path, detail=True)
+        for info in files.values()
+    )
+    walked = sorted(tuple(row.values()) for t in at.walk(chunk=4) for row in t.to_pylist())
+    assert walked == by_s3fs and len(walked) == len(keys)
+    assert all(isinstance(mtime, float) for _, _, mtime in by_s3fs)
     for extensions in (None, (".png",)):
         walked = sorted(p for t in at.walk(extensions) for p in t.column("path").to_pylist())
         listed = sorted(p for a in at.paths(extensions, chunk=2) for p in a.to_pylist())
         assert listed == walked
     assert len(walked) == 5 and f"{at.path}/sp ace/#hash?.png" in walked
     assert list(storage.locate(s3.uri("paths-test-missing")).paths()) == []
+    assert list(storage.locate(s3.uri("paths-test-missing")).walk()) == []
     storage.delete(base, recursive=True)
