@@ -359,6 +359,10 @@ def _with_rasters(table: pa.Table, uris: pa.Array) -> pa.Table:
     object is looked up, a few requests a night); a raster gone from its bucket is an error
     row. Only the rasters' rows become Python objects."""
     refs = uris.filter(pc.match_substring_regex(uris, masks.RASTER_KEY)).to_pylist()
+    if not refs:  # photos only (the usual split): no join over every row
+        none = pa.nulls(table.num_rows)
+        table = table.append_column("raster_etag", none.cast(pa.string()))
+        return table.append_column("size", none.cast(pa.int64()))
     with ThreadPoolExecutor(8, thread_name_prefix="stat-rasters") as pool:
         stats = list(pool.map(_stat, refs))
     found = [s if isinstance(s, tuple) else (None, None) for s in stats]
