@@ -100,16 +100,7 @@ def validate_record(
         labels = decode_mask(mask, record.mask_uri, record.source, max_pixels)
         check_mask(labels, record.mask_uri, height, width, num_classes)
         mask_png = images.encode_mask(labels)
-    return {
-        "image_id": record.image_id,
-        "split": record.split,
-        "source": record.source,
-        "image": image,  # the original bytes, never re-encoded
-        "mask": mask_png,
-        "height": height,
-        "width": width,
-        "uri": record.image_uri,
-    }
+    return _row(record, image, mask_png, height, width)  # the original bytes, never re-encoded
 
 
 def validate_raster(record: voc.Record) -> dict:
@@ -130,15 +121,20 @@ def validate_raster(record: voc.Record) -> dict:
         if not storage.exists(uri):
             raise Rejected("missing_image", uri, "listed raster does not exist") from None
         raise Rejected("corrupt_image", uri, f"not a readable raster: {err}") from None
+    return _row(record, None, None, height, width)  # a reference: the raster is read from `uri`
+
+
+def _row(record: voc.Record, image: bytes | None, mask: bytes | None, height: int, width: int):
+    """A dataset row (`fcn.data.contract.SCHEMA`'s fields) for `record`."""
     return {
         "image_id": record.image_id,
         "split": record.split,
         "source": record.source,
-        "image": None,  # a reference: the raster is read from `uri`
-        "mask": None,
+        "image": image,
+        "mask": mask,
         "height": height,
         "width": width,
-        "uri": uri,
+        "uri": record.image_uri,
     }
 
 
