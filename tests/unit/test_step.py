@@ -80,10 +80,13 @@ def test_amp_is_cuda_only():
         step.prepare(TinyNet(), cpu, ddp=True)
 
 
-def _ddp_worker(rank, world, port, loss, out):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+def _ddp_worker(rank, world, loss, out):
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    # A file rendezvous, not TCP: rank 0 would host a TCPStore whose server thread, torn down
+    # while rank 1 still held a connection, aborted the process now and then ("terminate
+    # called without an active exception"), and a free port can be taken before it is bound.
+    store = f"file://{os.path.join(out, 'rendezvous')}"
+    dist.init_process_group("gloo", init_method=store, rank=rank, world_size=world)
     try:
         images, masks = _data()
         mine = [(images[rank : rank + 1], masks[rank : rank + 1])]
@@ -97,9 +100,7 @@ def _ddp_worker(rank, world, port, loss, out):
 def test_two_ddp_workers_equal_one_process_accumulating(tmp_path, loss):
     """Each of 2 gloo workers steps on one image; the update equals one process accumulating
     both, for a mean loss (global mean) and a summed one (sum over every worker's images)."""
-    from conftest import free_port
-
-    mp.spawn(_ddp_worker, args=(2, free_port(), loss, str(tmp_path)), nprocs=2)
+    mp.spawn(_ddp_worker, args=(2, loss, str(tmp_path)), nprocs=2)
     images, masks = _data()
     single_loss, single = _stepped([(images[:1], masks[:1]), (images[1:], masks[1:])], _sgd(loss))
     results = [torch.load(tmp_path / f"{loss}{rank}.pt", weights_only=True) for rank in (0, 1)]
