@@ -19,6 +19,11 @@ seeded straight into its store, listings patched to visit only the prefix asked 
 moto scans and sorts the whole bucket on every page).
 
     python benchmarks/segment_scale.py --images 0 --s3-images 1000000 --nights 1 365
+
+`--new-images N` then runs one real night on each store: N new small JPEGs beside the done
+ones (10,000 is 1 % of a million), `jobs/segment.py` as its own driver on a local Ray with a
+narrow FCN-32s (`--width`), and reports the night's wall time, its planning, and each stage's
+images/s from the run manifest's per-image seconds (read, decode, model, encode, write).
 """
 
 from __future__ import annotations
@@ -42,7 +47,12 @@ import pyarrow as pa  # noqa: E402
 import pyarrow.compute as pc  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
-from benchmarks.common import InProcessS3, spread, write_report  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    InProcessS3,
+    reexec_with_allocator_settings,
+    spread,
+    write_report,
+)
 from fcn import storage  # noqa: E402
 from fcn.nightly import (  # noqa: E402
     manifest,  # noqa: E402
@@ -231,6 +241,102 @@ def series(
     return results
 
 
+NEW_SIDE = 64  # the new images' side: small, so the night measures the pipeline, not the net
+
+
+def add_new_images(src: str, count: int, server: Seaweed | Moto | None) -> None:
+    """`count` real JPEGs under `<src>/new/`: 16 distinct pictures, repeated (decoding costs
+    the same), in folders of 1,000 like the seeded ones."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    pictures = []
+    for _ in range(16):
+        buffer = io.BytesIO()
+        pixels = rng.integers(0, 256, (NEW_SIDE, NEW_SIDE, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(buffer, format="JPEG", quality=90)
+        pictures.append(buffer.getvalue())
+    src_at = storage.locate(src)
+    if isinstance(server, Seaweed):
+        with tempfile.TemporaryDirectory(prefix="fcn-bench-new-") as local:
+            add_new_images(local, count, None)
+            server.copy_tree(Path(local), src_at.path.removeprefix(f"{server.bucket}/"))
+        return
+    for i in range(count):
+        target = src_at.child(f"new/n{i // 1000:04d}/{i:07d}.jpg")
+        if src_at.local and i % 1000 == 0:
+            os.makedirs(os.path.dirname(target.path), exist_ok=True)
+        target.write_bytes(pictures[i % len(pictures)])
+
+
+def at_once() -> dict[str, int]:
+    """How many of each stage's workers run at once in the night's layout: `io_concurrency`
+    read+decode and encode+write tasks, each reading and writing on `IO_THREADS` threads, and
+    one model actor."""
+    from fcn.config import SegmentConfig
+    from fcn.nightly.stages import IO_THREADS
+
+    tasks = SegmentConfig("in", "out", "m").io_concurrency
+    io = tasks * IO_THREADS
+    return {"read": io, "decode": tasks, "model": 1, "forward": 1, "encode": tasks, "write": io}
+
+
+def night(root: str, new: int, width: float, server: Seaweed | Moto | None) -> dict:
+    """One real night over the seeded store with `new` new images: planning (a fresh process,
+    as in `measure`), then the whole job; the stages' images/s from its run manifest."""
+    import ray
+    import torch
+
+    from benchmarks.segment import STAGES, run_job, steady_rate
+    from fcn.engine import checkpoint
+    from fcn.engine.models import build_model, preprocessing_for
+    from fcn.runtime import ALLOCATOR_ENV
+
+    src, out = f"{root}/in", f"{root}/out"
+    started = time.perf_counter()
+    add_new_images(src, new, server)
+    print(f"wrote {new} new images in {time.perf_counter() - started:.0f} s", flush=True)
+    planned = measure(src, out, server)
+    assert planned["todo"] == new, planned
+    with tempfile.TemporaryDirectory(prefix="fcn-bench-night-") as work:
+        torch.manual_seed(0)
+        model = build_model("fcn32s", num_classes=21, width=width)
+        config = {"model": "fcn32s", "num_classes": 21, "width": width}
+        config["preprocessing"] = preprocessing_for("fcn32s")
+        checkpoint.save(model.state_dict(), config, f"{work}/checkpoint")
+        threads = os.cpu_count() or 1
+        ray.init(num_cpus=threads, include_dashboard=False, runtime_env={"env_vars": ALLOCATOR_ENV})
+        try:
+            args = ["--input", src, "--output", out, "--model", f"{work}/checkpoint"]
+            # One actor on half the CPUs, all threads, batches of 16: the read/decode and
+            # encode/write tasks get the other half (benchmarks/segment.py's first layout).
+            args += ["--concurrency", "1", "--cpus-per-actor", str(threads / 2)]
+            args += ["--threads", str(threads), "--batch-size", "16"]
+            started = time.perf_counter()
+            _, rows, rss, actor_rss = run_job(args, ray.get_runtime_context().gcs_address)
+            wall = time.perf_counter() - started
+        finally:
+            ray.shutdown()
+    ok = [r for r in rows if r["status"] == "ok"]
+    assert len(ok) == new == len(rows), (len(ok), len(rows))
+    busy = {s: sum(r[f"{s}_seconds"] or 0 for r in ok) for s in STAGES}
+    workers = at_once()
+    result = {
+        "new": new,
+        "wall": wall,
+        "planning": planned["s"],
+        "whole": new / wall,
+        "steady": steady_rate(rows, 1),
+        # what the stage can pass: one worker's images per busy second x workers at once
+        "stage": {s: new / busy[s] * workers[s] if busy[s] else float("inf") for s in STAGES},
+        "driver_MiB": rss,
+        "actor_MiB": actor_rss,
+    }
+    print(src, result, flush=True)
+    return result
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--images", type=int, default=200_000)
@@ -238,27 +344,74 @@ def main() -> None:
     p.add_argument("--s3-server", choices=("seaweedfs", "moto"), default="seaweedfs")
     p.add_argument("--nights", type=int, nargs="+", default=[1, 30, 365])
     p.add_argument("--trials", type=int, default=2, help="measurements per point (noisy machine)")
+    p.add_argument("--new-images", type=int, default=0, help="then one real night with these")
+    p.add_argument("--width", type=float, default=0.0625, help="the night's FCN-32s width")
     p.add_argument("--out", default=str(REPO / "results" / "segment_scale.md"))
     args = p.parse_args()
+    if args.new_images:
+        reexec_with_allocator_settings()  # before seeding: the night's actors need them
     root = Path(tempfile.mkdtemp(prefix="fcn-bench-scale-"))
-    runs = {}
+    runs, nights = {}, {}
     try:
         if args.images:
-            runs[f"local, {args.images:,} images"] = series(
-                str(root), args.images, args.nights, args.trials
-            )
+            name = f"local, {args.images:,} images"
+            runs[name] = series(str(root), args.images, args.nights, args.trials)
+            if args.new_images:
+                nights[name] = night(str(root), args.new_images, args.width, None)
         shutil.rmtree(root, ignore_errors=True)  # before the S3 run: a quiet disk
         if args.s3_images:
             server = (Seaweed if args.s3_server == "seaweedfs" else Moto)("fcn-bench-scale")
             try:
-                runs[f"{args.s3_server}, {args.s3_images:,} images"] = series(
-                    server.uri, args.s3_images, args.nights, args.trials, server
-                )
+                name = f"{args.s3_server}, {args.s3_images:,} images"
+                runs[name] = series(server.uri, args.s3_images, args.nights, args.trials, server)
+                if args.new_images:
+                    nights[name] = night(server.uri, args.new_images, args.width, server)
             finally:
                 server.stop()
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    write_report(report(runs, args.nights), args.out)
+    write_report(report(runs, args.nights) + night_report(nights, args.width), args.out)
+
+
+def night_report(nights: dict[str, dict], width: float) -> str:
+    if not nights:
+        return ""
+    from benchmarks.segment import STAGES
+
+    workers = at_once()
+    stages = " | ".join(f"{s} img/s ({workers[s]} at once)" for s in STAGES)
+    lines = [
+        f"| store | new images | night s | planning s | images/s (whole night) | images/s "
+        f"(steady) | {stages} | driver MiB | actor MiB |",
+        "|" + "---|" * (8 + len(STAGES)),
+    ]
+    for name, r in nights.items():
+        cells = " | ".join(f"{r['stage'][s]:,.0f}" for s in STAGES)
+        lines.append(
+            f"| {name} | {r['new']:,} | {r['wall']:.0f} | {r['planning']:.0f} | "
+            f"{r['whole']:.1f} | {r['steady']:.1f} | {cells} | {r['driver_MiB']:,.0f} | "
+            f"{r['actor_MiB']:,.0f} |"
+        )
+    return "\n".join(
+        [
+            "## A night with new images",
+            "",
+            f"New {NEW_SIDE}x{NEW_SIDE} JPEGs beside the done ones; `jobs/segment.py` as its own "
+            f"driver on a local Ray, FCN-32s at width {width:g}, one actor (half the CPUs, all "
+            "threads, batches of 16), the read/decode and encode/write tasks on the rest. "
+            "Night s: the job's wall time (Ray start-up in the job, planning, the pipeline, the "
+            "manifest and state merge); planning s: a fresh process planning the same night. "
+            "Stage img/s: what the stage can pass with its workers running at once: images / "
+            "the seconds the manifest records for that stage summed over the images (one "
+            "worker's images per busy second) x the workers (model = the actor's whole share: "
+            "normalize, forward, class map, statistics; forward = the net alone). The smallest "
+            "is the night's ceiling; the whole night's images/s also pays Ray's start-up and "
+            "the actor's model load.",
+            "",
+            *lines,
+            "",
+        ]
+    )
 
 
 def report(runs: dict[str, dict[int, dict]], nights: list[int]) -> str:

@@ -23,7 +23,9 @@ from fcn.nightly import manifest, masks, plan, schema
 from fcn.nightly.schema import Status
 from fcn.storage import Location
 
-READ_THREADS = 8  # object-store reads are latency-bound: overlap them within a batch
+# Object-store reads and writes are latency-bound (~10-50 ms each on S3, one request at a time
+# per thread): overlap them within a batch.
+IO_THREADS = 8
 
 
 def _decode(row: dict, data: bytes | None, config: SegmentConfig) -> dict:
@@ -55,7 +57,7 @@ def read_decode(batch: pa.Table, input: Location, config: SegmentConfig) -> pa.T
             row.update(status=Status.ERROR, error=error, etag=None)
         return row, data
 
-    with ThreadPoolExecutor(READ_THREADS) as pool:
+    with ThreadPoolExecutor(IO_THREADS) as pool:
         rows = [_decode(row, data, config) for row, data in pool.map(read, batch.to_pylist())]
     return pa.Table.from_pylist(rows, schema.DECODED)
 
@@ -115,23 +117,32 @@ def encode_write(
     (after the masks: a part never names a mask that is not written). Returns the rows."""
     rows = batch.drop_columns(["mask"]).to_pylist()
     mask_column = batch.column("mask")
-    for i, row in enumerate(rows):
-        if row["status"]:
-            continue
+
+    def encode(i: int, row: dict) -> bytes | None:
         t = time.perf_counter()
-        shape = (row["height"], row["width"])
-        classes = np.frombuffer(mask_column[i].as_buffer(), np.uint8).reshape(shape)
+        classes = np.frombuffer(mask_column[i].as_buffer(), np.uint8)
         try:
-            data = images.encode_mask(classes, palette)
-            row["encode_seconds"] = time.perf_counter() - t
-            t = time.perf_counter()
-            # retried with backoff by the filesystem (fcn.storage.S3_MAX_ATTEMPTS)
+            data = images.encode_mask(classes.reshape(row["height"], row["width"]), palette)
+        except Exception as err:  # noqa: BLE001 - one mask that cannot be encoded is one row
+            row.update(status=Status.ERROR, error=f"mask encode failed: {err!r}", etag=None)
+            return None
+        row["encode_seconds"] = time.perf_counter() - t
+        return data
+
+    def write(row: dict, data: bytes) -> None:
+        t = time.perf_counter()
+        try:  # retried with backoff by the filesystem (fcn.storage.S3_MAX_ATTEMPTS)
             output.child(row["mask_key"]).write_bytes(data)
-            row["write_seconds"] = time.perf_counter() - t
-            row["status"] = Status.OK
         except Exception as err:  # noqa: BLE001 - a failed write is one error row
             # No etag: unlike a bad image, an outage passes; the next night tries again.
             row.update(status=Status.ERROR, error=f"mask write failed: {err!r}", etag=None)
+            return
+        row["write_seconds"] = time.perf_counter() - t
+        row["status"] = Status.OK
+
+    encoded = [(row, encode(i, row)) for i, row in enumerate(rows) if not row["status"]]
+    with ThreadPoolExecutor(IO_THREADS) as pool:
+        list(pool.map(lambda pair: write(*pair), [p for p in encoded if p[1] is not None]))
     return record(rows, parts, model, run_id)
 
 
