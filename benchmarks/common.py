@@ -1,5 +1,6 @@
 """What every benchmark here needs once: the machine's matmul and convolution peaks, FLOP
-counts, trial statistics, the allocator re-exec and loopback S3 servers.
+counts, trial statistics, the allocator re-exec, loopback S3 servers and a model saved as the
+jobs load it.
 
 Plain torch (no Ray, MLflow or s3fs at import): benchmarks/gpu.py runs on GPU machines that
 have only torch, numpy, Pillow, pyarrow and fsspec.
@@ -263,6 +264,18 @@ def stop_server(proc: subprocess.Popen) -> None:
         proc.wait(timeout=10)
     except (ProcessLookupError, subprocess.TimeoutExpired):
         os.killpg(proc.pid, signal.SIGKILL)
+
+
+def save_checkpoint(model, name: str, path: str | Path, num_classes: int = 21) -> None:
+    """`model` (FCN `name`, e.g. random weights) as a checkpoint the jobs load: the config
+    training writes for it (its input spec, and its width where the net has one)."""
+    from fcn.engine import checkpoint
+    from fcn.engine.models import preprocessing_for
+
+    config = {"model": name, "num_classes": num_classes, "preprocessing": preprocessing_for(name)}
+    if hasattr(model, "width"):
+        config["width"] = model.width
+    checkpoint.save(model.state_dict(), config, str(path))
 
 
 def write_report(text: str, path: str | Path) -> None:

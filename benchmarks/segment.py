@@ -39,7 +39,13 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from benchmarks.common import conv_peak, forward_gflop, matmul_peak, write_report  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    conv_peak,
+    forward_gflop,
+    matmul_peak,
+    save_checkpoint,
+    write_report,
+)
 from fcn.runtime import ALLOCATOR_ENV, LOCAL_RAY_ENV  # noqa: E402
 
 if any(os.environ.get(k) != v for k, v in ALLOCATOR_ENV.items()):  # glibc reads them at start
@@ -53,7 +59,7 @@ import torch  # noqa: E402
 
 from fcn import storage  # noqa: E402
 from fcn.data import synthetic  # noqa: E402
-from fcn.engine import checkpoint, images  # noqa: E402
+from fcn.engine import images  # noqa: E402
 from fcn.engine.models import build_model, preprocessing_for  # noqa: E402
 from fcn.engine.models.preprocess import normalize  # noqa: E402
 
@@ -166,9 +172,7 @@ def main() -> None:
         torch.manual_seed(0)
         model = build_model(args.model, num_classes=21).eval()
         ckpt = str(work / "checkpoint")
-        spec = preprocessing_for(args.model)
-        config = {"model": args.model, "num_classes": 21, "preprocessing": spec}
-        checkpoint.save(model.state_dict(), config, ckpt)
+        save_checkpoint(model, args.model, ckpt)
         print(f"generating {args.images} x {args.scale} images of {args.size}^2 ...", flush=True)
         n = args.images * args.scale
         synthetic.generate(

@@ -30,6 +30,7 @@ from benchmarks.common import (  # noqa: E402
     forward_gflop,
     matmul_peak,
     reexec_with_allocator_settings,
+    save_checkpoint,
     write_report,
 )
 
@@ -39,8 +40,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from fcn.config import SegmentConfig  # noqa: E402
-from fcn.engine import checkpoint  # noqa: E402
-from fcn.engine.models import build_model, preprocessing_for  # noqa: E402
+from fcn.engine.models import build_model  # noqa: E402
 from fcn.nightly.predictor import Predictor  # noqa: E402
 
 RUNTIMES = ("torch", "onnxruntime")
@@ -72,9 +72,7 @@ def main() -> None:
             if isinstance(module, torch.nn.Conv2d):
                 torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
         ckpt = str(work / "checkpoint")
-        config = {"model": args.model, "num_classes": 21,
-                  "preprocessing": preprocessing_for(args.model)}  # fmt: skip
-        checkpoint.save(model.state_dict(), config, ckpt)
+        save_checkpoint(model, args.model, ckpt)
         gflop = forward_gflop(model, args.size)
         rng = np.random.default_rng(0)
         decoded = rng.integers(0, 256, (args.images, args.size, args.size, 3), dtype=np.uint8)

@@ -50,6 +50,7 @@ import pyarrow.parquet as pq  # noqa: E402
 from benchmarks.common import (  # noqa: E402
     InProcessS3,
     reexec_with_allocator_settings,
+    save_checkpoint,
     spread,
     write_report,
 )
@@ -289,8 +290,7 @@ def night(root: str, new: int, width: float, server: Seaweed | Moto | None) -> d
     import torch
 
     from benchmarks.segment import STAGES, run_job, steady_rate
-    from fcn.engine import checkpoint
-    from fcn.engine.models import build_model, preprocessing_for
+    from fcn.engine.models import build_model
     from fcn.runtime import ALLOCATOR_ENV
 
     src, out = f"{root}/in", f"{root}/out"
@@ -302,9 +302,7 @@ def night(root: str, new: int, width: float, server: Seaweed | Moto | None) -> d
     with tempfile.TemporaryDirectory(prefix="fcn-bench-night-") as work:
         torch.manual_seed(0)
         model = build_model("fcn32s", num_classes=21, width=width)
-        config = {"model": "fcn32s", "num_classes": 21, "width": width}
-        config["preprocessing"] = preprocessing_for("fcn32s")
-        checkpoint.save(model.state_dict(), config, f"{work}/checkpoint")
+        save_checkpoint(model, "fcn32s", f"{work}/checkpoint")
         threads = os.cpu_count() or 1
         ray.init(num_cpus=threads, include_dashboard=False, runtime_env={"env_vars": ALLOCATOR_ENV})
         try:
