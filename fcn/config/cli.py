@@ -38,7 +38,7 @@ GROUPS = {
     "data": (
         "data", "input", "output", "input_format", "voc", "sbd", "unlabeled", "split",
         "classes", "voc_splits", "train_split", "val_split", "limit", "val_limit", "crop_size",
-        "flip", "cache_reads", "rows_per_shard", "rows_per_row_group", "max_pixels",
+        "flip", "cache_reads", "loader", "rows_per_shard", "rows_per_row_group", "max_pixels",
         "allow_empty", "max_images", "force", "retry_errors", "resegment_older_models", "source",
     ),
     "model": (

@@ -81,6 +81,13 @@ class TrainConfig(Settings):
         True, "read the training split once and keep its encoded rows in Ray's object store "
         "(later epochs skip the reads)",
     )  # fmt: skip
+    loader: str = setting(
+        "auto", "how workers get their training crops: 'ray-data' (a Ray Data pipeline split "
+        "over the workers, decoding and cropping in its own tasks), 'worker' (the driver reads "
+        "the split once; each worker decodes and crops its share itself: no pipeline to start, "
+        "for small splits), 'auto': 'worker' for a cached split of at most 64 MiB",
+        choices=("auto", "ray-data", "worker"),
+    )  # fmt: skip
     val_limit: int | None = setting(None, "evaluate on the first N val images only")
     val_images_logged: int = setting(3, "val images logged to MLflow with predicted masks")
     # --- options from the paper ------------------------------------------------------------

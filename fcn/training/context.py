@@ -11,6 +11,7 @@ from typing import Protocol
 from fcn.config import TrainConfig, to_dict
 from fcn.engine import optim
 from fcn.engine.classes import ClassList
+from fcn.training.dataset import WorkerRows
 
 STATE_FILE = "training_state.pt"  # beside a checkpoint: optimizer and progress (weights_only)
 
@@ -54,6 +55,8 @@ class RunContext:
     hook: TrainHook | None = None  # a test's, see TrainHook
     # The training masks' Distribution.to_dict(), saved in every checkpoint.
     class_distribution: dict | None = None
+    # A small split's rows for the workers to transform themselves (--loader); None: Ray Data.
+    train_rows: WorkerRows | None = None
 
 
 def tracking_params(config: TrainConfig, recipe: optim.Recipe) -> dict:

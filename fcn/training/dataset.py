@@ -1,8 +1,10 @@
-"""The training data: the train splits as one Ray Dataset of transformed crops, their class
-distribution and the class weights from it, and the checks of the splits the driver runs
-before Ray starts."""
+"""The training data: the train splits as one Ray Dataset of transformed crops (or, when small,
+as rows each worker transforms itself), their class distribution and the class weights from
+it, and the checks of the splits the driver runs before Ray starts."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -19,6 +21,67 @@ from fcn.engine.classes import ClassList
 # small the split, and gives the same rows in the object store (docs/environment.md).
 DRIVER_READ_BYTES = 256 << 20
 BLOCK_ROWS = 32
+# A cached split this small is decoded and cropped by the training workers themselves
+# (--loader auto): Ray Data's pipeline (a dataset manager, a split coordinator and task
+# workers, each a process that starts and imports Ray) cost ~7 s before the first step on 2
+# quiet cores, twice that on a loaded machine: more than such a split's decoding costs.
+WORKER_READ_BYTES = 64 << 20
+
+
+@dataclass(frozen=True)
+class WorkerRows:
+    """The labeled rows of a small train split in Ray's object store (`--loader worker`):
+    every worker takes its share of them and decodes, crops and flips it itself."""
+
+    table: object  # ray.ObjectRef of a pyarrow.Table with `image` and `mask` columns
+    rows: int
+
+    def shard(self, rank: int, world: int, transform, seed: int) -> WorkerShard:
+        import ray
+
+        return WorkerShard(ray.get(self.table), rank, world, transform, seed)
+
+
+class WorkerShard:
+    """One worker's equal share of WorkerRows, iterated as Ray Train's dataset shard is
+    (`iter_torch_batches`). Each pass is an epoch: the rows in a new order (one permutation per
+    epoch, the same on every worker, each taking its own slice, so the shares never overlap),
+    with new crops and flips."""
+
+    def __init__(self, table, rank: int, world: int, transform, seed: int):
+        self.table, self.rank, self.transform = table, rank, transform
+        self.share = table.num_rows // world  # equal shares: every worker steps as often
+        self.seed, self.epoch = seed, 0
+
+    def iter_torch_batches(self, batch_size: int, drop_last: bool = True):
+        import torch
+
+        order = np.random.default_rng((self.seed, self.epoch)).permutation(self.table.num_rows)
+        self.epoch += 1
+        mine = order[self.rank * self.share : (self.rank + 1) * self.share]
+        stop = len(mine) - batch_size + 1 if drop_last else len(mine)
+        for start in range(0, max(stop, 0), batch_size):
+            rows = self.table.take(mine[start : start + batch_size])
+            batch = self.transform(
+                {"image": rows.column("image").to_pylist(), "mask": rows.column("mask").to_pylist()}
+            )
+            yield {key: torch.as_tensor(np.asarray(value)) for key, value in batch.items()}
+
+
+def train_source(config: TrainConfig, spec: dict):
+    """What the workers train on: WorkerRows (`--loader worker`, or `auto` with a cached split
+    of at most WORKER_READ_BYTES), else the Ray Dataset of `train_dataset`."""
+    files = [f for split in config.train_split for f in split_file_infos(config.data, split)]
+    small = config.cache_reads and sum(f.size for f in files) <= WORKER_READ_BYTES
+    if config.loader == "ray-data" or (config.loader == "auto" and not small):
+        return train_dataset(config, spec)
+    import pyarrow.compute as pc
+    import ray
+
+    fs, _ = storage.pyarrow_filesystem(config.data)
+    table = _read_in_driver([storage.strip_scheme(f.uri) for f in files], fs)
+    table = table.filter(pc.is_valid(table["mask"]))  # unlabeled rows are not trained on
+    return WorkerRows(ray.put(table), table.num_rows)
 
 
 def train_dataset(config: TrainConfig, spec: dict):

@@ -29,12 +29,13 @@ from fcn.runtime import ALLOCATOR_ENV, init_ray, worker_resources
 from fcn.storage import absolute
 from fcn.training.context import RunContext, TrainHook, TrainSetup, tracking_params
 from fcn.training.dataset import (
+    WorkerRows,
     balanced_weights,
     check_split_classes,
     check_training_split,
     class_distribution,
     dataset_classes,
-    train_dataset,
+    train_source,
 )
 from fcn.training.init import check_init
 from fcn.training.loop import train_loop_per_worker
@@ -221,6 +222,11 @@ def _fit(config: TrainConfig, recipe: optim.Recipe, run: RunContext):
     from ray.train import DataConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    source = train_source(config, run.spec)
+    if isinstance(source, WorkerRows):
+        run, datasets = dataclasses.replace(run, train_rows=source), {}
+    else:
+        datasets = {"train": source}
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"config": config, "recipe": recipe, "run": run},
@@ -234,8 +240,8 @@ def _fit(config: TrainConfig, recipe: optim.Recipe, run: RunContext):
         run_config=_run_config(
             config, _worker_env(run.tracking_uri), run.hook.callbacks if run.hook else []
         ),
-        datasets={"train": train_dataset(config, run.spec)},
-        dataset_config=DataConfig(datasets_to_split=["train"]),
+        datasets=datasets,
+        dataset_config=DataConfig(datasets_to_split=list(datasets)),
     )
     return trainer.fit()
 

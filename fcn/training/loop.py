@@ -20,6 +20,7 @@ import torch
 
 from fcn import tracking
 from fcn.config import TrainConfig
+from fcn.data.transforms import TrainTransform
 from fcn.engine import checkpoint, optim, step
 from fcn.engine.metrics import named_scores
 from fcn.engine.visualize import sample_panel
@@ -172,7 +173,6 @@ def train_loop_per_worker(loop: dict) -> None:
     """One data-parallel worker: restore, train to `iterations` steps, evaluating, logging and
     checkpointing every `eval_every`. `loop`: {"config": TrainConfig, "recipe": optim.Recipe,
     "run": RunContext}."""
-    import ray.train
 
     config, recipe, run = loop["config"], loop["recipe"], loop["run"]
     worker = _start_worker(config, run)
@@ -186,7 +186,7 @@ def train_loop_per_worker(loop: dict) -> None:
     if run.class_weights is not None:
         weights = torch.tensor(run.class_weights, dtype=torch.float32, device=worker.device)
     per_worker = _images_per_worker(recipe.batch_size, worker)
-    batches = _micro_batches(ray.train.get_dataset_shard("train"), per_worker, config.crop_size)
+    batches = _micro_batches(_shard(config, run, worker), per_worker, config.crop_size)
     meter = Throughput(start, per_worker * worker.world, max(1, min(10, config.eval_every // 2)))
     for iteration in range(start + 1, config.iterations + 1):
         if run.hook is not None:
@@ -207,6 +207,17 @@ def train_loop_per_worker(loop: dict) -> None:
                                                 best_mean_iu, reported)  # fmt: skip
     if worker.system is not None:
         worker.system.finish()  # its last samples, before the driver ends the run
+
+
+def _shard(config: TrainConfig, run: RunContext, worker: Worker):
+    """This worker's training rows: Ray Data's shard, or its share of a small split's rows
+    (`--loader`), transformed here."""
+    import ray.train
+
+    if run.train_rows is None:
+        return ray.train.get_dataset_shard("train")
+    transform = TrainTransform(run.spec, config.crop_size, config.flip)
+    return run.train_rows.shard(worker.rank, worker.world, transform, config.seed)
 
 
 def _optimizer(model, config: TrainConfig, recipe: optim.Recipe, device, state: dict | None):

@@ -185,6 +185,44 @@ def test_cached_training_splits_still_get_new_crops_every_epoch(
     assert sorted(r["image"].tobytes() for r in rows) == expected
 
 
+def test_small_splits_are_shared_out_to_the_workers_without_a_pipeline(tmp_path, local_ray):
+    """--loader worker (auto for a small cached split): the driver reads the labeled rows once;
+    each worker takes an equal share, disjoint from the others' in every epoch, in a new
+    order with new crops every epoch; the shares hold the split's own images."""
+    from fcn.training import dataset as training_data
+
+    write_split(str(tmp_path), "train", 5, size=(48, 48), seed=0)
+    cfg = dataclasses.replace(config(crop_size=None, cache_reads=True), data=str(tmp_path))
+    assert isinstance(training_data.train_source(cfg, preprocess.TORCHVISION),
+                      training_data.WorkerRows)  # fmt: skip
+    forced = dataclasses.replace(cfg, loader="ray-data")
+    assert not isinstance(training_data.train_source(forced, preprocess.TORCHVISION),
+                          training_data.WorkerRows)  # fmt: skip
+    rows = training_data.train_source(dataclasses.replace(cfg, loader="worker"),
+                                      preprocess.TORCHVISION)  # fmt: skip
+    assert rows.rows == 5
+
+    def epochs(transform, count=2):
+        shards = [rows.shard(rank, 2, transform, seed=0) for rank in range(2)]
+        return [[[b["image"] for b in s.iter_torch_batches(batch_size=1)] for s in shards]
+                for _ in range(count)]  # fmt: skip
+
+    whole = transforms.TrainTransform(preprocess.TORCHVISION)  # no crop: the images themselves
+    split = {whole.one(r["image"], r["mask"])[0].tobytes()
+             for r in pq.read_table(tmp_path / "train").to_pylist()}  # fmt: skip
+    orders = []
+    for shares in epochs(whole, 3):
+        assert [len(s) for s in shares] == [2, 2]  # 5 rows, 2 workers: 2 each, one left out
+        seen = [x.numpy()[0].tobytes() for share in shares for x in share]
+        assert len(set(seen)) == 4 and set(seen) <= split
+        assert shares[0][0].dtype == torch.float32 and shares[0][0].shape == (1, 3, 48, 48)
+        orders.append(seen)
+    assert len({tuple(o) for o in orders}) > 1  # a new order (and a new row left out)
+    cropped = epochs(transforms.TrainTransform(preprocess.TORCHVISION, 24, flip=True))
+    first, second = ([x.numpy().tobytes() for share in e for x in share] for e in cropped)
+    assert sorted(first) != sorted(second)  # new crops every epoch
+
+
 # --- class lists: data -> config -> checkpoint, metric names, panels ------------------------
 
 TINY = ClassList.from_names(["sky", "cat", "dog"], [(0, 0, 0), (10, 200, 30), (250, 5, 90)])
