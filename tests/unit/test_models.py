@@ -374,3 +374,19 @@ def test_models_and_metrics_import_no_ray_mlflow_or_storage():
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_training_workers_and_segment_actors_import_no_torchvision():
+    """torchvision's import costs ~2 s of CPU (it pulls in torch._dynamo) in every process that
+    pays it: the training driver and workers, the model actors. Only ImageNet backbones and
+    FCN-GoogLeNet need it, and import it when they are built."""
+    code = (
+        "import sys, fcn.training.driver, fcn.training.loop, fcn.nightly.driver\n"
+        "import fcn.nightly.predictor, fcn.evaluation.score\n"
+        "from fcn.engine.models import build_model\n"
+        "build_model('fcn8s', num_classes=3, width=0.25)\n"
+        "assert 'torchvision' not in sys.modules\n"
+        "from fcn.engine.models import surgery\n"
+        "assert surgery.torchvision_weights_file('vgg16') == 'vgg16-397923af.pth'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

@@ -9,11 +9,13 @@
   (fcn/engine/weights/: pytorch-fcn checkpoints and .caffemodel files).
 """
 
+from __future__ import annotations
+
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-import torchvision
 from torch import nn
 
 from fcn.engine.models import vgg
@@ -21,12 +23,23 @@ from fcn.engine.models.alexnet import FCNAlexNet
 from fcn.engine.models.googlenet import BACKBONE as GOOGLENET_BACKBONE
 from fcn.engine.models.googlenet import FCNGoogLeNet
 
-# The torchvision weights each FCN family starts from (their file names come from these).
+if TYPE_CHECKING:
+    import torchvision
+
+# The torchvision weights each FCN family starts from (their file names come from these), by
+# name: importing torchvision costs ~2 s of CPU (it pulls in torch._dynamo), paid by every
+# training worker and driver that imports this module and never needs them (docs/environment.md).
 TORCHVISION_WEIGHTS = {
-    "vgg16": torchvision.models.VGG16_Weights.IMAGENET1K_V1,
-    "alexnet": torchvision.models.AlexNet_Weights.IMAGENET1K_V1,
-    "googlenet": torchvision.models.GoogLeNet_Weights.IMAGENET1K_V1,
+    "vgg16": "VGG16_Weights",
+    "alexnet": "AlexNet_Weights",
+    "googlenet": "GoogLeNet_Weights",
 }
+
+
+def _weights_url(arch: str) -> str:
+    import torchvision
+
+    return getattr(torchvision.models, TORCHVISION_WEIGHTS[arch]).IMAGENET1K_V1.url
 
 
 def convolutionalize(linear: nn.Linear, conv: nn.Conv2d) -> None:
@@ -89,7 +102,7 @@ def torchvision_weights_file(arch: str) -> str:
     """The file name torchvision's hub cache uses for `arch` (e.g. 'vgg16-397923af.pth')."""
     if arch not in TORCHVISION_WEIGHTS:
         raise ValueError(f"unknown backbone {arch!r}; known: {sorted(TORCHVISION_WEIGHTS)}")
-    return os.path.basename(TORCHVISION_WEIGHTS[arch].url)
+    return os.path.basename(_weights_url(arch))
 
 
 def find_backbone_weights(arch: str, path=None) -> Path:
@@ -110,12 +123,14 @@ def find_backbone_weights(arch: str, path=None) -> Path:
             f"pretrained=True needs torchvision's ImageNet {arch} weights, file {file_name!r} "
             f"in {str(directory)!r} (the torch hub cache; set TORCH_HOME to move it), and it is "
             f"not there. Nothing is downloaded here: copy the file there (from "
-            f"{TORCHVISION_WEIGHTS[arch].url}) or pass its path as pretrained='/path/{file_name}'."
+            f"{_weights_url(arch)}) or pass its path as pretrained='/path/{file_name}'."
         )
     return path
 
 
 def _torchvision_net(arch: str) -> nn.Module:
+    import torchvision
+
     if arch == "vgg16":
         return torchvision.models.vgg16(weights=None)
     if arch == "alexnet":
