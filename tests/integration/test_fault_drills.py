@@ -74,8 +74,9 @@ def upload(s3, files: dict[str, bytes]) -> None:
 def test_segment_killed_and_cut_off_loses_nothing_and_finishes_next_night(
     s3, ray_head, gate, env, tmp_path
 ):
-    net = varied_model(4)
-    config = {"model": "fcn-alexnet", "num_classes": 4, "preprocessing": "torchvision"}
+    # 1 MB, not FCN-AlexNet's 230 MB: every night's actors fetch it through the gate.
+    net = varied_model(4, "fcn32s", biases=True, width=0.0625)
+    config = {"model": "fcn32s", "num_classes": 4, "preprocessing": "torchvision", "width": 0.0625}
     model = {"net": net, "config": config}
     checkpoint.save(net.state_dict(), model["config"], s3.uri("drill/checkpoint"))
     # Distinct sizes: no two images share a forward, nothing depends on batching.
