@@ -40,6 +40,18 @@ def model_dir(tmp_path_factory):
     return uri
 
 
+@pytest.fixture(scope="module")
+def small_model_dir(tmp_path_factory):
+    """FCN-32s at 1/16 width (1 MB) for the raster nights: FCN-AlexNet's 230 MB and its
+    fc6/fc7 over a whole raster cost each night's actors (and the direct forward) seconds."""
+    model = varied_model(NUM_CLASSES, "fcn32s", biases=True, width=0.0625)
+    uri = str(tmp_path_factory.mktemp("small") / "checkpoint")
+    config = {"model": "fcn32s", "num_classes": NUM_CLASSES, "preprocessing": "torchvision",
+              "width": 0.0625}  # fmt: skip
+    checkpoint.save(model.state_dict(), config, uri)
+    return uri
+
+
 def picture(h: int, w: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
@@ -477,9 +489,11 @@ def test_run_local_incremental_and_exit_status(tmp_path, model_dir, local_ray):
 
 
 @pytest.mark.slow
-def test_run_local_routes_rasters_to_tiled_georeferenced_masks(tmp_path, model_dir, local_ray):
+def test_run_local_routes_rasters_to_tiled_georeferenced_masks(
+    tmp_path, small_model_dir, local_ray
+):
     """A GeoTIFF under the prefix goes to the raster actor, not the PNG pipeline: its mask is a
-    GeoTIFF at `<key>.tif`, tiled (6 tiles of 640) yet equal to the whole image's forward, with
+    GeoTIFF at `<key>.tif`, tiled (8 tiles of 640) yet equal to the whole image's forward, with
     the input's CRS; a broken raster is an error row, retried next night; photos beside it get
     their PNGs as ever, and the next night skips the done ones."""
     import rasterio
@@ -491,12 +505,12 @@ def test_run_local_routes_rasters_to_tiled_georeferenced_masks(tmp_path, model_d
     (src / "a.jpg").write_bytes(encode(picture(64, 64, 1), "JPEG"))
     scene = geotiff(src / "aerial" / "scene.TIFF", 680, 1000)
     (src / "broken.tif").write_bytes(b"II*\x00 not a raster")
-    config = SegmentConfig(str(src), str(out), model_dir, tile="640", max_error_fraction=0.5)
+    config = SegmentConfig(str(src), str(out), small_model_dir, tile="640", max_error_fraction=0.5)
 
     first = run(config)
     assert (first.counts.done, first.counts.failed) == (2, 1)
     with rasterio.open(out / "aerial" / "scene.tif") as mask:
-        assert_mask_of(mask.read(1), model_dir, raster_rgb(scene))
+        assert_mask_of(mask.read(1), small_model_dir, raster_rgb(scene))
         assert mask.crs.to_epsg() == RASTER_CRS_EPSG
     assert (out / "a.png").exists() and not (out / "broken.tif").exists()
     rows = {Path(r["uri"]).name: r for r in pq.read_table(first.manifest).to_pylist()}
@@ -511,7 +525,7 @@ def test_run_local_routes_rasters_to_tiled_georeferenced_masks(tmp_path, model_d
 
 
 @pytest.mark.slow
-def test_run_local_shares_one_raster_among_the_actors(tmp_path, model_dir, local_ray):
+def test_run_local_shares_one_raster_among_the_actors(tmp_path, small_model_dir, local_ray):
     """One raster, two actors: the raster is cut into two bands of tile rows, one per actor,
     merged into one mask equal to the whole image's forward; its parts are gone afterwards. A
     raster whose bands fail is one error row, retried the next night."""
@@ -522,8 +536,8 @@ def test_run_local_shares_one_raster_among_the_actors(tmp_path, model_dir, local
 
     src, out = tmp_path / "in", tmp_path / "out"
     src.mkdir()
-    scene = geotiff(src / "scene.tif", 1300, 700)  # 5 rows of tiles of 640
-    config = SegmentConfig(str(src), str(out), model_dir, tile="640", concurrency=2)
+    scene = geotiff(src / "scene.tif", 1300, 700)  # 7 rows of tiles of 640
+    config = SegmentConfig(str(src), str(out), small_model_dir, tile="640", concurrency=2)
 
     first = run(config)
     assert (first.counts.done, first.counts.failed) == (1, 0)
@@ -531,7 +545,7 @@ def test_run_local_shares_one_raster_among_the_actors(tmp_path, model_dir, local
         # A band out of place would differ in whole rows; a tile's forward and the whole
         # image's may differ at float ties (measured: 1 pixel of 910,000).
         # tests/unit/test_rasters.py holds bands to `predict` exactly.
-        assert_mask_of(mask.read(1), model_dir, raster_rgb(scene))
+        assert_mask_of(mask.read(1), small_model_dir, raster_rgb(scene))
         assert mask.crs.to_epsg() == RASTER_CRS_EPSG
     (row,) = pq.read_table(first.manifest).to_pylist()
     assert (row["status"], row["height"], row["width"]) == ("ok", 1300, 700)
@@ -547,7 +561,7 @@ def test_run_local_shares_one_raster_among_the_actors(tmp_path, model_dir, local
 
 
 @pytest.mark.slow
-def test_run_local_on_a_parquet_split_with_raster_references(tmp_path, model_dir, local_ray):
+def test_run_local_on_a_parquet_split_with_raster_references(tmp_path, small_model_dir, local_ray):
     """An ingested split: photos take the PNG pipeline (x.png wants x.jpg's mask key, x.jpg
     sorts first: an error row, every night); its rasters are references (`image` null,
     fcn.data.validate) that the raster actors read window by window from their `uri` into
@@ -571,7 +585,9 @@ def test_run_local_on_a_parquet_split_with_raster_references(tmp_path, model_dir
     ]  # fmt: skip
     (tmp_path / "split").mkdir()
     pq.write_table(pa.Table.from_pylist(rows, contract.SCHEMA), tmp_path / "split" / "p.parquet")
-    config = SegmentConfig(str(tmp_path / "split"), str(tmp_path / "out"), model_dir, tile="640")
+    config = SegmentConfig(
+        str(tmp_path / "split"), str(tmp_path / "out"), small_model_dir, tile="640"
+    )
     config = dataclasses.replace(config, max_error_fraction=0.5)
 
     first = run(config)
@@ -583,9 +599,9 @@ def test_run_local_on_a_parquet_split_with_raster_references(tmp_path, model_dir
     assert (done["status"], done["height"], done["width"]) == ("ok", 680, 1000)
     masks_at = tmp_path / "out" / str(bucket).lstrip("/")  # a split's mask key: its uri's path
     for name, image in (("x", photos["x.jpg"]), ("y/z", photos["y/z.png"])):
-        assert_mask_of(np.asarray(Image.open(masks_at / f"{name}.png")), model_dir, image)
+        assert_mask_of(np.asarray(Image.open(masks_at / f"{name}.png")), small_model_dir, image)
     with rasterio.open(masks_at / "aerial" / "scene.tif") as mask:
-        assert_mask_of(mask.read(1), model_dir, raster_rgb(scene))
+        assert_mask_of(mask.read(1), small_model_dir, raster_rgb(scene))
         assert mask.crs.to_epsg() == RASTER_CRS_EPSG
 
     second = run(config)
