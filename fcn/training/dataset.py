@@ -74,7 +74,7 @@ def train_source(config: TrainConfig, spec: dict):
     files = [f for split in config.train_split for f in split_file_infos(config.data, split)]
     small = config.cache_reads and sum(f.size for f in files) <= WORKER_READ_BYTES
     if config.loader == "ray-data" or (config.loader == "auto" and not small):
-        return train_dataset(config, spec)
+        return train_dataset(config, spec, files)
     import pyarrow.compute as pc
     import ray
 
@@ -84,12 +84,14 @@ def train_source(config: TrainConfig, spec: dict):
     return WorkerRows(ray.put(table), table.num_rows)
 
 
-def train_dataset(config: TrainConfig, spec: dict):
-    """The union of the train splits as one Ray Dataset of transformed crops."""
+def train_dataset(config: TrainConfig, spec: dict, files: list | None = None):
+    """The union of the train splits as one Ray Dataset of transformed crops. `files`: the
+    splits' file infos when the caller has listed them already."""
     import ray.data
 
     fs, _ = storage.pyarrow_filesystem(config.data)
-    files = [f for split in config.train_split for f in split_file_infos(config.data, split)]
+    if files is None:
+        files = [f for split in config.train_split for f in split_file_infos(config.data, split)]
     paths = [storage.strip_scheme(f.uri) for f in files]
     # The split is executed once per epoch: its plan would be logged anew every epoch.
     ray.data.DataContext.get_current().print_on_execution_start = False

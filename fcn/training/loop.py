@@ -173,7 +173,6 @@ def train_loop_per_worker(loop: dict) -> None:
     """One data-parallel worker: restore, train to `iterations` steps, evaluating, logging and
     checkpointing every `eval_every`. `loop`: {"config": TrainConfig, "recipe": optim.Recipe,
     "run": RunContext}."""
-
     config, recipe, run = loop["config"], loop["recipe"], loop["run"]
     worker = _start_worker(config, run)
     model = build_initial_model(config)
