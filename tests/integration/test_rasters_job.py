@@ -34,6 +34,10 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 SIDE = 20_000
 SQUARE = 1_000  # the raster's colour squares: few classes
 TILE_MEMORY_MB = 256
+# Tiles of 1,568 (the 256 MB budget) keeping all but 32 px of each inner border: 14 x 14 tiles.
+# The default margin (the net's context, 256 px: 19 x 19 tiles) makes masks equal the whole
+# image's, which tests/unit/test_rasters.py checks; here it would only double the forwards.
+TILE_MARGIN = 32
 # The actor's peak resident memory (VmHWM): measured 1.58 GB here. A Ray worker with torch,
 # rasterio and the model loaded is ~0.9 GB before any pixel; the raster read whole would add
 # its 1.2 GB of pixels (and 0.4 GB of class map), past this limit. Outside Ray the same
@@ -117,6 +121,7 @@ def test_a_20000_pixel_raster_segments_in_bounded_memory_and_survives_a_kill(
     args = [
         "jobs/segment.py", "--input", s3.uri("raster-it/in"), "--output", output,
         "--model", s3.uri("raster-it/checkpoint"), "--tile-memory-mb", str(TILE_MEMORY_MB),
+        "--tile-margin", str(TILE_MARGIN),
     ]  # fmt: skip
     before = temporary_masks()
 

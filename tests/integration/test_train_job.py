@@ -7,7 +7,7 @@
    splits skip.
 2. jobs/evaluate.py on the champion over 2 workers reproduces the registered mean IU.
 
-Sizes are chosen for 2 CPU cores: 64 px images, FCN-32s from scratch at --width 0.25, 60
+Sizes are chosen for 2 CPU cores: 64 px images, FCN-32s from scratch at --width 0.25, 30
 steps: this file tests the plumbing. That training learns (mean IU well above predicting
 background everywhere) is the demo's test (tests/integration/test_opex_job.py: 2 Ray Train
 workers, mean IU >= 0.6); a job killed as a whole and resubmitted resumes its run in
@@ -28,7 +28,7 @@ from fcn.engine import checkpoint
 
 pytestmark = pytest.mark.integration
 
-ITERATIONS, EVAL_EVERY = 60, 20
+ITERATIONS, EVAL_EVERY = 30, 10
 CLASSES = (1, 2)  # background + 2 object classes
 MODEL_NAME = "fcn-it"
 DRILL_JOB = "tests/integration/train_with_drill.py"  # jobs/train.py + a fault on demand
