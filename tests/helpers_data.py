@@ -1,7 +1,8 @@
 """Small Parquet datasets in the ingest contract (ARCHITECTURE.md), written directly with pyarrow.
 
 Unit tests of the training side use these instead of running the ingest job: same columns and
-layout (`<root>/<split>/*.parquet`), images rendered by the synthetic generator.
+layout (`<root>/<split>/*.parquet`), images rendered by the synthetic generator. Also small
+models: seeded random FCNs, saved as checkpoints or registered as a first champion.
 """
 
 from __future__ import annotations
@@ -120,3 +121,31 @@ def raster_rgb(path) -> np.ndarray:
     with rasterio.open(path) as src:
         data = np.moveaxis(src.read(), 0, -1)
     return np.repeat(data, 3, -1) if data.shape[-1] == 1 else data[..., :3]
+
+
+def register_random_champion(path, model_name: str, experiment: str, classes, width: float):
+    """Version 1 and champion of `model_name` on the MLflow server of MLFLOW_TRACKING_URI,
+    without a training: a seeded random FCN-32s of `width` with `classes` (a ClassList),
+    saved at `path` and registered as imported weights are (no val digest, no mean IU), so
+    the first trained version replaces it by the registry's rule."""
+    import hashlib
+
+    import torch
+
+    from fcn import tracking
+    from fcn.engine import checkpoint
+    from fcn.engine.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("fcn32s", num_classes=classes.num_classes, width=width)
+    config = {
+        "model": "fcn32s", "num_classes": classes.num_classes, "width": width,
+        "preprocessing": "torchvision", "classes": classes.to_dict(),
+        "weights_source": "random init (test)", "weights_format": "state_dict",
+    }  # fmt: skip
+    checkpoint.save(model.state_dict(), config, str(path))
+    config["weights_sha256"] = hashlib.sha256((path / "model.pt").read_bytes()).hexdigest()
+    version, decision = tracking.register_imported(
+        str(path), config, model_name, experiment, champion=True
+    )
+    assert version == "1" and decision.is_champion

@@ -4,7 +4,8 @@ simulated world's seed set (fcn.data.world) ingested; then two rounds of segment
 queue -> the oracle labels the queue's cvat.zip with the true masks -> jobs/cycle.py (ingest
 the new export, fine-tune from the champion on seed + every export, evaluate on the fixed val
 split, promotion by the registry's rule). Round 2's queue holds none of round 1's images, and
-round 2 ingests only round 2's export but trains on both.
+round 2 ingests only round 2's export but trains on both, each image counted once (the
+checkpoint's class distribution, the MLflow run's dataset inputs).
 
 Tiny on purpose (2 CPU cores): 64 px images, FCN-32s at 1/16 width, 2 optimizer steps per
 training: this tests the plumbing, not that the labels help (benchmarks/active_learning.py
@@ -14,13 +15,16 @@ measures that).
 from __future__ import annotations
 
 import io
+import json
 import re
 
 import pyarrow.parquet as pq
 import pytest
+from helpers_data import register_random_champion
 
 from fcn import storage, tracking
 from fcn.data import world as simulated
+from fcn.engine import checkpoint
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -67,7 +71,12 @@ def test_two_rounds_of_the_cycle_label_ingest_train_evaluate_and_promote_by_the_
     world.write_pool(pool)
     run_ok(ray_head, ["jobs/ingest.py", "--voc", voc, "--classes", f"{voc}/classes.json",
                       "--output", data], env)  # fmt: skip
-    champion_without_training(tmp_path / "seed-model", mlflow_server.uri)
+    # Version 1 and champion: random weights registered as imported ones (no val digest, no
+    # mean IU): round 1's fine-tune replaces it by the rule, round 2's must beat round 1's on
+    # the same val digest. Training it on the seed set would cost a third training and prove
+    # nothing more here.
+    register_random_champion(tmp_path / "seed-model", MODEL_NAME, "cycle-it",
+                             simulated.CLASSES, width=0.0625)  # fmt: skip
     client = tracking.client(mlflow_server.uri)
     segment = ["jobs/segment.py", "--input", pool, "--output", masks, "--model",
                f"models:/{MODEL_NAME}@champion", "--queue-size", str(QUEUE)]  # fmt: skip
@@ -103,6 +112,18 @@ def test_two_rounds_of_the_cycle_label_ingest_train_evaluate_and_promote_by_the_
         filter_string="attributes.run_name = 'cycle-round2'",
     )
     assert run.data.params["train_split"].count("labeled/round") == 2
+    # The seed split and both exports, each image counted once, in the checkpoint's class
+    # distribution and in the run's MLflow dataset inputs.
+    retrained = checkpoint.load_config(s3.uri("cycle-it/runs/cycle-round2/best"))
+    assert retrained.class_distribution["images"] == len(world.train) + 2 * QUEUE
+    inputs = [i.dataset.source for i in run.inputs.dataset_inputs if _context(i) == "train"]
+    assert sorted(json.loads(s)["uri"] for s in inputs) == [
+        f"{data}/labeled/round1/default", f"{data}/labeled/round2/default", f"{data}/train"
+    ]  # fmt: skip
+
+
+def _context(dataset_input) -> str:
+    return next(t.value for t in dataset_input.tags if t.key == tracking.DATASET_CONTEXT)
 
 
 def _check_rule(client, logs: str, version: str, previous: str) -> None:
@@ -120,30 +141,3 @@ def _check_rule(client, logs: str, version: str, previous: str) -> None:
     assert champion == expected, (mean_iu(new), old.tags)
     assert f"champion is version {expected}" in logs
     assert ("not promoted" in logs) == (expected == previous)
-
-
-def champion_without_training(path, uri: str) -> None:
-    """Version 1 and champion of MODEL_NAME: a random FCN-32s at 1/16 width with the world's
-    classes, registered as imported weights (no val digest, no mean IU): round 1's fine-tune
-    replaces it by the rule, round 2's must beat round 1's on the same val digest. Training
-    it on the seed set first would cost a third training and prove nothing more here."""
-    import hashlib
-
-    import torch
-
-    from fcn.engine import checkpoint
-    from fcn.engine.models import build_model
-
-    torch.manual_seed(0)
-    model = build_model("fcn32s", num_classes=simulated.CLASSES.num_classes, width=0.0625)
-    config = {
-        "model": "fcn32s", "num_classes": simulated.CLASSES.num_classes, "width": 0.0625,
-        "preprocessing": "torchvision", "classes": simulated.CLASSES.to_dict(),
-        "weights_source": "random init (test)", "weights_format": "state_dict",
-    }  # fmt: skip
-    checkpoint.save(model.state_dict(), config, str(path))
-    config["weights_sha256"] = hashlib.sha256((path / "model.pt").read_bytes()).hexdigest()
-    version, decision = tracking.register_imported(
-        str(path), config, MODEL_NAME, "cycle-it", champion=True, uri=uri
-    )
-    assert version == "1" and decision.is_champion

@@ -1,21 +1,18 @@
-"""Acceptance of the nightly insight (issue 12) on real services, the loop closed: `ray job
-submit` on the S3 test server with the MLflow test server. A model trained on the synthetic
-set (the demo's, by jobs/train.py) segments a normal night, then a night that drifted
-(fog, a kind of image it never saw, and scenes one class fills); the report flags only the
-second night; its labeling queue ranks the night by the model's uncertainty;
-the queue's CVAT export ingests as a new split (jobs/ingest.py --voc) and training runs on
-train + that split.
+"""Acceptance of the nightly insight (issue 12) on real services: `ray job submit` on the S3
+test server with the MLflow test server. A model trained on the synthetic set (the demo's, by
+jobs/train.py) segments a normal night, then a night that drifted (fog, a kind of image it
+never saw, and scenes one class fills); the report flags only the second night; its labeling
+queue ranks the night by the model's uncertainty, and its CVAT export holds the queue.
 
 The model must have learned the scenes (an untrained one paints every image background, and
 no night differs from another): the demo's model (jobs/demo.py, run once per session by the
-`demo` fixture and shared with test_opex_job.py); the loop's training runs two steps.
-The drift night run again (--force) with two late images queues the two and nothing queued
-before.
+`demo` fixture and shared with test_opex_job.py). The rest of the loop (the export labeled,
+ingested as a split, trained on with the training split; a forced night queueing only what
+no earlier night queued) runs through jobs/cycle.py in test_cycle_job.py.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import zipfile
@@ -23,7 +20,6 @@ import zipfile
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from conftest import REPO
 from fixtures.scenes import drift_scene
 from helpers_data import png
 
@@ -51,26 +47,11 @@ def run_ok(ray_head, args: list[str], env: dict) -> str:
     return logs
 
 
-def train_args(data: str, runs: str, name: str, iterations: int) -> list[str]:
-    """The demo's recipe (jobs/demo.py), one worker with the head's cores."""
-    spec = importlib.util.spec_from_file_location("demo_job", REPO / "jobs" / "demo.py")
-    demo = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(demo)
-    train_flags = demo.train_flags
-    return [
-        "jobs/train.py", "--data", data, "--num-classes", str(NUM_CLASSES), "--storage", runs,
-        "--name", name, "--experiment", EXPERIMENT + "-train", "--registered-model", "",
-        *train_flags("fcn8s", iterations), "--workers", "1", "--cpus-per-worker", "2",
-    ]  # fmt: skip
-
-
 @pytest.fixture(scope="module")
-def trained(s3, demo):
-    """(data root on S3, best checkpoint) of the demo's model: trained by jobs/train.py on the
-    synthetic scenes (the session's one demo run, shared with test_opex_job.py)."""
-    root = demo[0]
-    data = s3.upload_tree(root / "parquet", "insight/data")
-    return data, str(root / "runs" / "demo" / "best")
+def trained(demo) -> str:
+    """The best checkpoint of the demo's model: trained by jobs/train.py on the synthetic
+    scenes (the session's one demo run, shared with test_opex_job.py)."""
+    return str(demo[0] / "runs" / "demo" / "best")
 
 
 def scenes(seed: int, count: int) -> list[np.ndarray]:
@@ -95,13 +76,10 @@ def report_of(logs: str) -> tuple[str, dict]:
     return uri, json.loads(storage.read_bytes(f"{uri}/report.json"))
 
 
-def test_a_drift_night_is_flagged_queued_labeled_and_trained_on(
-    s3, mlflow_server, ray_head, trained, tmp_path
-):
-    data, model = trained
+def test_a_drift_night_is_flagged_and_queued_by_uncertainty(s3, mlflow_server, ray_head, trained):
+    model = trained
     recorded = checkpoint.load_config(model).class_distribution
-    trained_on = recorded["images"]  # the demo's training split, every image counted
-    assert trained_on > 0 and len(recorded["pixel_counts"]) == NUM_CLASSES
+    assert recorded["images"] > 0 and len(recorded["pixel_counts"]) == NUM_CLASSES
     env = {**s3.env, **mlflow_server.env}
     output = s3.uri("insight/masks")
     night = 16
@@ -142,15 +120,6 @@ def test_a_drift_night_is_flagged_queued_labeled_and_trained_on(
     assert [r["score"] for r in ranked] == sorted(entropy.values(), reverse=True)
     assert len(set(entropy.values())) > night // 2  # the scores really differ between images
 
-    # The same night again, every image redone (--force), two late images with it: the queue
-    # holds the two newcomers, nothing queued on an earlier night.
-    late = {f"late_{i}.png": a for i, a in enumerate(drifted(5, "fog", 2))}
-    upload(s3, "insight/images/day2", late)
-    rc, logs = ray_head.submit([*args, "--input", day2, "--force"], env=env)
-    assert rc != 0 and DRIFT_EXIT in logs and f"{night + 2} done" in logs, logs[-4000:]
-    again = pq.read_table(io.BytesIO(storage.read_bytes(f"{report_of(logs)[0]}/queue.parquet")))
-    assert sorted(u.rsplit("/", 1)[-1] for u in again.column("uri").to_pylist()) == sorted(late)
-
     # The MLflow run of the night holds the numbers, the tag and the picture.
     client = tracking.client(mlflow_server.uri)
     runs = client.search_runs(
@@ -163,32 +132,8 @@ def test_a_drift_night_is_flagged_queued_labeled_and_trained_on(
     artifacts = {a.path for a in client.list_artifacts(runs[0].info.run_id, "insight")}
     assert {"insight/drift.png", "insight/report.json", "insight/cvat.zip"} <= artifacts
 
-    # The loop: the export (as a labeler sends it back) ingests as a split of its own under
-    # the data root, and training runs on train + that split.
+    # The export a labeler opens: the queue's images, in its order. (Labeling it, ingesting
+    # it as a split and training on train + that split is the cycle's, test_cycle_job.py.)
     archive = zipfile.ZipFile(io.BytesIO(storage.read_bytes(f"{report_uri}/cvat.zip")))
     ids = archive.read("ImageSets/Segmentation/default.txt").decode().split()
     assert ids == [cvat.image_id(r["uri"]) for r in queue.to_pylist()]
-    archive.extractall(tmp_path / "labeled")
-    labeled = s3.upload_tree(tmp_path / "labeled", "insight/labeled-tree")
-    classes = s3.uri("insight/classes.json")
-    storage.write_text(classes, json.dumps(checkpoint.load_config(model).classes.to_dict()))
-    run_ok(ray_head, ["jobs/ingest.py", "--voc", labeled, "--voc-splits", "default",
-                      "--classes", classes, "--output", f"{data}/labeled-day2"], env)  # fmt: skip
-    loop = [*train_args(data, s3.uri("insight/runs"), "loop", 2), "--init", model,
-            "--eval-every", "2", "--val-limit", "1"]  # fmt: skip
-    run_ok(ray_head, [*loop, "--train-split", "train", "labeled-day2/default"], env)
-    retrained = checkpoint.load_config(s3.uri("insight/runs/loop/best"))
-    # Both splits, counted once.
-    assert retrained.class_distribution["images"] == trained_on + night
-    (run,) = client.search_runs(
-        [client.get_experiment_by_name(EXPERIMENT + "-train").experiment_id],
-        filter_string="attributes.run_name = 'loop'",
-    )
-    inputs = [i.dataset.source for i in run.inputs.dataset_inputs if _context(i) == "train"]
-    assert sorted(json.loads(s)["uri"] for s in inputs) == [
-        f"{data}/labeled-day2/default", f"{data}/train"
-    ]  # fmt: skip
-
-
-def _context(dataset_input) -> str:
-    return next(t.value for t in dataset_input.tags if t.key == tracking.DATASET_CONTEXT)
