@@ -42,8 +42,9 @@ def model_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def small_model_dir(tmp_path_factory):
-    """FCN-32s at 1/16 width (1 MB) for the raster nights: FCN-AlexNet's 230 MB and its
-    fc6/fc7 over a whole raster cost each night's actors (and the direct forward) seconds."""
+    """FCN-32s at 1/16 width (1 MB) for the nights on local Ray: FCN-AlexNet's 230 MB and its
+    fc6/fc7 (over a whole raster, too) cost each night's actors (and the direct forward)
+    seconds."""
     model = varied_model(NUM_CLASSES, "fcn32s", biases=True, width=0.0625)
     uri = str(tmp_path_factory.mktemp("small") / "checkpoint")
     config = {"model": "fcn32s", "num_classes": NUM_CLASSES, "preprocessing": "torchvision",
@@ -446,7 +447,7 @@ def masks_in(tmp_path):
 
 
 @pytest.mark.slow
-def test_run_local_incremental_and_exit_status(tmp_path, model_dir, local_ray):
+def test_run_local_incremental_and_exit_status(tmp_path, small_model_dir, local_ray):
     from fcn.nightly.driver import run
 
     src = tmp_path / "in"
@@ -455,7 +456,7 @@ def test_run_local_incremental_and_exit_status(tmp_path, model_dir, local_ray):
     (src / "d" / "b.PNG").write_bytes(encode(picture(72, 64, 2)))
     (src / "bad.jpg").write_bytes(b"oops")
     (src / "notes.txt").write_bytes(b"not listed")
-    config = SegmentConfig(str(src), str(tmp_path / "out"), model_dir, max_error_fraction=0.5)
+    config = SegmentConfig(str(src), str(tmp_path / "out"), small_model_dir, max_error_fraction=0.5)
 
     first = run(config)
     assert (first.counts.done, first.counts.failed, first.counts.skipped, first.ok) == (
@@ -469,7 +470,7 @@ def test_run_local_incremental_and_exit_status(tmp_path, model_dir, local_ray):
     stamps = {p: p.stat().st_mtime_ns for p in masks_in(tmp_path)}
     rows = pq.read_table(first.manifest).to_pylist()
     assert {r["status"] for r in rows} == {"ok", "error"}
-    assert all(r["model"] == model_dir for r in rows)
+    assert all(r["model"] == small_model_dir for r in rows)
 
     second = run(config)
     assert (second.counts.done, second.counts.failed, second.counts.skipped) == (0, 0, 3)
@@ -479,13 +480,17 @@ def test_run_local_incremental_and_exit_status(tmp_path, model_dir, local_ray):
     os.utime(src / "d" / "b.PNG", (1, 1))
     third = run(
         SegmentConfig(
-            str(src), str(tmp_path / "out"), model_dir, max_error_fraction=0.0, retry_errors=True
+            str(src),
+            str(tmp_path / "out"),
+            small_model_dir,
+            max_error_fraction=0.0,
+            retry_errors=True,
         )
     )
     assert (third.counts.done, third.counts.failed, third.counts.skipped) == (1, 1, 1)
     assert not third.ok  # 1 of 2 failed > 0.0: jobs/segment.py exits 1
     mask = np.asarray(Image.open(tmp_path / "out" / "d" / "b.png"))
-    assert_mask_of(mask, model_dir, picture(72, 64, 3))
+    assert_mask_of(mask, small_model_dir, picture(72, 64, 3))
 
 
 @pytest.mark.slow
