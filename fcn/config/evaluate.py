@@ -17,7 +17,11 @@ class EvaluateConfig(Settings):
     split: str = setting("val", "split evaluated")
     limit: int | None = setting(None, "the first N images of the split only")
     experiment: str = setting("fcn-eval", "MLflow experiment of the evaluation run")
-    workers: int = setting(2, "evaluation workers (the split is sharded, no image twice)")
+    workers: int = setting(
+        2,
+        "evaluation workers (the split is sharded, no image twice); 0: in the driver's own "
+        "process (Ray Train's local mode: no worker actors, for small splits)",
+    )
     gpu: bool = setting(False, "one GPU per worker")
     cpus_per_worker: float = setting(1.0, "logical CPUs reserved per worker")
     placement_resource: str | None = placement("evaluation workers")
@@ -31,8 +35,8 @@ class EvaluateConfig(Settings):
 
     def validate(self) -> EvaluateConfig:
         """Self; a ValueError naming the flag (before Ray or MLflow is touched)."""
-        if self.workers < 1:
-            raise ValueError(f"--workers must be at least 1, got {self.workers}")
+        if self.workers < 0:
+            raise ValueError(f"--workers must be 0 (the driver) or more, got {self.workers}")
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"--limit must be at least 1 (leave it out for the whole split), "
                              f"got {self.limit}")  # fmt: skip

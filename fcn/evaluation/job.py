@@ -77,8 +77,10 @@ def run(config: EvaluateConfig) -> dict:
     """Evaluate `config.model` on `config.split` over `config.workers` Ray Train workers and log
     an MLflow evaluation run. `config` comes from `validate`. Returns the scores (MLflow metric
     names), `hist` (the summed confusion matrix) and `run_id`."""
-    # A local Ray gets a CPU per worker and one for the driver, even on a smaller machine.
-    init_ray(num_cpus=max(os.cpu_count() or 1, int(config.workers * config.cpus_per_worker + 1)))
+    if config.workers:  # 0: Ray Train's local mode scores in this process, no Ray needed
+        # A local Ray gets a CPU per worker and one for the driver, even on a smaller machine.
+        cpus = int(config.workers * config.cpus_per_worker + 1)
+        init_ray(num_cpus=max(os.cpu_count() or 1, cpus))
     uri = tracking.tracking_uri()
     # Tagged with the exact model (registry name and version) and, by log_split_inputs, the
     # digest of the data it scored (`eval_digest`): scores are comparable only on equal data.

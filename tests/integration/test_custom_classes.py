@@ -66,7 +66,7 @@ def test_a_custom_class_list_travels_from_data_to_masks(ray_head, s3, mlflow_ser
 
     run_ok(ray_head, ["jobs/evaluate.py", "--data", data, "--split", "val", "--model",
                       f"models:/{MODEL}@champion", "--experiment", EXPERIMENT + "-eval",
-                      "--workers", "1"], env)  # fmt: skip
+                      "--workers", "0"], env)  # fmt: skip
     evaluation = client.get_experiment_by_name(EXPERIMENT + "-eval")
     (scored,) = client.search_runs([evaluation.experiment_id])
     assert {k for k in scored.data.metrics if k.startswith("iu_")} <= {

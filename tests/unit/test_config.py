@@ -98,7 +98,7 @@ def test_every_job_validates_one_way():
     bad = {
         IngestConfig: {"output": "o", "rows_per_shard": 0},
         TrainConfig: {"data": "d", "workers": 0},
-        EvaluateConfig: {"data": "d", "model": "m", "workers": 0},
+        EvaluateConfig: {"data": "d", "model": "m", "workers": -1},
         SegmentConfig: {"input": "i", "output": "o", "model": "m", "batch_size": 0},
     }
     for cls, values in bad.items():

@@ -173,7 +173,7 @@ def test_a_split_without_the_mask_column_names_it(tmp_path):
 @pytest.mark.parametrize(
     ("flags", "named"),
     [
-        ({"workers": 0}, "--workers"),
+        ({"workers": -1}, "--workers"),
         ({"limit": 0}, "--limit"),
         ({"cpus_per_worker": 0}, "--cpus"),
         ({"tile": "big"}, "--tile must"),
@@ -212,11 +212,11 @@ def job_main():
     return runpy.run_path(str(REPO / "jobs" / "evaluate.py"))["main"]
 
 
-@pytest.mark.parametrize("case", ["no split", "workers 0", "limit -1", "no checkpoint"])
+@pytest.mark.parametrize("case", ["no split", "workers -1", "limit -1", "no checkpoint"])
 def test_the_job_exits_2_with_one_line(case, data, model_dir, tmp_path, capsys):
     argv = {
         "no split": ["--data", data, "--split", "test", "--model", model_dir],
-        "workers 0": ["--data", data, "--model", model_dir, "--workers", "0"],
+        "workers -1": ["--data", data, "--model", model_dir, "--workers", "-1"],
         "limit -1": ["--data", data, "--model", model_dir, "--limit", "-1"],
         "no checkpoint": ["--data", data, "--model", str(tmp_path / "nothing")],
     }[case]
@@ -237,3 +237,29 @@ def test_a_checkpoint_missing_a_field_fails_before_ray_or_mlflow(data, tmp_path)
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert done.stdout.strip() == "2 []", done.stderr
     assert done.stderr.count("\n") == 1 and "lacks 'preprocessing'" in done.stderr
+
+
+def test_workers_0_scores_in_the_drivers_process_without_ray(data, model_dir, tmp_path):
+    """`--workers 0` (Ray Train's local mode): the job scores in its own process, starts no
+    Ray, and logs what one process evaluating the split computes."""
+    from mlflow import MlflowClient
+
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    code = (
+        "import runpy, ray; main = runpy.run_path('jobs/evaluate.py')['main']; "
+        f"rc = main(['--data', {data!r}, '--model', {model_dir!r}, '--workers', '0', "
+        "'--experiment', 'local-mode']); print(rc, ray.is_initialized())"
+    )
+    env = {**os.environ, "MLFLOW_TRACKING_URI": store}
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, env=env
+    )
+    assert done.stdout.strip().splitlines()[-1] == "0 False", done.stdout + done.stderr
+    client = MlflowClient(tracking_uri=store)
+    (run,) = client.search_runs([client.get_experiment_by_name("local-mode").experiment_id])
+    state, config = checkpoint.load(model_dir)
+    model = config.build_model()
+    model.load_state_dict(state)
+    scores, _, _ = evaluate(model, data, "val", config.preprocessing, NUM_CLASSES)
+    assert run.data.metrics["mean_iu"] == pytest.approx(scores["mean_iu"], abs=1e-6)
+    assert run.data.params["workers"] == "0"
