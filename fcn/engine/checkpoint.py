@@ -25,12 +25,14 @@ import io
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-
-import torch
+from typing import TYPE_CHECKING
 
 from fcn import storage
 from fcn.engine.classes import ClassList, classes_of
 from fcn.engine.models import MODEL_NAMES, build_model, preprocess
+
+if TYPE_CHECKING:
+    import torch
 
 MODEL_FILE = "model.pt"
 CONFIG_FILE = "config.json"
@@ -123,6 +125,8 @@ def save(
     """
     # A mapping is written as given: checkpoints made by hand (and the contract's own tests,
     # which write broken ones on purpose); readers check it (`load_config`).
+    import torch  # here: reading and checking a config.json (a job's driver) needs no torch
+
     content = config.to_dict() if isinstance(config, CheckpointConfig) else dict(config)
     storage.makedirs(uri)
     files = {**(extra or {}), MODEL_FILE: {k: v.detach().cpu() for k, v in state_dict.items()}}
@@ -203,6 +207,8 @@ def load_config(uri: str) -> CheckpointConfig:
 
 def load(uri: str, map_location: str | torch.device = "cpu") -> tuple[dict, CheckpointConfig]:
     """(state_dict, checked config) of the checkpoint at `uri`."""
+    import torch
+
     config = check(uri)
     data = storage.read_bytes(storage.join(uri, MODEL_FILE))
     try:

@@ -21,20 +21,21 @@ import pyarrow as pa
 
 from fcn.config import SegmentConfig
 from fcn.engine import tiles
-from fcn.engine.inference import STATISTICS as STATS
-from fcn.engine.inference import predict
-from fcn.engine.onnx_export import export
-from fcn.engine.onnx_runtime import OnnxModel
 from fcn.nightly import schema
 from fcn.nightly.schema import Status
-from fcn.tracking.models import load_model
 
 
 class Predictor:
     """Ray Data `map_batches` callable: decoded rows in, the same rows with `mask` out."""
 
     def __init__(self, model_uri: str, config: SegmentConfig):
+        # torch and the model's modules load here, in the actor: the job's driver names this
+        # class to Ray Data and never loads a model (a night's driver starts without torch).
         import torch
+
+        from fcn.engine.onnx_export import export
+        from fcn.engine.onnx_runtime import OnnxModel
+        from fcn.tracking.models import load_model
 
         self.config = config
         self.device = "cuda" if config.gpus_per_actor > 0 else "cpu"
@@ -85,8 +86,8 @@ class Predictor:
                 out["classes_present"][i] = int((counts > 0).sum())
                 if self.config.class_counts:
                     out["class_counts"][i] = counts.tolist()
-                for name in STATS:
-                    out[name][i] = float(stats[name][j])
+                for name, values in stats.items():  # fcn.engine.inference.STATISTICS
+                    out[name][i] = float(values[j])
         table = batch.drop_columns(["pixels", "status", "error"])
         table = table.append_column("status", pa.array(status, pa.string()))
         table = table.append_column("error", pa.array(error, pa.string()))
@@ -115,6 +116,8 @@ class Predictor:
     def _classify(self, stack: np.ndarray):
         """(class maps N x H x W uint8, confidence statistics, model seconds)."""
         import torch
+
+        from fcn.engine.inference import predict
 
         t = time.perf_counter()
         classes, stats = predict(

@@ -24,12 +24,11 @@ import pyarrow as pa
 
 from fcn import storage
 from fcn.config import SegmentConfig
-from fcn.engine import images, rasters
+from fcn.engine import images
 from fcn.engine.classes import ClassList
 from fcn.nightly import schema, stages
 from fcn.nightly.schema import Status
 from fcn.storage import Location
-from fcn.tracking.models import load_model
 
 PARTS = "_raster_parts"  # <output>/_raster_parts/<run>/: the bands of rasters being segmented
 PLANNED = ("uri", "mask_uri", "etag", "size")
@@ -60,7 +59,11 @@ class RasterSegmenter:
 
     def __init__(self, model_uri: str, config: SegmentConfig, classes: ClassList,
                  parts: Location, model: str, run_id: str):  # fmt: skip
+        # torch and the model load here, in the actor (as fcn.nightly.predictor's Predictor):
+        # the job's driver names this class and never loads a model.
         import torch
+
+        from fcn.tracking.models import load_model
 
         device = "cuda" if config.gpus_per_actor > 0 else "cpu"
         torch.set_num_threads(config.threads or max(1, int(config.cpus_per_actor)))
@@ -105,6 +108,8 @@ class RasterSegmenter:
 
     def _run(self, uri: str, dst: str, band: tuple[int, int] = (0, 1)):
         """(RasterResult, None), or (None, the error columns) when the raster failed."""
+        from fcn.engine import rasters
+
         try:
             return rasters.segment_raster(
                 self.model, self.spec, uri, dst, self.classes, self.tiling,
@@ -122,6 +127,8 @@ def merge(group: pa.Table, classes: ClassList, parts: Location, model: str,
     """Ray Data `map_groups` on the bands of one raster: its mask from the parts (whole or not
     at all), then its manifest row and state part (`stages.record`), then the parts deleted.
     A failed band fails the raster; its error, and whether it is retried, are the band's."""
+    from fcn.engine import rasters  # a Ray task's import (it brings torch), not the driver's
+
     bands = sorted(group.to_pylist(), key=lambda b: b["band"])
     row = {k: bands[0][k] for k in PLANNED}
     failed = [b for b in bands if b["status"] != Status.OK]

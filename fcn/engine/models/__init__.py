@@ -6,16 +6,19 @@ logits `N x num_classes x H x W` (same H, W, any H, W >= 1); `state_dict()` keys
 layer names. Plain PyTorch: no Ray, MLflow or storage imports here.
 """
 
-from fcn.engine.models import alexnet, googlenet, vgg
+import importlib
+
 from fcn.engine.models.preprocess import normalize, preprocessing_for
 
+# name -> (module, builder, backbone). The modules (and torch) are imported when a model is
+# built, not here: a job's driver checks checkpoints (fcn.engine.checkpoint) without torch.
 _BUILDERS = {
-    "fcn32s": (vgg.fcn32s, "vgg16"),
-    "fcn16s": (vgg.fcn16s, "vgg16"),
-    "fcn8s": (vgg.fcn8s, "vgg16"),
-    "fcn8s-atonce": (vgg.fcn8s_atonce, "vgg16"),
-    "fcn-alexnet": (alexnet.fcn_alexnet, "alexnet"),
-    "fcn-googlenet": (googlenet.fcn_googlenet, "googlenet"),
+    "fcn32s": ("vgg", "fcn32s", "vgg16"),
+    "fcn16s": ("vgg", "fcn16s", "vgg16"),
+    "fcn8s": ("vgg", "fcn8s", "vgg16"),
+    "fcn8s-atonce": ("vgg", "fcn8s_atonce", "vgg16"),
+    "fcn-alexnet": ("alexnet", "fcn_alexnet", "alexnet"),
+    "fcn-googlenet": ("googlenet", "fcn_googlenet", "googlenet"),
 }
 # fcn.config lists these names too (TrainConfig's --model choices): --help must not import
 # torch to print them; tests/unit/test_opex.py keeps the two lists equal.
@@ -26,7 +29,7 @@ def backbone_of(name: str) -> str:
     """The ImageNet classifier model `name` builds on: `vgg16`, `alexnet` or `googlenet`."""
     if name not in _BUILDERS:
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
-    return _BUILDERS[name][1]
+    return _BUILDERS[name][2]
 
 
 def build_model(name: str, num_classes: int = 21, pretrained=False, **options):
@@ -42,7 +45,8 @@ def build_model(name: str, num_classes: int = 21, pretrained=False, **options):
     arch = backbone_of(name)  # an unknown name: one clear ValueError
     if not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
-    builder = _BUILDERS[name][0]
+    module, function, _ = _BUILDERS[name]
+    builder = getattr(importlib.import_module(f"fcn.engine.models.{module}"), function)
     width = options.pop("width", None) or 1.0
     if width != 1.0:
         if arch != "vgg16" or width <= 0:

@@ -7,10 +7,15 @@ mean/std. A spec is a plain dict so that a checkpoint's config.json can record i
 per channel, in `channel_order`.
 """
 
+from __future__ import annotations
+
 import copy
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 CAFFE = {
     "name": "caffe",
@@ -64,6 +69,8 @@ def normalize(image, spec, channels_last: bool = False) -> torch.Tensor:
     `channels_last` a batch in PyTorch's channels-last layout, which is the pixels' own
     (H x W x 3) order, so no copy rearranges them (the inference path's layout).
     """
+    import torch  # here, not above: the specs are read by drivers that never load a model
+
     spec = _spec(spec)
     array = torch.as_tensor(np.asarray(image) if not isinstance(image, torch.Tensor) else image)
     if array.ndim not in (3, 4) or array.shape[-1] != 3:
