@@ -26,7 +26,7 @@ from fcn import storage
 from fcn.config import EvaluateConfig
 from fcn.data.contract import check_split
 from fcn.engine import checkpoint, images, metrics
-from fcn.engine.inference import predict
+from fcn.engine.inference import load_model, predict
 from fcn.engine.models import preprocess
 from fcn.evaluation.job import validate
 from fcn.evaluation.score import evaluate, shard_rows
@@ -257,9 +257,7 @@ def test_workers_0_scores_in_the_drivers_process_without_ray(data, model_dir, tm
     assert done.stdout.strip().splitlines()[-1] == "0 False", done.stdout + done.stderr
     client = MlflowClient(tracking_uri=store)
     (run,) = client.search_runs([client.get_experiment_by_name("local-mode").experiment_id])
-    state, config = checkpoint.load(model_dir)
-    model = config.build_model()
-    model.load_state_dict(state)
-    scores, _, _ = evaluate(model, data, "val", config.preprocessing, NUM_CLASSES)
+    loaded = load_model(model_dir)  # as each evaluation worker loads it
+    scores, _, _ = evaluate(loaded.model, data, "val", loaded.preprocessing, loaded.num_classes)
     assert run.data.metrics["mean_iu"] == pytest.approx(scores["mean_iu"], abs=1e-6)
     assert run.data.params["workers"] == "0"
