@@ -17,9 +17,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 from helpers_data import varied_model, write_split
+from helpers_gloo import spawn
 from torch import nn
 
 from fcn import storage
@@ -84,17 +83,11 @@ def test_unlabeled_rows_are_skipped_and_not_counted_by_limit(tmp_path):
     assert [r.image_id for r in shard_rows(str(tmp_path), "val", limit=2)] == ids[:2]
 
 
-def _eval_worker(rank, world, port, root, out):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
-        for split in ("odd", "one"):
-            _, hist, _ = evaluate(PixelNet(4), root, split, preprocess.TORCHVISION, 4,
-                                  rank=rank, world=world)  # fmt: skip
-            np.save(os.path.join(out, f"{split}{rank}.npy"), hist)
-    finally:
-        dist.destroy_process_group()
+def _eval_worker(rank, world, root, out):
+    for split in ("odd", "one"):
+        _, hist, _ = evaluate(PixelNet(4), root, split, preprocess.TORCHVISION, 4,
+                              rank=rank, world=world)  # fmt: skip
+        np.save(os.path.join(out, f"{split}{rank}.npy"), hist)
 
 
 def test_two_process_evaluation_equals_single_process(tmp_path):
@@ -103,9 +96,7 @@ def test_two_process_evaluation_equals_single_process(tmp_path):
     root = str(tmp_path / "data")
     write_split(root, "odd", 7, size=[9, 17], classes=(1, 2, 3), files=2)
     write_split(root, "one", 1, size=[9, 17], classes=(1, 2, 3), files=1)
-    from conftest import free_port
-
-    mp.spawn(_eval_worker, args=(2, free_port(), root, str(tmp_path)), nprocs=2)
+    spawn(_eval_worker, 2, tmp_path, root, str(tmp_path))
     for split in ("odd", "one"):
         _, single, _ = evaluate(PixelNet(4), root, split, preprocess.TORCHVISION, 4)
         assert single.sum() > 0

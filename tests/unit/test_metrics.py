@@ -3,8 +3,7 @@
 import numpy as np
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
+from helpers_gloo import spawn
 
 from fcn.engine.metrics import all_reduce_confusion, confusion_matrix, scores
 
@@ -105,33 +104,21 @@ def test_all_reduce_is_identity_without_process_group():
     assert all_reduce_confusion(hist) is hist
 
 
-def _reduce_worker(rank, world_size, init_file, result_file):
-    torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size
-    )
-    try:
-        truth, pred = random_labels(0)
-        # Each process scores its own images, as in distributed evaluation.
-        hist = confusion_matrix(truth[rank::world_size], pred[rank::world_size], NUM_CLASSES)
-        reduced = all_reduce_confusion(hist)
-        tensor = all_reduce_confusion(torch.from_numpy(hist))
-        assert isinstance(reduced, np.ndarray) and isinstance(tensor, torch.Tensor)
-        np.testing.assert_array_equal(tensor.numpy(), reduced)
-        if rank == 0:
-            np.save(result_file, reduced)
-    finally:
-        dist.destroy_process_group()
+def _reduce_worker(rank, world_size, result_file):
+    truth, pred = random_labels(0)
+    # Each process scores its own images, as in distributed evaluation.
+    hist = confusion_matrix(truth[rank::world_size], pred[rank::world_size], NUM_CLASSES)
+    reduced = all_reduce_confusion(hist)
+    tensor = all_reduce_confusion(torch.from_numpy(hist))
+    assert isinstance(reduced, np.ndarray) and isinstance(tensor, torch.Tensor)
+    np.testing.assert_array_equal(tensor.numpy(), reduced)
+    if rank == 0:
+        np.save(result_file, reduced)
 
 
 def test_all_reduce_over_two_gloo_processes_equals_single_process(tmp_path):
     result_file = tmp_path / "hist.npy"
-    mp.spawn(
-        _reduce_worker,
-        args=(2, str(tmp_path / "init"), str(result_file)),
-        nprocs=2,
-        join=True,
-    )
+    spawn(_reduce_worker, 2, tmp_path, str(result_file))
     truth, pred = random_labels(0)
     single = confusion_matrix(truth, pred, NUM_CLASSES)
     np.testing.assert_array_equal(np.load(result_file), single)

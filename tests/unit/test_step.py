@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
+from helpers_gloo import spawn
 from torch import nn
 
 from fcn.engine import optim, step
@@ -81,32 +81,17 @@ def test_amp_is_cuda_only():
 
 
 def _ddp_worker(rank, world, loss, out):
-    torch.set_num_threads(1)
-    # A file rendezvous, not TCP: rank 0 would host a TCPStore whose server thread, torn down
-    # while rank 1 still held a connection, aborted the process now and then ("terminate
-    # called without an active exception"), and a free port can be taken before it is bound.
-    store = f"file://{os.path.join(out, 'rendezvous')}"
-    dist.init_process_group("gloo", init_method=store, rank=rank, world_size=world)
-    try:
-        images, masks = _data()
-        mine = [(images[rank : rank + 1], masks[rank : rank + 1])]
-        value, params = _stepped(mine, _sgd(loss), prepare={"ddp": True})
-        torch.save({"loss": value, "params": params}, os.path.join(out, f"{loss}{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
-    # Leave without the interpreter's teardown: with the group destroyed and the result saved,
-    # a rank still aborted now and then at exit, in C++ destructors with no Python frame
-    # ("terminate called without an active exception"), about one run in three under pytest.
-    # An exception above still propagates and fails the spawn as before.
-    sys.stderr.flush()
-    os._exit(0)
+    images, masks = _data()
+    mine = [(images[rank : rank + 1], masks[rank : rank + 1])]
+    value, params = _stepped(mine, _sgd(loss), prepare={"ddp": True})
+    torch.save({"loss": value, "params": params}, os.path.join(out, f"{loss}{rank}.pt"))
 
 
 @pytest.mark.parametrize("loss", ["mean", "sum"])
 def test_two_ddp_workers_equal_one_process_accumulating(tmp_path, loss):
     """Each of 2 gloo workers steps on one image; the update equals one process accumulating
     both, for a mean loss (global mean) and a summed one (sum over every worker's images)."""
-    mp.spawn(_ddp_worker, args=(2, loss, str(tmp_path)), nprocs=2)
+    spawn(_ddp_worker, 2, tmp_path, loss, str(tmp_path))
     images, masks = _data()
     single_loss, single = _stepped([(images[:1], masks[:1]), (images[1:], masks[1:])], _sgd(loss))
     results = [torch.load(tmp_path / f"{loss}{rank}.pt", weights_only=True) for rank in (0, 1)]
