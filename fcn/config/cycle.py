@@ -40,7 +40,11 @@ class CycleConfig(Settings):
         "none", "loss weights per class (train's --class-weights)",
         choices=("none", "balanced", "balanced-sqrt"),
     )  # fmt: skip
-    workers: int = setting(2, "training and evaluation workers")
+    workers: int = setting(2, "training workers, and evaluation workers unless --eval-workers")
+    eval_workers: int | None = setting(
+        None, "evaluation workers (default: --workers); 0 scores in the job's own process "
+        "(no Ray Train run: for a small val split)",
+    )  # fmt: skip
     gpu: bool = setting(False, "one GPU per worker")
     cpus_per_worker: float = setting(1.0, "logical CPUs reserved per worker")
     threads: int | None = setting(None, "torch threads per worker (default: cpus_per_worker)")
@@ -54,6 +58,9 @@ class CycleConfig(Settings):
         for name in ("iterations", "eval_every", "workers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{flag(name)} must be >= 1")
+        if self.eval_workers is not None and self.eval_workers < 0:
+            raise ValueError(f"--eval-workers must be 0 (the driver) or more, "
+                             f"got {self.eval_workers}")  # fmt: skip
         if self.train_split == self.val_split:
             raise ValueError("--train-split and --val-split must differ")
         return self

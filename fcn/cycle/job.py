@@ -186,7 +186,7 @@ def _evaluate(config: CycleConfig, version: str | None) -> dict:
             model=f"models:/{config.registered_model}/{version}",
             split=config.val_split,
             experiment=config.eval_experiment,
-            workers=config.workers,
+            workers=config.workers if config.eval_workers is None else config.eval_workers,
             gpu=config.gpu,
             cpus_per_worker=config.cpus_per_worker,
         )

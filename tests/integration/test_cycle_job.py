@@ -89,11 +89,16 @@ def test_two_rounds_of_the_cycle_label_ingest_train_evaluate_and_promote_by_the_
     assert len(first) == QUEUE
     labeled = simulated.answer(world, storage.read_bytes(f"{report}/cvat.zip"), f"{labels}/round1")
     assert labeled == [u.rsplit("/", 1)[-1][:-4] for u in first]
-    logs = run_ok(ray_head, cycle, env)
+    # The evaluation in the cycle job's own process (--eval-workers 0: no second Ray Train run)
+    # gives the mean IU the training registered for the same version on the same split.
+    logs = run_ok(ray_head, [*cycle, "--eval-workers", "0"], env)
     assert "ingested this turn: round1" in logs, logs[-3000:]
     assert f"labeled images ingested in all: {QUEUE}" in logs
     _check_rule(client, logs, "2", previous="1")
-    assert re.search(r"evaluation run \w+: mean IU", logs), logs[-3000:]
+    scored = re.search(r"evaluation run \w+: mean IU ([0-9.]+)", logs)
+    assert scored, logs[-3000:]
+    registered = mean_iu(client.get_model_version(MODEL_NAME, "2"))
+    assert float(scored.group(1)) == pytest.approx(registered, abs=1e-4)
     assert storage.exists(f"{data}/labeled/round1/_SUCCESS")
 
     # Round 2: every image segmented again by the champion now (--force); the queue leaves out

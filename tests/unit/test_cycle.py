@@ -40,7 +40,11 @@ def test_an_export_nested_deeper_than_one_folder_is_refused(tmp_path):
 
 @pytest.mark.parametrize(
     ("change", "message"),
-    [({"iterations": 0}, "--iterations"), ({"train_split": "val"}, "must differ")],
+    [
+        ({"iterations": 0}, "--iterations"),
+        ({"train_split": "val"}, "must differ"),
+        ({"eval_workers": -1}, "--eval-workers"),
+    ],
 )
 def test_settings_that_cannot_work_are_one_line(change, message):
     with pytest.raises(ValueError, match=message):
