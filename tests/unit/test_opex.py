@@ -14,7 +14,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from fcn.config import IngestConfig, TrainConfig, build_parser
-from tests.helpers_data import write_split
+from fcn.engine import checkpoint
+from tests.helpers_data import varied_model, write_split
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -155,9 +156,6 @@ def test_the_segment_driver_plans_a_night_without_torch(tmp_path):
     """The nightly driver checks the checkpoint and names the actor classes to Ray Data; only
     the actors load the model: a driver without torch starts ~1 s sooner every night and
     stays smaller beside a million-image plan."""
-    from fcn.engine import checkpoint
-    from tests.helpers_data import varied_model
-
     uri = str(tmp_path / "ckpt")
     config = {"model": "fcn32s", "num_classes": 3, "preprocessing": "caffe", "width": 0.0625}
     checkpoint.save(varied_model(3, "fcn32s", width=0.0625).state_dict(), config, uri)
